@@ -1,0 +1,52 @@
+"""The `dfa-async` command."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import config as config_mod
+from .config import ConfigError
+from .data import DataError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dfa-async", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    tr = sub.add_parser("train", help="train a model (with no config: an MLP on MNIST)")
+    tr.add_argument("config", nargs="?", help="settings file (TOML); the built-in default when omitted")
+    tr.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="override one setting, e.g. --set optim.lr=0.01 (repeatable)")
+    tr.add_argument("--run-dir", help="run directory (default runs/<name>); resumes from its checkpoint")
+    tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sub.add_parser("settings", help="list every setting with its default and meaning")
+    args = parser.parse_args(argv)
+
+    if args.command == "settings":
+        print(config_mod.describe())
+        return 0
+    try:
+        cfg = config_mod.load(args.config, args.set)
+        from .run import train
+
+        metrics = None
+        if cfg.metrics.port:
+            from .metrics import Exporter
+
+            metrics = Exporter(cfg.metrics.port, cfg.metrics.host)
+        try:
+            result = train(cfg, args.run_dir, progress=not args.no_progress, metrics=metrics)
+        finally:
+            if metrics:
+                metrics.close()
+    except (ConfigError, DataError) as err:
+        print(f"dfa-async: error: {err}", file=sys.stderr)
+        return 2
+    except FloatingPointError as err:
+        print(f"dfa-async: error: {err}", file=sys.stderr)
+        return 1
+    print(result.summary())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

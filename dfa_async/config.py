@@ -1,0 +1,359 @@
+"""Typed settings: one dataclass per TOML section, loaded, overridden with ``--set`` and validated
+before anything starts. Every bad setting raises ``ConfigError`` with one line that names the key and
+what is allowed."""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A setting is malformed; the message is one line naming the key and what is allowed."""
+
+
+def _opt(default, doc, choices=None, lo=None, hi=None, lo_open=False, hi_open=False):
+    meta = {"doc": doc, "choices": choices, "lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+ACTIVATIONS = ("tanh", "relu", "leaky_relu", "sigmoid")
+
+
+@dataclass
+class ModelConfig:
+    kind: str = _opt("mlp", "Network family: fully connected `mlp` or the paper's `cnn`.", ("mlp", "cnn"))
+    widths: list[int] = _opt([800, 800], "Hidden widths of the fully connected blocks (for `cnn`: the FC "
+                             "blocks after the convolutions; the paper uses [128]).", lo=1)
+    channels: list[int] = _opt([32, 64, 64], "Output channels of the conv blocks (5x5, padding 2, "
+                               "max-pool 3/2), `cnn` only.", lo=1)
+    activation: str = _opt("tanh", "Activation of every hidden block.", ACTIVATIONS)
+    leaky_slope: float = _opt(0.01, "Negative slope of `leaky_relu`.", lo=0.0)
+    batchnorm: bool = _opt(False, "Batch normalization after each hidden linear/conv layer.")
+    dropout_input: float = _opt(0.0, "Dropout rate on the network input.", lo=0.0, hi=1.0, hi_open=True)
+    dropout_hidden: float = _opt(0.0, "Dropout rate at the output of every hidden block.", lo=0.0, hi=1.0,
+                                 hi_open=True)
+
+
+@dataclass
+class FeedbackConfig:
+    rule: str = _opt("dfa", "Learning rule: `dfa` (direct feedback alignment), `bp` (backprop) or "
+                     "`shallow` (only the head learns).", ("dfa", "bp", "shallow"))
+    init: str = _opt("gaussian", "Distribution of the fixed feedback matrices B_k.",
+                     ("gaussian", "uniform", "orthogonal", "sign"))
+    normalization: str = _opt("paper", "`paper`: one classes x d_max matrix of variance 1/(d_max*classes), "
+                              "block k takes its first d_k columns times sqrt(d_max/d_k); `independent`: a "
+                              "draw per block of variance 1/(d_k*classes); `none`: unit variance.",
+                              ("paper", "independent", "none"))
+    error_scale: str = _opt("mean", "Reduction of the loss that defines e = dL/dy: `mean` over the batch "
+                            "(PyTorch's default) or `sum` (per-sample errors, as in the paper's code; "
+                            "every update is then batch_size times larger).", ("mean", "sum"))
+
+
+@dataclass
+class BottleneckConfig:
+    layer: int = _opt(0, "Hidden block (1-based) to restrict; 0 turns the bottleneck off.", lo=0)
+    width: int = _opt(0, "Effective width b of that block.", lo=0)
+    form: str = _opt("mask", "`mask`: only a fixed random b of the block's units receive weight updates "
+                     "(the paper's method); `narrow`: the block really has width b.", ("mask", "narrow"))
+
+
+@dataclass
+class DataConfig:
+    name: str = _opt("mnist", "Dataset.", ("mnist", "fashion_mnist", "cifar10", "synthetic"))
+    dir: str = _opt("", "Data directory; empty means $DFA_ASYNC_DATA, else ~/.cache/dfa_async.")
+    download: bool = _opt(True, "Download missing files (md5-verified) when they are absent.")
+    url: str = _opt("", "Base URL to download from instead of the publisher's (a mirror).")
+    normalize: bool = _opt(True, "Standardize inputs with the dataset's per-channel mean and std.")
+    limit_train: int = _opt(0, "Use only the first N training samples; 0 uses all.", lo=0)
+    limit_test: int = _opt(0, "Use only the first N test samples; 0 uses all.", lo=0)
+    n_train: int = _opt(2048, "Synthetic only: number of training samples.", lo=1)
+    n_test: int = _opt(512, "Synthetic only: number of test samples.", lo=1)
+    shape: list[int] = _opt([1, 8, 8], "Synthetic only: sample shape [channels, height, width].", lo=1)
+    classes: int = _opt(10, "Synthetic only: number of classes.", lo=2)
+
+
+@dataclass
+class OptimConfig:
+    name: str = _opt("sgd", "Optimizer of every block.", ("sgd", "adam"))
+    lr: float = _opt(0.01, "Learning rate.", lo=0.0, lo_open=True)
+    momentum: float = _opt(0.9, "SGD momentum.", lo=0.0, hi=1.0, hi_open=True)
+    nesterov: bool = _opt(False, "SGD Nesterov momentum.")
+    weight_decay: float = _opt(0.0, "L2 weight decay.", lo=0.0)
+    schedule: str = _opt("constant", "Learning-rate schedule over the run's steps.",
+                         ("constant", "cosine", "step"))
+    step_every: int = _opt(0, "`step` schedule: multiply the rate by gamma every this many epochs.", lo=0)
+    gamma: float = _opt(0.1, "`step` schedule factor.", lo=0.0, hi=1.0, lo_open=True)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = _opt(5, "Epochs over the training set (the run stops at whichever of epochs and "
+                       "max_steps comes first).", lo=0)
+    max_steps: int = _opt(0, "Stop after this many steps; 0 means no limit.", lo=0)
+    batch_size: int = _opt(128, "Minibatch size (the last partial batch of an epoch is dropped).", lo=2)
+    eval_batch_size: int = _opt(1000, "Batch size of evaluation.", lo=1)
+    seed: int = _opt(0, "Seed of initialization, feedback matrices, shuffling and dropout.", lo=0)
+    name: str = _opt("", "Run name (directory under `root`); empty derives one from the settings and time.")
+    root: str = _opt("runs", "Directory that holds run directories.")
+    log_every: int = _opt(10, "Write a `train` record every this many steps.", lo=1)
+
+
+@dataclass
+class RuntimeConfig:
+    backend: str = _opt("local", "`ray`: one actor per stage; `local`: the single-process reference.",
+                        ("local", "ray"))
+    depth: int = _opt(1, "In-flight depth D of the pipeline schedule; 1 is synchronous DFA.", lo=1)
+    stages: list[int] = _opt([], "Blocks per stage, in order (e.g. [2, 1]); empty puts one block per stage.",
+                             lo=1)
+    address: str = _opt("", "Ray address to join (e.g. `auto`); empty starts a local instance for the run.")
+    threads: int = _opt(1, "Torch threads per stage actor (and of the local backend).", lo=1)
+    num_cpus: int = _opt(0, "CPUs of the local Ray instance; 0 means max(stages, cores).", lo=0)
+    placement: str = _opt("pack", "Placement-group strategy for the stage actors.", ("pack", "spread"))
+    transport: str = _opt("object_store", "How activations travel between stages: Ray's object store, or "
+                          "Ray Direct Transport over `gloo` (CPU tensors) or `nccl` (CUDA tensors).",
+                          ("object_store", "gloo", "nccl"))
+    device: str = _opt("auto", "`auto` uses one GPU per stage where GPUs exist, else the CPU.",
+                       ("auto", "cpu", "cuda"))
+    max_failures: int = _opt(3, "Stage failures survived (restart from the last checkpoint) before "
+                             "the run stops.", lo=0)
+
+
+@dataclass
+class AlignmentConfig:
+    every: int = _opt(0, "Measure alignment every this many steps (and at the end); 0 turns it off.", lo=0)
+    probe_size: int = _opt(256, "Training samples in the fixed probe batch.", lo=2)
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = _opt(0, "Checkpoint every this many steps (at a drained boundary); 0: only at the end.",
+                      lo=0)
+    keep: int = _opt(2, "Checkpoints kept (the newest ones).", lo=1)
+
+
+@dataclass
+class MetricsConfig:
+    port: int = _opt(0, "Serve Prometheus metrics on this port; 0 turns the exporter off.", lo=0, hi=65535)
+    host: str = _opt("127.0.0.1", "Address the exporter binds.")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
+    bottleneck: BottleneckConfig = field(default_factory=BottleneckConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    alignment: AlignmentConfig = field(default_factory=AlignmentConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def hidden_widths(self) -> list[int]:
+        """Widths of the fully connected hidden blocks after the narrow bottleneck is applied."""
+        widths = list(self.model.widths)
+        b = self.bottleneck
+        if b.layer and b.form == "narrow":
+            widths[b.layer - 1 - self.num_conv_blocks()] = b.width
+        return widths
+
+    def num_conv_blocks(self) -> int:
+        return len(self.model.channels) if self.model.kind == "cnn" else 0
+
+    def num_blocks(self) -> int:
+        return self.num_conv_blocks() + len(self.model.widths) + 1
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
+
+
+def _section_class(name):
+    return typing.get_type_hints(Config)[name]
+
+
+def _check_value(key: str, f: dataclasses.Field, hint, value):
+    """Coerce and check one value against its declared type and range; return the stored value."""
+    meta = f.metadata
+    origin = typing.get_origin(hint)
+    if origin is list:
+        if not isinstance(value, list) or any(isinstance(v, bool) or not isinstance(v, int) for v in value):
+            raise ConfigError(f"{key}: expected a list of integers like [800, 800], got {value!r}")
+        for v in value:
+            _check_range(key, meta, v)
+        return list(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    elif hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        value = float(value)
+        if value != value:
+            raise ConfigError(f"{key}: expected a number, got nan")
+    elif hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+    if meta["choices"] and value not in meta["choices"]:
+        raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {', '.join(meta['choices'])}")
+    if hint in (int, float):
+        _check_range(key, meta, value)
+    return value
+
+
+def _check_range(key, meta, v):
+    lo, hi = meta["lo"], meta["hi"]
+    if lo is not None and (v < lo or (meta["lo_open"] and v == lo)):
+        bound = f"> {lo}" if meta["lo_open"] else f">= {lo}"
+        raise ConfigError(f"{key}: {v!r} is out of range; it must be {bound}"
+                          + (f" and {'<' if meta['hi_open'] else '<='} {hi}" if hi is not None else ""))
+    if hi is not None and (v > hi or (meta["hi_open"] and v == hi)):
+        raise ConfigError(f"{key}: {v!r} is out of range; it must be {'<' if meta['hi_open'] else '<='} {hi}")
+
+
+def from_dict(raw: dict) -> Config:
+    """Build a validated Config from nested dicts (as TOML gives); unknown keys are errors."""
+    cfg = Config()
+    if not isinstance(raw, dict):
+        raise ConfigError("config: expected a table of sections")
+    for section, values in raw.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"{section}: unknown section; sections are {', '.join(SECTIONS)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{section}: expected a table of settings, got {values!r}")
+        cls = _section_class(section)
+        hints = typing.get_type_hints(cls)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        target = getattr(cfg, section)
+        for key, value in values.items():
+            if key not in fields:
+                raise ConfigError(f"{section}.{key}: unknown setting; {section} has {', '.join(fields)}")
+            setattr(target, key, _check_value(f"{section}.{key}", fields[key], hints[key], value))
+    validate(cfg)
+    return cfg
+
+
+def parse_override(text: str) -> tuple[str, str, object]:
+    """Parse `section.key=value`; the value is TOML (numbers, true/false, [lists], "strings") or a bare word."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ConfigError(f"--set {text}: expected section.key=value, e.g. --set optim.lr=0.01")
+    path, raw = text.split("=", 1)
+    section, key = path.strip().split(".", 1)
+    raw = raw.strip()
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return section, key, value
+
+
+def load(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Load a TOML file (or the built-in default when None) and apply `--set` overrides, then validate."""
+    raw: dict = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                raw = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path}: not found") from None
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"config file {path}: not valid TOML ({err})") from None
+    for text in overrides:
+        section, key, value = parse_override(text)
+        raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            raise ConfigError(f"{section}: expected a table of settings")
+        raw[section][key] = value
+    return from_dict(raw)
+
+
+def validate(cfg: Config, own_model: bool = False) -> None:
+    """Checks that involve more than one setting (`own_model`: the model is a user's nn.Sequential, so
+    the checks that depend on model.* are left to stage.Plan)."""
+    m, fb, b, rt, tr, d = cfg.model, cfg.feedback, cfg.bottleneck, cfg.runtime, cfg.train, cfg.data
+    if m.kind == "mlp" and not m.widths:
+        raise ConfigError("model.widths: an mlp needs at least one hidden width, e.g. [800, 800]")
+    if m.kind == "cnn" and not m.channels:
+        raise ConfigError("model.channels: a cnn needs at least one conv block, e.g. [32, 64, 64]")
+    if tr.epochs == 0 and tr.max_steps == 0:
+        raise ConfigError("train.epochs: 0 with train.max_steps = 0 would train nothing; set either > 0")
+    if fb.rule == "bp" and rt.depth != 1:
+        raise ConfigError(f"runtime.depth: {rt.depth} needs a feedback rule without a backward pass; "
+                          "feedback.rule = bp allows only depth 1")
+    if fb.rule == "bp" and rt.backend == "ray":
+        raise ConfigError("feedback.rule: bp is not layer-parallel; with runtime.backend = ray use dfa or "
+                          "shallow (or set runtime.backend = local)")
+    if b.layer and not own_model:
+        hidden = cfg.num_blocks() - 1
+        if b.layer > hidden:
+            raise ConfigError(f"bottleneck.layer: {b.layer} is out of range; the model has hidden blocks "
+                              f"1..{hidden}")
+        if b.layer <= cfg.num_conv_blocks():
+            raise ConfigError(f"bottleneck.layer: {b.layer} is a conv block; choose a fully connected block "
+                              f"{cfg.num_conv_blocks() + 1}..{hidden}")
+        width = m.widths[b.layer - 1 - cfg.num_conv_blocks()]
+        if not 1 <= b.width <= width:
+            raise ConfigError(f"bottleneck.width: {b.width} is out of range; it must be 1..{width} "
+                              f"(the width of block {b.layer})")
+    if rt.stages and not own_model and sum(rt.stages) != cfg.num_blocks():
+        raise ConfigError(f"runtime.stages: {rt.stages} holds {sum(rt.stages)} blocks but the model has "
+                          f"{cfg.num_blocks()}; make the counts add up to {cfg.num_blocks()}")
+    if d.name == "synthetic" and len(d.shape) != 3:
+        raise ConfigError(f"data.shape: {d.shape} must be [channels, height, width]")
+    if m.kind == "cnn" and d.name == "synthetic":
+        side = min(d.shape[1:])
+        for _ in m.channels:
+            side = (side - 3) // 2 + 1
+            if side < 1:
+                raise ConfigError(f"data.shape: {d.shape} is too small for {len(m.channels)} conv blocks "
+                                  "with max-pool 3/2; use larger images or fewer model.channels")
+    if rt.transport == "nccl" and rt.device == "cpu":
+        raise ConfigError("runtime.transport: nccl moves CUDA tensors; with runtime.device = cpu use "
+                          "object_store or gloo")
+    if cfg.optim.schedule == "step" and cfg.optim.step_every == 0:
+        raise ConfigError("optim.step_every: the step schedule needs step_every >= 1 (epochs)")
+
+
+def to_toml(cfg: Config) -> str:
+    """Write the settings as TOML (the format they load from), so each run keeps its exact settings."""
+    lines = []
+    for section, values in cfg.to_dict().items():
+        lines.append(f"[{section}]")
+        for key, value in values.items():
+            lines.append(f"{key} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(v):
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def describe() -> str:
+    """Every setting with its default and docstring (for `dfa-async settings`)."""
+    out = []
+    for section in SECTIONS:
+        cls = _section_class(section)
+        for f in dataclasses.fields(cls):
+            default = getattr(cls(), f.name)
+            choices = f" ({' | '.join(f.metadata['choices'])})" if f.metadata["choices"] else ""
+            out.append(f"{section}.{f.name} = {_toml_value(default)}{choices}\n    {f.metadata['doc']}")
+    return "\n".join(out)

@@ -1,0 +1,202 @@
+"""Datasets in the formats their publishers distribute: MNIST and Fashion-MNIST as IDX .gz files,
+CIFAR-10 as its binary version (cifar-10-batches-bin), found under the data directory or downloaded
+with md5 verification; and a synthetic dataset for fast tests."""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import tarfile
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import seeding
+from .config import DataConfig
+
+
+class DataError(RuntimeError):
+    """A dataset is missing or corrupt; the message says which file and how to get it."""
+
+
+@dataclass
+class Dataset:
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    classes: int
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+
+IDX_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+             "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+MD5 = {
+    "mnist": ("f68b3c2dcbeaaa9fbdd348bbdeb94873", "d53e105ee54ea40749a09fcbcd1e9432",
+              "9fb629c4189551a2d022fa330f9573f3", "ec29112dd5afa0611ce80d1b7f02629c"),
+    "fashion_mnist": ("8d4fb7e6c68d591d4c3dfef9ec88bf0d", "25c81989df183df01b3e8a0aad5dffbe",
+                      "bef4ecab320f06d8554ea6380940ec79", "bb300cfdad3c16e7a12a480ee83cd310"),
+}
+URLS = {
+    "mnist": "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "fashion_mnist": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+    "cifar10": "https://www.cs.toronto.edu/~kriz/",
+}
+CIFAR_ARCHIVE, CIFAR_MD5 = "cifar-10-binary.tar.gz", "c32a1d4ab5d03f1284b67883e8d87530"
+CIFAR_FILES = [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]
+# Per-channel mean and std of the training sets.
+STATS = {
+    "mnist": ((0.1307,), (0.3081,)),
+    "fashion_mnist": ((0.2860,), (0.3530,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+}
+
+
+def data_dir(cfg: DataConfig) -> Path:
+    return Path(cfg.dir or os.environ.get("DFA_ASYNC_DATA") or Path.home() / ".cache" / "dfa_async")
+
+
+def md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def download(url: str, dest: Path, expected_md5: str) -> None:
+    """Fetch `url` into `dest` atomically (temporary file, md5 check, rename)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
+            while chunk := resp.read(1 << 20):
+                out.write(chunk)
+        got = md5(Path(tmp))
+        if got != expected_md5:
+            raise DataError(f"data: download of {url} has md5 {got}, expected {expected_md5}; "
+                            "the server sent a different file (check data.url)")
+        os.replace(tmp, dest)
+    except OSError as err:
+        raise DataError(f"data: could not download {url} to {dest} ({err}); put the file there yourself "
+                        "or set data.dir / DFA_ASYNC_DATA to a folder that holds it") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _base_url(cfg: DataConfig, name: str) -> str:
+    return f"{cfg.url.rstrip('/')}/{name}/" if cfg.url else URLS[name]
+
+
+def _ensure(cfg: DataConfig, name: str, filename: str, expected_md5: str) -> Path:
+    path = data_dir(cfg) / name / filename
+    if path.exists():
+        got = md5(path)
+        if got != expected_md5:
+            raise DataError(f"data: {path} is corrupt (md5 {got}, expected {expected_md5}); delete it to "
+                            f"download it again from {_base_url(cfg, name)}{filename}")
+        return path
+    if not cfg.download:
+        raise DataError(f"data: {path} is missing; download {_base_url(cfg, name)}{filename} there, or "
+                        "set data.download = true")
+    download(_base_url(cfg, name) + filename, path, expected_md5)
+    return path
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (gzip-compressed) as a numpy array."""
+    try:
+        with gzip.open(path, "rb") as fh:
+            raw = fh.read()
+    except (OSError, EOFError) as err:
+        raise DataError(f"data: {path} is not a readable gzip file ({err}); delete it and download it again")
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise DataError(f"data: {path} is not an IDX file of unsigned bytes")
+    ndim = raw[3]
+    dims = np.frombuffer(raw, ">u4", count=ndim, offset=4).astype(int)
+    body = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(dims)):
+        raise DataError(f"data: {path} holds {body.size} bytes of data, expected {int(np.prod(dims))}")
+    return body.reshape(dims)
+
+
+def load_idx_dataset(cfg: DataConfig, name: str):
+    paths = [_ensure(cfg, name, f, m) for f, m in zip(IDX_FILES, MD5[name])]
+    xtr, ytr, xte, yte = (read_idx(p) for p in paths)
+    return xtr[:, None], ytr, xte[:, None], yte
+
+
+def _read_cifar_bin(path: Path):
+    raw = np.fromfile(path, np.uint8)
+    if raw.size == 0 or raw.size % 3073:
+        raise DataError(f"data: {path} is corrupt ({raw.size} bytes is not a whole number of 3073-byte "
+                        "records); delete the folder to download it again")
+    rec = raw.reshape(-1, 3073)
+    if rec[:, 0].max() > 9:
+        raise DataError(f"data: {path} is corrupt (labels above 9)")
+    return rec[:, 1:].reshape(-1, 3, 32, 32), rec[:, 0]
+
+
+def load_cifar10(cfg: DataConfig):
+    folder = data_dir(cfg) / "cifar10" / "cifar-10-batches-bin"
+    missing = [f for f in CIFAR_FILES if not (folder / f).exists()]
+    if missing:
+        if not cfg.download:
+            raise DataError(f"data: {folder}/{missing[0]} is missing; unpack {URLS['cifar10']}{CIFAR_ARCHIVE} "
+                            f"into {folder.parent}, or set data.download = true")
+        archive = folder.parent / CIFAR_ARCHIVE
+        if not archive.exists() or md5(archive) != CIFAR_MD5:
+            download(_base_url(cfg, "cifar10") + CIFAR_ARCHIVE, archive, CIFAR_MD5)
+        with tarfile.open(archive) as tar:
+            tar.extractall(folder.parent, filter="data")
+    parts = [_read_cifar_bin(folder / f) for f in CIFAR_FILES]
+    xtr = np.concatenate([p[0] for p in parts[:5]])
+    ytr = np.concatenate([p[1] for p in parts[:5]])
+    return xtr, ytr, parts[5][0], parts[5][1]
+
+
+def synthetic(cfg: DataConfig, seed: int):
+    """Gaussian inputs labelled by a random linear teacher: learnable, and made in milliseconds."""
+    g = seeding.generator(seed, "synthetic")
+    dim = int(np.prod(cfg.shape))
+    teacher = torch.randn(dim, cfg.classes, generator=g)
+    x = torch.randn(cfg.n_train + cfg.n_test, *cfg.shape, generator=g)
+    y = (x.flatten(1) @ teacher).argmax(1)
+    n = cfg.n_train
+    return x[:n], y[:n], x[n:], y[n:]
+
+
+def load(cfg: DataConfig, seed: int = 0) -> Dataset:
+    """The dataset of `cfg`, as float32 tensors (N, C, H, W) and int64 labels."""
+    if cfg.name == "synthetic":
+        xtr, ytr, xte, yte = synthetic(cfg, seed)
+        classes = cfg.classes
+    else:
+        arrays = load_cifar10(cfg) if cfg.name == "cifar10" else load_idx_dataset(cfg, cfg.name)
+        mean, std = STATS[cfg.name]
+        xtr, ytr, xte, yte = (torch.from_numpy(np.array(a)) for a in arrays)
+        xtr, xte = xtr.float() / 255, xte.float() / 255
+        if cfg.normalize:
+            m = torch.tensor(mean).view(1, -1, 1, 1)
+            s = torch.tensor(std).view(1, -1, 1, 1)
+            xtr, xte = (xtr - m) / s, (xte - m) / s
+        ytr, yte = ytr.long(), yte.long()
+        classes = 10
+    if cfg.limit_train:
+        xtr, ytr = xtr[:cfg.limit_train], ytr[:cfg.limit_train]
+    if cfg.limit_test:
+        xte, yte = xte[:cfg.limit_test], yte[:cfg.limit_test]
+    return Dataset(xtr.contiguous(), ytr, xte.contiguous(), yte, classes)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The shuffled sample order of an epoch: a pure function of (seed, epoch)."""
+    return np.random.default_rng(seeding.derive(seed, "shuffle", epoch)).permutation(n)

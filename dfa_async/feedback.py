@@ -1,0 +1,55 @@
+"""Fixed random feedback matrices. B_k has shape (classes, d_k): block k receives g_k = e @ B_k, reshaped
+to its output shape. Each matrix is a pure function of (seed, k, dims), so it is drawn where block k
+lives and never travels."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import seeding
+
+
+def _draw(init: str, rows: int, cols: int, g: torch.Generator) -> torch.Tensor:
+    """A rows x cols matrix with entries of mean 0 and variance 1 (orthogonal: orthonormal rows, or
+    columns when rows > cols, scaled by sqrt(max(rows, cols)))."""
+    if init == "gaussian":
+        return torch.randn(rows, cols, generator=g)
+    if init == "uniform":
+        return (torch.rand(rows, cols, generator=g) * 2 - 1) * math.sqrt(3.0)
+    if init == "sign":
+        return torch.randint(0, 2, (rows, cols), generator=g).float() * 2 - 1
+    if init == "orthogonal":
+        a = torch.randn(max(rows, cols), min(rows, cols), generator=g, dtype=torch.float64)
+        q, r = torch.linalg.qr(a)
+        q = q * torch.sign(torch.diagonal(r))  # unique Q (Haar-distributed)
+        q = q.T if rows < cols else q
+        return (q * math.sqrt(max(rows, cols))).float()
+    raise ValueError(f"feedback.init: {init!r}; choose gaussian, uniform, orthogonal or sign")
+
+
+def matrix(k: int, dims: list[int], classes: int, init: str = "gaussian", normalization: str = "paper",
+           seed: int = 0) -> torch.Tensor:
+    """B_k for hidden block k (0-based) of a model whose hidden blocks have output sizes `dims`.
+
+    paper:       one classes x d_max matrix, entries of variance 1/(d_max*classes); block k takes its
+                 first d_k columns times sqrt(d_max/d_k) (variance 1/(d_k*classes)).
+    independent: a draw per block, entries of variance 1/(d_k*classes).
+    none:        entries of variance 1.
+    """
+    d_k = dims[k]
+    if normalization == "paper":
+        d_max = max(dims)
+        full = _draw(init, classes, d_max, seeding.generator(seed, "feedback"))
+        return full[:, :d_k] / math.sqrt(d_max * classes) * math.sqrt(d_max / d_k)
+    raw = _draw(init, classes, d_k, seeding.generator(seed, "feedback", k))
+    if normalization == "independent":
+        return raw / math.sqrt(d_k * classes)
+    if normalization == "none":
+        return raw
+    raise ValueError(f"feedback.normalization: {normalization!r}; choose paper, independent or none")
+
+
+def project(B: torch.Tensor, e: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """g = e @ B reshaped to the block's output (batch, *shape)."""
+    return (e @ B).reshape(e.shape[0], *shape)

@@ -1,0 +1,117 @@
+"""Blocks and model builders. A model is an ``nn.Sequential`` of blocks, each block itself an
+``nn.Sequential``; the last block is the head and outputs logits. Nothing here knows how the model is
+trained or placed."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import seeding
+from .config import Config
+
+
+def activation(name: str, slope: float = 0.01) -> nn.Module:
+    return {"tanh": nn.Tanh, "relu": nn.ReLU, "sigmoid": nn.Sigmoid}.get(name, lambda: nn.LeakyReLU(slope))()
+
+
+def mlp_blocks(in_features: int, widths: list[int], classes: int, act: str = "tanh", slope: float = 0.01,
+               batchnorm: bool = False, dropout_input: float = 0.0, dropout_hidden: float = 0.0,
+               flatten: bool = True) -> list[nn.Sequential]:
+    """Fully connected blocks [Linear -> (BatchNorm) -> activation -> (Dropout)] and a Linear head."""
+    blocks, d = [], in_features
+    for i, w in enumerate(widths):
+        layers = []
+        if i == 0 and flatten:
+            layers.append(nn.Flatten())
+        if i == 0 and dropout_input:
+            layers.append(nn.Dropout(dropout_input))
+        layers.append(nn.Linear(d, w))
+        if batchnorm:
+            layers.append(nn.BatchNorm1d(w))
+        layers.append(activation(act, slope))
+        if dropout_hidden:
+            layers.append(nn.Dropout(dropout_hidden))
+        blocks.append(nn.Sequential(*layers))
+        d = w
+    head = [nn.Flatten()] if not widths and flatten else []
+    blocks.append(nn.Sequential(*head, nn.Linear(d, classes)))
+    return blocks
+
+
+def cnn_blocks(in_shape: tuple[int, int, int], channels: list[int], widths: list[int], classes: int,
+               act: str = "tanh", slope: float = 0.01, batchnorm: bool = False, dropout_input: float = 0.0,
+               dropout_hidden: float = 0.0) -> list[nn.Sequential]:
+    """The paper's CNN: conv 5x5 (padding 2) -> activation -> (BatchNorm) -> max-pool 3/2 per conv block,
+    then fully connected blocks and the head."""
+    blocks, c = [], in_shape[0]
+    h, w = in_shape[1:]
+    for i, out in enumerate(channels):
+        layers = [nn.Dropout(dropout_input)] if i == 0 and dropout_input else []
+        layers += [nn.Conv2d(c, out, 5, padding=2), activation(act, slope)]
+        if batchnorm:
+            layers.append(nn.BatchNorm2d(out))
+        layers.append(nn.MaxPool2d(3, 2))
+        if dropout_hidden:
+            layers.append(nn.Dropout(dropout_hidden))
+        blocks.append(nn.Sequential(*layers))
+        c, h, w = out, (h - 3) // 2 + 1, (w - 3) // 2 + 1
+    fc = mlp_blocks(c * h * w, widths, classes, act, slope, batchnorm, 0.0, dropout_hidden)
+    return blocks + fc
+
+
+def build(cfg: Config, in_shape: tuple[int, ...], classes: int) -> nn.Sequential:
+    """The model a config describes. Block k is initialized from its own seed stream, so the same
+    weights come out whichever process builds it."""
+    m = cfg.model
+    widths = cfg.hidden_widths()
+    common = dict(act=m.activation, slope=m.leaky_slope, batchnorm=m.batchnorm,
+                  dropout_input=m.dropout_input, dropout_hidden=m.dropout_hidden)
+    # Build once to learn the shapes, then rebuild each block under its own seed.
+    def make():
+        if m.kind == "mlp":
+            n = 1
+            for s in in_shape:
+                n *= s
+            return mlp_blocks(n, widths, classes, **common)
+        return cnn_blocks(tuple(in_shape), m.channels, widths, classes, **common)
+
+    blocks = make()
+    for k, block in enumerate(blocks):
+        g = seeding.generator(cfg.train.seed, "init", k)
+        reset(block, g)
+    return nn.Sequential(*blocks)
+
+
+def reset(block: nn.Module, g: torch.Generator) -> None:
+    """PyTorch's default initialization (kaiming-uniform weights, uniform biases) drawn from `g`."""
+    with torch.no_grad():
+        for mod in block.modules():
+            if isinstance(mod, (nn.Linear, nn.Conv2d)):
+                fan_in = mod.weight[0].numel()
+                bound = 1.0 / fan_in ** 0.5
+                # kaiming_uniform_(a=sqrt(5)) reduces to U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+                mod.weight.uniform_(-bound, bound, generator=g)
+                if mod.bias is not None:
+                    mod.bias.uniform_(-bound, bound, generator=g)
+
+
+def from_sequential(seq: nn.Sequential, boundaries: list[int]) -> nn.Sequential:
+    """Split a user's ``nn.Sequential`` into blocks: `boundaries` are the indices where a new block
+    starts (e.g. [2, 4] makes blocks seq[0:2], seq[2:4], seq[4:]). The last block is the head."""
+    cuts = [0, *boundaries, len(seq)]
+    if sorted(set(cuts)) != cuts or cuts[0] != 0 or cuts[-1] != len(seq) or len(cuts) < 3:
+        raise ValueError(f"boundaries: {boundaries} must be strictly increasing indices in 1..{len(seq) - 1}")
+    return nn.Sequential(*[nn.Sequential(*list(seq)[a:b]) for a, b in zip(cuts, cuts[1:])])
+
+
+def output_shapes(model: nn.Sequential, in_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """Per-sample output shape of every block."""
+    shapes, x = [], torch.zeros(2, *in_shape)
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        for block in model:
+            x = block(x)
+            shapes.append(tuple(x.shape[1:]))
+    model.train(was)
+    return shapes

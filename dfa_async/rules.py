@@ -1,0 +1,203 @@
+"""The learning rules for one block: DFA, BP and shallow; the alignment measures; bottleneck masks.
+Nothing here knows about Ray or about any particular model."""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import feedback, seeding
+
+
+def head_error(logits: torch.Tensor, y: torch.Tensor, scale: str = "mean"):
+    """Cross-entropy loss (mean over the batch, for logging) and e = dL/dlogits for the chosen reduction:
+    `sum`: softmax(y) - onehot(y) per sample; `mean`: the same divided by the batch size."""
+    with torch.no_grad():
+        e = torch.softmax(logits, dim=1)
+        e[torch.arange(len(y)), y] -= 1
+        if scale == "mean":
+            e /= len(y)
+        loss = F.cross_entropy(logits, y)
+    return loss, e
+
+
+class _Live:
+    __slots__ = ("base", "size", "stride", "offset")
+
+
+class stash_hooks(torch.autograd.graph.saved_tensors_hooks):
+    """Autograd keeps a reference to the *live* parameter or buffer instead of a versioned copy.
+
+    With depth D > 1 a block's optimizer steps (in place) between a step's forward and its update, and
+    later forwards overwrite batchnorm running statistics: autograd would refuse the stale graph. The
+    update of step t uses the activations stashed at forward(t) and the block's current parameters where
+    its backward needs them (only inside the block: e.g. the batchnorm scale when it sits behind a
+    linear layer), so no weights are stashed (PipeDream without weight stashing)."""
+
+    def __init__(self, module: nn.Module):
+        live = {}
+        for t in list(module.parameters()) + list(module.buffers()):
+            live[t.untyped_storage().data_ptr()] = t
+
+        def pack(t):
+            if t.device.type != "meta":
+                base = live.get(t.untyped_storage().data_ptr())
+                if base is not None:
+                    ref = _Live()
+                    ref.base, ref.size, ref.stride, ref.offset = base, t.size(), t.stride(), t.storage_offset()
+                    return ref
+            return t
+
+        def unpack(obj):
+            if isinstance(obj, _Live):
+                return obj.base.detach().as_strided(obj.size, obj.stride, obj.offset)
+            return obj
+
+        super().__init__(pack, unpack)
+
+
+class Learner:
+    """One block with its optimizer, its fixed feedback matrix and the stash of in-flight steps.
+
+    forward(step, x) runs the block and keeps the output's graph; update(step, signal) back-propagates
+    the signal inside the block only and takes an optimizer step. The signal of a hidden block under
+    DFA is B_k e; of the head, e itself (its true gradient)."""
+
+    def __init__(self, block: nn.Module, index: int, *, rule: str, is_head: bool, B: torch.Tensor | None,
+                 out_shape: tuple[int, ...], optimizer: torch.optim.Optimizer, seed: int,
+                 keep_units: torch.Tensor | None = None):
+        self.block, self.index, self.rule, self.is_head = block, index, rule, is_head
+        self.B, self.out_shape, self.opt, self.seed = B, out_shape, optimizer, seed
+        self.keep_units = keep_units
+        self.stash: dict[int, torch.Tensor] = {}
+        self.updates = 0  # own updates applied so far (for staleness)
+        self.updates_at_forward: dict[int, int] = {}
+
+    @property
+    def learns(self) -> bool:
+        return self.is_head or self.rule != "shallow"
+
+    def forward(self, step: int, x: torch.Tensor) -> torch.Tensor:
+        # Dropout masks depend on (seed, block, step) only, not on the process that draws them.
+        torch.manual_seed(seeding.derive(self.seed, "dropout", self.index, step))
+        if not self.learns:
+            with torch.no_grad():
+                return self.block(x)
+        if self.rule != "bp":
+            x = x.detach()
+        with stash_hooks(self.block):
+            out = self.block(x)
+        self.stash[step] = out
+        self.updates_at_forward[step] = self.updates
+        return out if self.rule == "bp" else out.detach()
+
+    def signal(self, e: torch.Tensor) -> torch.Tensor | None:
+        if self.is_head:
+            return e
+        if self.rule == "dfa":
+            return feedback.project(self.B, e, self.out_shape)
+        return None  # bp: gradients arrive through the graph; shallow: nothing to learn
+
+    def update(self, step: int, e: torch.Tensor | None, lr: float) -> int:
+        """Apply the update of `step`; return its staleness (own updates applied since its forward)."""
+        if not self.learns:
+            return 0
+        out = self.stash.pop(step)
+        staleness = self.updates - self.updates_at_forward.pop(step)
+        g = self.signal(e) if e is not None else None
+        if g is not None:
+            out.backward(g)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        frozen = self._frozen_rows()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self._restore_rows(frozen)
+        self.updates += 1
+        return staleness
+
+    # Bottleneck (mask form): only the kept units of this block are trained.
+    def _masked_params(self):
+        n = len(self.keep_units)
+        return [p for p in self.block.parameters() if p.dim() >= 1 and p.shape[0] == n]
+
+    def _frozen_rows(self):
+        if self.keep_units is None:
+            return None
+        drop = ~self.keep_units
+        return [(p, p.detach()[drop].clone()) for p in self._masked_params()]
+
+    def _restore_rows(self, frozen):
+        if frozen:
+            drop = ~self.keep_units
+            with torch.no_grad():
+                for p, rows in frozen:
+                    p[drop] = rows
+
+    def state(self) -> dict:
+        return {"block": self.block.state_dict(), "optim": self.opt.state_dict(), "updates": self.updates}
+
+    def load_state(self, state: dict) -> None:
+        self.block.load_state_dict(state["block"])
+        self.opt.load_state_dict(state["optim"])
+        self.updates = int(state["updates"])
+        self.stash.clear()
+        self.updates_at_forward.clear()
+
+
+def bottleneck_units(width: int, b: int, seed: int) -> torch.Tensor:
+    """A fixed random boolean mask with exactly b of `width` units kept."""
+    perm = torch.randperm(width, generator=seeding.generator(seed, "bottleneck"))
+    keep = torch.zeros(width, dtype=torch.bool)
+    keep[perm[:b]] = True
+    return keep
+
+
+def per_sample_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return F.cosine_similarity(a.flatten(1).double(), b.flatten(1).double(), dim=1, eps=1e-30)
+
+
+def update_angle(ga: list[torch.Tensor], gb: list[torch.Tensor]) -> float:
+    """Angle in degrees between two parameter updates (lists of per-parameter gradients)."""
+    a = torch.cat([g.flatten() for g in ga]).double()
+    b = torch.cat([g.flatten() for g in gb]).double()
+    cos = (a @ b / (a.norm() * b.norm()).clamp_min(1e-300)).clamp(-1, 1)
+    return math.degrees(math.acos(cos.item()))
+
+
+def alignment(model: nn.Sequential, Bs: list[torch.Tensor | None], x: torch.Tensor, y: torch.Tensor,
+              error_scale: str = "mean", seed: int = 0) -> list[dict]:
+    """Per hidden block k: the per-sample cosine between the DFA signal B_k e and the true gradient
+    dL/dh_k (mean and std over the probe batch, the paper's measure) and the angle in degrees between the
+    DFA and the BP weight update of the block. A None in `Bs` puts the true gradient in place of B_k e
+    (BP against itself: cosine 1, angle 0). The model is not changed (it runs on a copy, in train mode,
+    with dropout drawn from `seed`)."""
+    model = copy.deepcopy(model).train()
+    with torch.random.fork_rng():
+        torch.manual_seed(seeding.derive(seed, "probe"))
+        hs, h = [], x
+        for block in model:
+            h = block(h)
+            h.retain_grad()
+            hs.append(h)
+    loss = F.cross_entropy(hs[-1], y, reduction="sum" if error_scale == "sum" else "mean")
+    _, e = head_error(hs[-1].detach(), y, error_scale)
+    params = [list(b.parameters()) for b in model]
+    bp_grads = torch.autograd.grad(loss, [p for ps in params for p in ps] + hs[:-1], retain_graph=True)
+    n = sum(len(ps) for ps in params)
+    bp_param, true_h = bp_grads[:n], bp_grads[n:]
+    out, i = [], 0
+    for k, block in enumerate(model):
+        ps, bp_k = params[k], bp_param[i:i + len(params[k])]
+        i += len(ps)
+        if k == len(model) - 1:
+            break
+        g = true_h[k] if Bs[k] is None else feedback.project(Bs[k], e, hs[k].shape[1:])
+        cos = per_sample_cosine(g, true_h[k])
+        dfa_k = torch.autograd.grad(hs[k], ps, grad_outputs=g, retain_graph=True)
+        out.append({"block": k, "cos_mean": cos.mean().item(), "cos_std": cos.std().item(),
+                    "update_angle": update_angle(dfa_k, bp_k)})
+    return out

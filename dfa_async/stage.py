@@ -1,0 +1,116 @@
+"""A stage: one or more consecutive blocks with their learners. The single-process reference is one
+stage holding every block; the distributed trainer runs one stage per actor. Both carry out the same
+ops of the same schedule, which is why placement never changes what is learned."""
+from __future__ import annotations
+
+import copy
+import math
+import time
+
+import torch
+
+from . import feedback, model as models, optim, rules
+from .config import Config, ConfigError
+
+
+class Plan:
+    """What every stage needs to know about the whole model (shapes, step counts), computed once by
+    the driver and sent to the stages: small and picklable."""
+
+    def __init__(self, cfg: Config, in_shape: tuple[int, ...], classes: int, total_steps: int,
+                 steps_per_epoch: int, net: torch.nn.Sequential | None = None):
+        self.cfg, self.in_shape, self.classes = cfg, tuple(in_shape), classes
+        self.total_steps, self.steps_per_epoch = total_steps, steps_per_epoch
+        self.net = net  # a user's own model (blocks of an nn.Sequential); None builds cfg.model
+        net = self.build()
+        self.out_shapes = models.output_shapes(net, self.in_shape)
+        self.num_blocks = len(net)
+        if cfg.runtime.stages and sum(cfg.runtime.stages) != self.num_blocks:
+            raise ConfigError(f"runtime.stages: {cfg.runtime.stages} holds {sum(cfg.runtime.stages)} blocks but "
+                              f"the model has {self.num_blocks}; make the counts add up to {self.num_blocks}")
+
+    def build(self) -> torch.nn.Sequential:
+        """A fresh copy of the initial model (every stage builds it the same way)."""
+        if self.net is not None:
+            return copy.deepcopy(self.net)
+        return models.build(self.cfg, self.in_shape, self.classes)
+
+    def partition(self) -> list[list[int]]:
+        """Block indices of each stage (runtime.stages; default one block per stage)."""
+        sizes = self.cfg.runtime.stages or [1] * self.num_blocks
+        out, k = [], 0
+        for n in sizes:
+            out.append(list(range(k, k + n)))
+            k += n
+        return out
+
+
+class Stage:
+    def __init__(self, plan: Plan, blocks: list[int]):
+        cfg = plan.cfg
+        self.plan, self.cfg, self.ids = plan, cfg, list(blocks)
+        net = plan.build()
+        dims = [math.prod(s) for s in plan.out_shapes[:-1]]
+        last = plan.num_blocks - 1
+        self.learners = []
+        for k in self.ids:
+            is_head = k == last
+            B = None
+            if not is_head and cfg.feedback.rule == "dfa":
+                B = feedback.matrix(k, dims, plan.classes, cfg.feedback.init, cfg.feedback.normalization,
+                                    cfg.train.seed)
+            keep = None
+            if cfg.bottleneck.layer == k + 1 and cfg.bottleneck.form == "mask":
+                keep = rules.bottleneck_units(plan.out_shapes[k][0], cfg.bottleneck.width, cfg.train.seed)
+            block = net[k]
+            self.learners.append(rules.Learner(
+                block, k, rule=cfg.feedback.rule, is_head=is_head, B=B, out_shape=plan.out_shapes[k],
+                optimizer=optim.make(block.parameters(), cfg.optim), seed=cfg.train.seed, keep_units=keep))
+        self.is_head = self.ids[-1] == last
+        self.pending_error: dict[int, torch.Tensor] = {}
+        self.timeline: list[tuple[str, int, float, float]] = []  # (op, step, start, end) host times
+
+    def forward(self, step: int, x, y=None):
+        """Run the stage's blocks on x; the head stage also takes the labels and returns (loss, e)."""
+        t0 = time.time()
+        h = x
+        for learner in self.learners:
+            h = learner.forward(step, h)
+        out = h
+        if self.is_head:
+            loss, e = rules.head_error(h.detach(), y, self.cfg.feedback.error_scale)
+            out = (loss.item(), e)
+        self.timeline.append(("forward", step, t0, time.time()))
+        return out
+
+    def update(self, step: int, e: torch.Tensor) -> list[int]:
+        """Apply step's update on every block of the stage; return each block's staleness."""
+        t0 = time.time()
+        lr = optim.lr_at(self.cfg.optim, step, self.plan.total_steps, self.plan.steps_per_epoch)
+        # Under bp the head's backward fills the gradients of the blocks below it: head first.
+        order = reversed(self.learners) if self.cfg.feedback.rule == "bp" else self.learners
+        stale = [learner.update(step, e, lr) for learner in order]
+        self.timeline.append(("update", step, t0, time.time()))
+        return stale
+
+    @torch.no_grad()
+    def evaluate(self, x):
+        for learner in self.learners:
+            learner.block.eval()
+        try:
+            for learner in self.learners:
+                x = learner.block(x)
+        finally:
+            for learner in self.learners:
+                learner.block.train()
+        return x
+
+    def state(self) -> dict:
+        return {str(k): learner.state() for k, learner in zip(self.ids, self.learners)}
+
+    def load_state(self, state: dict) -> None:
+        for k, learner in zip(self.ids, self.learners):
+            learner.load_state(state[str(k)])
+
+    def modules(self) -> dict[int, torch.nn.Module]:
+        return {k: learner.block for k, learner in zip(self.ids, self.learners)}

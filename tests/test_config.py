@@ -1,0 +1,110 @@
+"""Settings: defaults, TOML and --set loading, and malformed settings rejected with one line."""
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from dfa_async import config
+from dfa_async.config import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# (overrides, words the one-line error must contain)
+MALFORMED = [
+    (["model.kind=rnn"], ["model.kind", "mlp, cnn"]),
+    (["model.activation=gelu"], ["model.activation", "tanh, relu, leaky_relu, sigmoid"]),
+    (["model.widths=800"], ["model.widths", "list of integers"]),
+    (["model.widths=[800, -1]"], ["model.widths", ">= 1"]),
+    (["model.widths=[]"], ["model.widths", "at least one"]),
+    (["model.dropout_hidden=1.0"], ["model.dropout_hidden", "< 1.0"]),
+    (["model.leaky_slope=-0.1"], ["model.leaky_slope", ">= 0.0"]),
+    (["model.batchnorm=1"], ["model.batchnorm", "true or false"]),
+    (["model.depth=3"], ["model.depth", "unknown setting"]),
+    (["modle.kind=mlp"], ["modle", "unknown section"]),
+    (["feedback.rule=fa"], ["feedback.rule", "dfa, bp, shallow"]),
+    (["feedback.init=xavier"], ["feedback.init", "gaussian, uniform, orthogonal, sign"]),
+    (["feedback.normalization=layer"], ["feedback.normalization", "paper, independent, none"]),
+    (["feedback.error_scale=batch"], ["feedback.error_scale", "mean, sum"]),
+    (["data.name=imagenet"], ["data.name", "mnist, fashion_mnist, cifar10, synthetic"]),
+    (["optim.lr=0"], ["optim.lr", "> 0.0"]),
+    (["optim.lr=fast"], ["optim.lr", "expected a number"]),
+    (["optim.name=rmsprop"], ["optim.name", "sgd, adam"]),
+    (["optim.momentum=1.5"], ["optim.momentum", "< 1.0"]),
+    (["optim.schedule=step"], ["optim.step_every", "step_every >= 1"]),
+    (["train.batch_size=1"], ["train.batch_size", ">= 2"]),
+    (["train.epochs=-1"], ["train.epochs", ">= 0"]),
+    (["train.epochs=0", "train.max_steps=0"], ["train.epochs", "train nothing"]),
+    (["train.seed=1.5"], ["train.seed", "expected an integer"]),
+    (["runtime.depth=0"], ["runtime.depth", ">= 1"]),
+    (["runtime.backend=mpi"], ["runtime.backend", "local, ray"]),
+    (["feedback.rule=bp", "runtime.depth=2", "runtime.backend=local"], ["runtime.depth", "bp allows only depth 1"]),
+    (["feedback.rule=bp", "runtime.backend=ray"], ["feedback.rule", "runtime.backend = ray"]),
+    (["runtime.stages=[1, 1]"], ["runtime.stages", "add up to 3"]),
+    (["runtime.transport=mpi"], ["runtime.transport", "object_store, gloo, nccl"]),
+    (["runtime.transport=nccl", "runtime.device=cpu"], ["runtime.transport", "object_store or gloo"]),
+    (["bottleneck.layer=3"], ["bottleneck.layer", "1..2"]),
+    (["bottleneck.layer=1", "bottleneck.width=900"], ["bottleneck.width", "1..800"]),
+    (["bottleneck.layer=1", "bottleneck.form=prune"], ["bottleneck.form", "mask, narrow"]),
+    (["metrics.port=70000"], ["metrics.port", "<= 65535"]),
+    (["checkpoint.keep=0"], ["checkpoint.keep", ">= 1"]),
+    (["alignment.probe_size=1"], ["alignment.probe_size", ">= 2"]),
+    (["model.kind=cnn", "data.name=synthetic", "data.shape=[1, 4, 4]"], ["data.shape", "too small"]),
+    (["model.kind=cnn", "model.channels=[]"], ["model.channels", "at least one"]),
+    (["bottleneck.layer=1", "model.kind=cnn", "bottleneck.width=3"], ["bottleneck.layer", "conv block"]),
+    (["train"], ["--set train", "section.key=value"]),
+]
+
+
+@pytest.mark.parametrize("overrides,words", MALFORMED, ids=[" ".join(o) for o, _ in MALFORMED])
+def test_malformed_settings_give_one_line_naming_the_key(overrides, words):
+    with pytest.raises(ConfigError) as err:
+        config.load(None, overrides)
+    msg = str(err.value)
+    assert "\n" not in msg
+    for w in words:
+        assert w in msg, msg
+
+
+def test_malformed_toml_file(tmp_path):
+    p = tmp_path / "bad.toml"
+    p.write_text("[model\nkind = 'mlp'\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        config.load(p)
+    with pytest.raises(ConfigError, match="not found"):
+        config.load(tmp_path / "missing.toml")
+
+
+def test_defaults_and_overrides():
+    cfg = config.load(None, ["optim.lr=0.5", "model.widths=[10, 20]", "optim.name=adam", 'data.name="cifar10"'])
+    assert cfg.optim.lr == 0.5 and isinstance(cfg.optim.lr, float)
+    assert cfg.model.widths == [10, 20]
+    assert cfg.optim.name == "adam" and cfg.data.name == "cifar10"
+    assert config.Config().model.kind == "mlp"
+
+
+def test_int_is_accepted_for_float():
+    assert config.load(None, ["optim.lr=1"]).optim.lr == 1.0
+
+
+def test_saved_toml_round_trips():
+    cfg = config.load(None, ["optim.lr=0.003", "train.name=a \"quoted\" name", "runtime.stages=[2, 1]"])
+    again = config.from_dict(tomllib.loads(config.to_toml(cfg)))
+    assert again == cfg
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "examples" / "configs").glob("*.toml")), ids=lambda p: p.name)
+def test_example_configs_load(path):
+    cfg = config.load(path)
+    assert cfg.num_blocks() >= 2
+
+
+def test_every_setting_has_a_docstring():
+    text = config.describe()
+    assert "optim.lr = 0.01" in text
+    for line in text.splitlines()[1::2]:
+        assert line.strip(), "empty docstring"
+
+
+def test_narrow_bottleneck_changes_the_width():
+    cfg = config.load(None, ["bottleneck.layer=2", "bottleneck.width=8", "bottleneck.form=narrow"])
+    assert cfg.hidden_widths() == [800, 8]

@@ -1,0 +1,147 @@
+"""Datasets in their published formats; download with md5 checks against a server on 127.0.0.1."""
+import functools
+import gzip
+import http.server
+import shutil
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from dfa_async import data
+from dfa_async.config import DataConfig
+from dfa_async.data import DataError
+
+
+@pytest.fixture
+def serve():
+    servers = []
+
+    def start(folder):
+        handler = functools.partial(QuietHandler, directory=str(folder))
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        servers.append(srv)
+        return f"http://127.0.0.1:{srv.server_port}"
+
+    yield start
+    for srv in servers:
+        srv.shutdown()
+        srv.server_close()
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def test_mnist_from_idx_files(shared_data):
+    ds = data.load(DataConfig(name="mnist", dir=str(shared_data), download=False))
+    assert ds.x_train.shape == (60000, 1, 28, 28) and ds.x_test.shape == (10000, 1, 28, 28)
+    assert ds.y_train.dtype == torch.int64 and set(ds.y_test.unique().tolist()) == set(range(10))
+    assert abs(ds.x_train.mean().item()) < 0.01 and abs(ds.x_train.std().item() - 1) < 0.01
+
+
+def test_fashion_mnist_from_idx_files(shared_data):
+    ds = data.load(DataConfig(name="fashion_mnist", dir=str(shared_data), download=False, normalize=False))
+    assert ds.x_train.shape == (60000, 1, 28, 28)
+    assert 0.0 <= ds.x_train.min() and ds.x_train.max() <= 1.0
+
+
+def test_download_with_md5_from_a_local_server(shared_data, tmp_path, serve):
+    url = serve(shared_data)
+    cfg = DataConfig(name="mnist", dir=str(tmp_path), url=url, limit_train=10)
+    ds = data.load(cfg)
+    assert ds.x_train.shape == (10, 1, 28, 28)
+    for name, md5 in zip(data.IDX_FILES, data.MD5["mnist"]):
+        assert data.md5(tmp_path / "mnist" / name) == md5
+    assert not list((tmp_path / "mnist").glob(".*"))  # no temporary files left
+
+
+def test_download_of_a_wrong_file_is_refused(tmp_path, serve):
+    site = tmp_path / "site" / "mnist"
+    site.mkdir(parents=True)
+    for name in data.IDX_FILES:
+        (site / name).write_bytes(b"not the file")
+    url = serve(tmp_path / "site")
+    with pytest.raises(DataError, match="md5") as err:
+        data.load(DataConfig(name="mnist", dir=str(tmp_path / "dest"), url=url))
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "dest" / "mnist" / data.IDX_FILES[0]).exists()
+
+
+def test_unreachable_server_gives_a_clear_error(tmp_path, serve):
+    url = serve(tmp_path)  # serves an empty folder: 404
+    with pytest.raises(DataError, match="could not download"):
+        data.load(DataConfig(name="fashion_mnist", dir=str(tmp_path / "d"), url=url))
+
+
+def test_missing_file_without_download(tmp_path):
+    with pytest.raises(DataError, match="missing") as err:
+        data.load(DataConfig(name="mnist", dir=str(tmp_path), download=False))
+    assert "train-images-idx3-ubyte.gz" in str(err.value)
+
+
+def test_corrupt_file_is_named(shared_data, tmp_path):
+    shutil.copytree(shared_data / "mnist", tmp_path / "mnist")
+    target = tmp_path / "mnist" / "t10k-labels-idx1-ubyte.gz"
+    target.chmod(0o644)
+    raw = bytearray(target.read_bytes())
+    raw[100] ^= 0xFF
+    target.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match="corrupt") as err:
+        data.load(DataConfig(name="mnist", dir=str(tmp_path), download=False))
+    assert str(target) in str(err.value)
+
+
+def test_idx_reader_rejects_short_files(tmp_path):
+    p = tmp_path / "x.gz"
+    with gzip.open(p, "wb") as fh:
+        fh.write(bytes([0, 0, 8, 1]) + (100).to_bytes(4, "big") + b"\x01" * 10)
+    with pytest.raises(DataError, match="holds 10 bytes"):
+        data.read_idx(p)
+
+
+def write_cifar(folder, n=4, seed=0):
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    out = {}
+    for name in data.CIFAR_FILES:
+        labels = rng.integers(0, 10, n, dtype=np.uint8)
+        pix = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        (folder / name).write_bytes(np.concatenate([labels[:, None], pix], 1).tobytes())
+        out[name] = (labels, pix)
+    return out
+
+
+def test_cifar10_binary_version(tmp_path):
+    written = write_cifar(tmp_path / "cifar10" / "cifar-10-batches-bin")
+    ds = data.load(DataConfig(name="cifar10", dir=str(tmp_path), download=False, normalize=False))
+    assert ds.x_train.shape == (20, 3, 32, 32) and ds.x_test.shape == (4, 3, 32, 32)
+    labels, pix = written["data_batch_2.bin"]
+    assert torch.equal(ds.y_train[4:8], torch.from_numpy(labels).long())
+    # Record layout: 1024 red, then green, then blue bytes, each plane row-major.
+    assert ds.x_train[4, 1, 0, 5].item() == pytest.approx(pix[0, 1024 + 5] / 255)
+
+
+def test_cifar10_corrupt_batch(tmp_path):
+    folder = tmp_path / "cifar10" / "cifar-10-batches-bin"
+    write_cifar(folder)
+    with open(folder / "test_batch.bin", "ab") as fh:
+        fh.write(b"\x00\x01")
+    with pytest.raises(DataError, match="test_batch.bin is corrupt"):
+        data.load(DataConfig(name="cifar10", dir=str(tmp_path), download=False))
+
+
+def test_synthetic_is_deterministic_and_learnable_shape():
+    cfg = DataConfig(name="synthetic", n_train=64, n_test=16, shape=[2, 4, 4], classes=3)
+    a, b = data.load(cfg, seed=1), data.load(cfg, seed=1)
+    assert torch.equal(a.x_train, b.x_train) and a.shape == (2, 4, 4) and a.classes == 3
+    assert not torch.equal(a.x_train, data.load(cfg, seed=2).x_train)
+
+
+def test_epoch_order_is_a_permutation_per_epoch():
+    a, b = data.epoch_order(100, 0, 0), data.epoch_order(100, 0, 1)
+    assert sorted(a) == list(range(100)) and not np.array_equal(a, b)
+    assert np.array_equal(a, data.epoch_order(100, 0, 0))

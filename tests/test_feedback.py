@@ -1,0 +1,59 @@
+"""Feedback matrices: the statistics of each normalization against its formula."""
+import math
+
+import pytest
+import torch
+
+from dfa_async import feedback
+
+DIMS, C = [800, 400, 200], 10
+
+
+@pytest.mark.parametrize("init", ["gaussian", "uniform", "orthogonal", "sign"])
+def test_paper_normalization_variance_and_shared_columns(init):
+    d_max = max(DIMS)
+    mats = [feedback.matrix(k, DIMS, C, init, "paper", seed=3) for k in range(3)]
+    for k, B in enumerate(mats):
+        assert B.shape == (C, DIMS[k])
+        # Variance 1/(d_k * classes): N(0,1)/sqrt(d_max*classes) times sqrt(d_max/d_k).
+        assert B.var().item() * DIMS[k] * C == pytest.approx(1.0, rel=0.12)
+        assert abs(B.mean().item()) < 3 / math.sqrt(B.numel() * DIMS[k] * C)
+    # Block k holds the first d_k columns of one shared matrix, rescaled.
+    for k in (1, 2):
+        scale = math.sqrt(DIMS[k] / d_max)
+        torch.testing.assert_close(mats[k] * scale, mats[0][:, :DIMS[k]])
+
+
+def test_paper_gaussian_full_matrix_is_n01_over_sqrt_dmax_classes():
+    B = feedback.matrix(0, DIMS, C, "gaussian", "paper", seed=0)  # block 0 has d_max: the full matrix
+    z = B * math.sqrt(max(DIMS) * C)
+    assert z.mean().item() == pytest.approx(0.0, abs=0.05)
+    assert z.std().item() == pytest.approx(1.0, abs=0.05)
+
+
+def test_independent_draws_differ_per_block_with_their_own_variance():
+    a = feedback.matrix(1, DIMS, C, "gaussian", "independent", seed=0)
+    b = feedback.matrix(2, DIMS, C, "gaussian", "independent", seed=0)
+    p = feedback.matrix(1, DIMS, C, "gaussian", "paper", seed=0)
+    assert a.var().item() * DIMS[1] * C == pytest.approx(1.0, rel=0.12)
+    assert not torch.allclose(a[:, :200], b)
+    assert not torch.allclose(a, p)
+
+
+def test_sign_matrix_is_plus_minus_a_constant():
+    B = feedback.matrix(1, DIMS, C, "sign", "none", seed=0)
+    assert set(B.unique().tolist()) == {-1.0, 1.0}
+    Bp = feedback.matrix(1, DIMS, C, "sign", "independent", seed=0)
+    assert torch.allclose(Bp.abs(), torch.full_like(Bp, 1 / math.sqrt(DIMS[1] * C)))
+
+
+def test_orthogonal_rows_are_orthogonal():
+    B = feedback.matrix(0, DIMS, C, "orthogonal", "none", seed=0)
+    gram = B @ B.T / DIMS[0]
+    torch.testing.assert_close(gram, torch.eye(C), atol=1e-5, rtol=0)
+
+
+def test_same_seed_same_matrix_and_seed_matters():
+    a = feedback.matrix(1, DIMS, C, "uniform", "paper", seed=5)
+    assert torch.equal(a, feedback.matrix(1, DIMS, C, "uniform", "paper", seed=5))
+    assert not torch.equal(a, feedback.matrix(1, DIMS, C, "uniform", "paper", seed=6))

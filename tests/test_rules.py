@@ -1,0 +1,188 @@
+"""The learning rule against math derived independently: closed forms and plain autograd."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dfa_async import feedback, model as models, rules
+from dfa_async.reference import LocalPipeline
+from dfa_async.stage import Plan
+
+from conftest import small_config
+
+
+def make_learner(block, B, index=0, rule="dfa", is_head=False, out_shape=None, momentum=0.0, keep=None):
+    opt = torch.optim.SGD(block.parameters(), lr=1.0, momentum=momentum)
+    return rules.Learner(block, index, rule=rule, is_head=is_head, B=B, out_shape=out_shape, optimizer=opt,
+                         seed=0, keep_units=keep)
+
+
+def test_head_error_is_the_gradient_of_cross_entropy():
+    logits = torch.randn(7, 5, requires_grad=True)
+    y = torch.randint(0, 5, (7,))
+    for scale, red in (("mean", "mean"), ("sum", "sum")):
+        loss, e = rules.head_error(logits.detach(), y, scale)
+        (g,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction=red), logits)
+        torch.testing.assert_close(e, g)
+        assert loss.item() == pytest.approx(F.cross_entropy(logits, y).item())
+    # per-sample error: softmax - onehot
+    _, e = rules.head_error(logits.detach(), y, "sum")
+    expected = torch.softmax(logits.detach(), 1) - F.one_hot(y, 5)
+    torch.testing.assert_close(e, expected)
+
+
+def test_dfa_update_of_linear_tanh_equals_closed_form():
+    torch.manual_seed(1)
+    block = nn.Sequential(nn.Linear(6, 4), nn.Tanh())
+    W0, b0 = block[0].weight.detach().clone(), block[0].bias.detach().clone()
+    B = torch.randn(3, 4)
+    h = torch.randn(5, 6)
+    e = torch.randn(5, 3)
+    learner = make_learner(block, B, out_shape=(4,))
+    learner.forward(0, h)
+    learner.update(0, e, lr=0.1)
+    # Noekland: delta_a = (B e) * f'(a), dW = delta_a^T h (here e @ B with B of shape classes x d).
+    a = h @ W0.T + b0
+    delta = (e @ B) * (1 - torch.tanh(a) ** 2)
+    torch.testing.assert_close(block[0].weight.detach(), W0 - 0.1 * delta.T @ h)
+    torch.testing.assert_close(block[0].bias.detach(), b0 - 0.1 * delta.sum(0))
+
+
+def test_dfa_update_of_conv_block_equals_independent_computation():
+    torch.manual_seed(2)
+    block = nn.Sequential(nn.Conv2d(2, 3, 5, padding=2), nn.Tanh(), nn.MaxPool2d(3, 2))
+    W0, b0 = block[0].weight.detach().clone(), block[0].bias.detach().clone()
+    x = torch.randn(4, 2, 9, 9)
+    out_shape = (3, 4, 4)
+    B = torch.randn(10, 48)
+    e = torch.randn(4, 10)
+    learner = make_learner(block, B, out_shape=out_shape)
+    learner.forward(0, x)
+    learner.update(0, e, lr=1.0)
+    # Independent: im2col convolution, tanh, max-pool routing by argmax, im2col weight gradient.
+    cols = F.unfold(x, 5, padding=2)                          # (N, C*25, L)
+    a = (W0.view(3, -1) @ cols + b0[:, None]).view(4, 3, 9, 9)
+    t = torch.tanh(a)
+    _, idx = F.max_pool2d(t, 3, 2, return_indices=True)
+    g = (e @ B).view(4, *out_shape)
+    dt = torch.zeros(4, 3, 81).scatter_add_(2, idx.flatten(2), g.flatten(2))
+    da = dt * (1 - t.flatten(2) ** 2)
+    dW = torch.einsum("nol,nkl->ok", da, cols).view_as(W0)
+    torch.testing.assert_close(block[0].weight.detach(), W0 - dW, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(block[0].bias.detach(), b0 - da.sum((0, 2)), atol=1e-5, rtol=1e-5)
+
+
+def test_dfa_does_not_reach_other_blocks():
+    torch.manual_seed(3)
+    blk = nn.Sequential(nn.Linear(4, 4), nn.Tanh())
+    x = torch.randn(3, 4, requires_grad=True)
+    learner = make_learner(blk, torch.randn(2, 4), out_shape=(4,))
+    learner.forward(0, x)
+    learner.update(0, torch.randn(3, 2), lr=1.0)
+    assert x.grad is None
+
+
+def _plan(**sections):
+    cfg = small_config(**sections)
+    return Plan(cfg, (1, 8, 8), 10, total_steps=10, steps_per_epoch=10)
+
+
+def test_bp_rule_equals_autograd_on_the_whole_sequential():
+    plan = _plan(feedback={"rule": "bp"}, optim={"lr": 0.1, "momentum": 0.0})
+    pipe = LocalPipeline(plan)
+    net = copy.deepcopy(pipe.model())
+    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    pipe.forward(0, x, y)
+    pipe.update(0)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    torch.manual_seed(0)
+    F.cross_entropy(net(x), y).backward()
+    opt.step()
+    for (n, p), q in zip(pipe.model().named_parameters(), net.parameters()):
+        torch.testing.assert_close(p, q, msg=n)
+
+
+def test_shallow_changes_only_the_head():
+    plan = _plan(feedback={"rule": "shallow"})
+    pipe = LocalPipeline(plan)
+    before = copy.deepcopy(pipe.model())
+    for t in range(3):
+        pipe.forward(t, torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,)))
+        pipe.update(t)
+    after = pipe.model()
+    for k in range(len(after) - 1):
+        for p, q in zip(after[k].parameters(), before[k].parameters()):
+            assert torch.equal(p, q)
+    assert not torch.equal(after[-1][0].weight, before[-1][0].weight)
+
+
+def test_alignment_of_bp_against_itself_is_one():
+    torch.manual_seed(4)
+    net = nn.Sequential(*models.mlp_blocks(20, [16, 12], 5))
+    x, y = torch.randn(32, 20), torch.randint(0, 5, (32,))
+    out = rules.alignment(net, [None, None], x, y)
+    assert [b["block"] for b in out] == [0, 1]
+    for b in out:
+        assert b["cos_mean"] == pytest.approx(1.0, abs=1e-9)
+        assert b["cos_std"] == pytest.approx(0.0, abs=1e-6)
+        assert b["update_angle"] == pytest.approx(0.0, abs=1e-3)
+
+
+def test_alignment_of_random_feedback_matches_a_direct_computation():
+    torch.manual_seed(5)
+    net = nn.Sequential(*models.mlp_blocks(20, [16], 5))
+    B = torch.randn(5, 16)
+    x, y = torch.randn(8, 20), torch.randint(0, 5, (8,))
+    (b,) = rules.alignment(net, [B, None], x, y)
+    # Direct: true dL/dh1 = (e W2) for the linear head.
+    h1 = net[0](x)
+    _, e = rules.head_error(net[1](h1).detach(), y, "mean")
+    true = e @ net[1][0].weight.detach()
+    g = e @ B
+    cos = F.cosine_similarity(g, true.detach(), dim=1)
+    assert b["cos_mean"] == pytest.approx(cos.mean().item(), abs=1e-6)
+    assert b["cos_std"] == pytest.approx(cos.std().item(), abs=1e-6)
+    assert 0 < b["update_angle"] < 180
+
+
+def test_bottleneck_mask_trains_only_kept_units():
+    torch.manual_seed(6)
+    block = nn.Sequential(nn.Linear(5, 10), nn.Tanh())
+    keep = rules.bottleneck_units(10, 3, seed=0)
+    assert keep.sum() == 3
+    W0 = block[0].weight.detach().clone()
+    learner = make_learner(block, torch.randn(4, 10), out_shape=(10,), momentum=0.9, keep=keep)
+    for t in range(3):
+        learner.forward(t, torch.randn(6, 5))
+        learner.update(t, torch.randn(6, 4), lr=0.5)
+    changed = (block[0].weight.detach() != W0).any(1)
+    assert torch.equal(changed, keep)
+
+
+def test_stale_update_with_batchnorm_uses_stashed_activations():
+    """D = 2: forward(0), forward(1), update(0), update(1) works with batchnorm (live-parameter stash);
+    update 0 equals the one taken right after forward(0), and update 1 reports staleness 1."""
+    torch.manual_seed(7)
+    blk = nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4), nn.Tanh())
+    twin = copy.deepcopy(blk)
+    B = torch.randn(3, 4)
+    x0, x1, e0, e1 = torch.randn(6, 5), torch.randn(6, 5), torch.randn(6, 3), torch.randn(6, 3)
+    a, b = make_learner(blk, B, out_shape=(4,)), make_learner(twin, B, out_shape=(4,))
+    a.forward(0, x0)
+    a.forward(1, x1)
+    assert a.update(0, e0, lr=0.1) == 0
+    b.forward(0, x0)
+    b.update(0, e0, lr=0.1)
+    for p, q in zip(blk.parameters(), twin.parameters()):
+        torch.testing.assert_close(p, q)
+    w = blk[0].weight.detach().clone()
+    assert a.update(1, e1, lr=0.1) == 1
+    assert not torch.equal(blk[0].weight, w)
+
+
+def test_feedback_projection_shape():
+    B = torch.randn(10, 2 * 3 * 3)
+    g = feedback.project(B, torch.randn(4, 10), (2, 3, 3))
+    assert g.shape == (4, 2, 3, 3)
