@@ -79,8 +79,8 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = _opt("sgd", "Optimizer of every block.", ("sgd", "adam"))
-    lr: float = _opt(0.01, "Learning rate.", lo=0.0, lo_open=True)
+    name: str = _opt("adam", "Optimizer of every block.", ("sgd", "adam"))
+    lr: float = _opt(0.001, "Learning rate.", lo=0.0, lo_open=True)
     momentum: float = _opt(0.9, "SGD momentum.", lo=0.0, hi=1.0, hi_open=True)
     nesterov: bool = _opt(False, "SGD Nesterov momentum.")
     weight_decay: float = _opt(0.0, "L2 weight decay.", lo=0.0)
@@ -92,7 +92,7 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = _opt(5, "Epochs over the training set (the run stops at whichever of epochs and "
+    epochs: int = _opt(3, "Epochs over the training set (the run stops at whichever of epochs and "
                        "max_steps comes first).", lo=0)
     max_steps: int = _opt(0, "Stop after this many steps; 0 means no limit.", lo=0)
     batch_size: int = _opt(128, "Minibatch size (the last partial batch of an epoch is dropped).", lo=2)

@@ -5,14 +5,22 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("DFA_ASYNC_DATA") or ROOT.parent / "shared" / "data")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def shared_data():
-    if not (SHARED_DATA / "mnist" / "train-images-idx3-ubyte.gz").exists():
-        pytest.fail(f"MNIST is not under {SHARED_DATA}; set DFA_ASYNC_DATA to the shared data folder")
-    return SHARED_DATA
+    """A folder holding MNIST and Fashion-MNIST: $DFA_ASYNC_DATA, ../shared/data, or the user's cache
+    (downloaded there, md5-verified, when missing)."""
+    from dfa_async import data
+    from dfa_async.config import DataConfig
+
+    for folder in (os.environ.get("DFA_ASYNC_DATA"), ROOT.parent / "shared" / "data"):
+        if folder and (Path(folder) / "mnist" / "train-images-idx3-ubyte.gz").exists():
+            return Path(folder)
+    folder = Path.home() / ".cache" / "dfa_async"
+    for name in ("mnist", "fashion_mnist"):
+        data.load(DataConfig(name=name, dir=str(folder)))
+    return folder
 
 
 @pytest.fixture(autouse=True)

@@ -100,7 +100,7 @@ def test_example_configs_load(path):
 
 def test_every_setting_has_a_docstring():
     text = config.describe()
-    assert "optim.lr = 0.01" in text
+    assert "optim.lr = 0.001" in text
     for line in text.splitlines()[1::2]:
         assert line.strip(), "empty docstring"
 

@@ -90,7 +90,7 @@ def _plan(**sections):
 
 
 def test_bp_rule_equals_autograd_on_the_whole_sequential():
-    plan = _plan(feedback={"rule": "bp"}, optim={"lr": 0.1, "momentum": 0.0})
+    plan = _plan(feedback={"rule": "bp"}, optim={"name": "sgd", "lr": 0.1, "momentum": 0.0})
     pipe = LocalPipeline(plan)
     net = copy.deepcopy(pipe.model())
     x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))

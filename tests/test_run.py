@@ -1,0 +1,100 @@
+"""The driver end to end on the local backend: log, evaluation, alignment, checkpoints, resume."""
+import pytest
+import torch
+
+from dfa_async import checkpoint, model as models, runlog, train
+from dfa_async.config import ConfigError
+
+from conftest import small_config
+
+
+def test_train_writes_log_checkpoint_and_final_model(tmp_path):
+    cfg = small_config(train={"epochs": 2}, alignment={"every": 5, "probe_size": 32})
+    res = train(cfg, tmp_path / "run")
+    assert 0.0 <= res.test_accuracy <= 1.0 and res.steps == 32
+    recs = runlog.read(tmp_path / "run" / "events.msgpack")
+    kinds = [r["kind"] for r in recs]
+    assert kinds[0] == "config" and kinds[-1] == "done"
+    evals = [r for r in recs if r["kind"] == "eval"]
+    assert [r["epoch"] for r in evals] == [1.0, 2.0]
+    assert evals[-1]["test_accuracy"] == res.test_accuracy
+    aligns = [r for r in recs if r["kind"] == "align"]
+    assert [r["step"] for r in aligns] == [4, 9, 14, 19, 24, 29, 31]
+    assert all(-1 <= b["cos_mean"] <= 1 and 0 <= b["update_angle"] <= 180 for r in aligns for b in r["blocks"])
+    assert sum(r["kind"] == "train" for r in recs) == 32
+    # The final model is a plain state_dict of the nn.Sequential.
+    sd = torch.load(tmp_path / "run" / "final_model.pt", weights_only=True)
+    net = models.build(cfg, (1, 8, 8), 10)
+    net.load_state_dict(sd)
+    assert (tmp_path / "run" / "config.toml").exists()
+
+
+def test_dfa_beats_shallow_on_synthetic(tmp_path):
+    base = dict(train={"epochs": 4}, optim={"name": "adam", "lr": 0.003}, data={"n_train": 1024})
+    dfa = train(small_config(**base), tmp_path / "dfa")
+    shallow = train(small_config(**base, feedback={"rule": "shallow"}), tmp_path / "shallow")
+    assert dfa.test_accuracy > shallow.test_accuracy + 0.02
+
+
+def final_params(run_dir):
+    return torch.load(run_dir / "final_model.pt", weights_only=True)
+
+
+def test_resume_from_checkpoint_equals_a_straight_run(tmp_path):
+    common = dict(train={"epochs": 2}, runtime={"depth": 2}, model={"dropout_hidden": 0.1},
+                  optim={"schedule": "cosine"}, checkpoint={"every": 7, "keep": 10})
+    straight = train(small_config(**common), tmp_path / "straight")
+    # Stop after step 13: a run with max_steps would change the lr schedule, so cut the run dir instead.
+    part = tmp_path / "part"
+    train(small_config(**common), part)
+    for p in (part / "checkpoints").glob("step-*.pt"):
+        if checkpoint._step(p) > 13:
+            p.unlink()
+    (part / "final_model.pt").unlink()
+    resumed = train(small_config(**common), part)
+    a, b = final_params(tmp_path / "straight"), final_params(part)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.test_accuracy == straight.test_accuracy
+    kinds = [r["kind"] for r in runlog.read(part / "events.msgpack")]
+    assert "resume" in kinds
+
+
+def test_run_dir_of_another_config_is_refused(tmp_path):
+    train(small_config(), tmp_path / "r")
+    before = (tmp_path / "r" / "events.msgpack").read_bytes()
+    with pytest.raises(ConfigError, match="other settings"):
+        train(small_config(optim={"lr": 0.5}), tmp_path / "r")
+    assert (tmp_path / "r" / "events.msgpack").read_bytes() == before
+
+
+def test_divergence_stops_with_a_clear_error(tmp_path):
+    cfg = small_config(optim={"lr": 1e30, "momentum": 0.0}, model={"activation": "relu"})
+    with pytest.raises(FloatingPointError, match="lower optim.lr"):
+        train(cfg, tmp_path / "nan")
+    errors = runlog.read(tmp_path / "nan" / "events.msgpack", "error")
+    assert errors and "loss is" in errors[0]["message"]
+
+
+def test_users_own_sequential(tmp_path):
+    seq = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 24), torch.nn.ReLU(),
+                              torch.nn.Linear(24, 10))
+    blocks = models.from_sequential(seq, [3])
+    assert len(blocks) == 2
+    cfg = small_config()
+    cfg.runtime.stages = [1, 1]  # counts the user's blocks, checked by train()
+    train(cfg, tmp_path / "own", model=blocks)
+    sd = final_params(tmp_path / "own")
+    assert set(sd) == {"0.1.weight", "0.1.bias", "1.0.weight", "1.0.bias"}
+    assert not torch.equal(sd["0.1.weight"], blocks[0][1].weight)  # the hidden block learned
+    with pytest.raises(ValueError, match="boundaries"):
+        models.from_sequential(seq, [0, 3])
+
+
+def test_checkpoints_are_kept_and_a_corrupt_one_is_skipped(tmp_path):
+    cfg = small_config(train={"epochs": 2}, checkpoint={"every": 5, "keep": 2})
+    train(cfg, tmp_path / "c")
+    names = sorted(p.name for p in (tmp_path / "c" / "checkpoints").iterdir())
+    assert names == ["step-00000029.pt", "step-00000031.pt"]
+    (tmp_path / "c" / "checkpoints" / "step-00000031.pt").write_bytes(b"garbage")
+    path, state = checkpoint.latest(tmp_path / "c")
+    assert path.name == "step-00000029.pt" and state["step"] == 29
