@@ -30,10 +30,13 @@ class LocalPipeline:
         for stage in stages:
             self.staleness[step] = max(stage.update(step, e))
 
-    def evaluate(self, x: torch.Tensor) -> torch.Tensor:
-        for stage in self.stages:
-            x = stage.evaluate(x)
-        return x
+    def evaluate(self, batches: list[torch.Tensor]) -> list[torch.Tensor]:
+        outs = []
+        for x in batches:
+            for stage in self.stages:
+                x = stage.evaluate(x)
+            outs.append(x)
+        return outs
 
     def state(self) -> dict:
         out = {}
@@ -52,8 +55,13 @@ class LocalPipeline:
             blocks.update(stage.modules())
         return nn.Sequential(*[blocks[k] for k in sorted(blocks)])
 
-    def timelines(self) -> list[list]:
-        return [stage.timeline for stage in self.stages]
+    def take_timelines(self) -> list[list]:
+        return [stage.take_timeline() for stage in self.stages]
 
     def close(self) -> None:
         pass
+
+    restarts = 0
+
+    def restart(self) -> None:
+        raise RuntimeError("the local backend has no stages to restart")

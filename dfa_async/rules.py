@@ -17,7 +17,7 @@ def head_error(logits: torch.Tensor, y: torch.Tensor, scale: str = "mean"):
     `sum`: softmax(y) - onehot(y) per sample; `mean`: the same divided by the batch size."""
     with torch.no_grad():
         e = torch.softmax(logits, dim=1)
-        e[torch.arange(len(y)), y] -= 1
+        e[torch.arange(len(y), device=e.device), y] -= 1
         if scale == "mean":
             e /= len(y)
         loss = F.cross_entropy(logits, y)

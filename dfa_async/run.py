@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from . import checkpoint, config as config_mod, data, feedback, optim, rules, schedule
 from .config import Config, ConfigError
 from .runlog import EventLog
-from .stage import Plan
+from .stage import Plan, StageFailure
 
 
 @dataclass
@@ -27,6 +27,7 @@ class Result:
     samples_per_s: float
     alignment: list = field(default_factory=list)
     restarts: int = 0
+    stages: list = field(default_factory=list)
 
     def summary(self) -> str:
         return (f"test_accuracy={self.test_accuracy:.4f} test_error={100 * (1 - self.test_accuracy):.2f}% "
@@ -66,12 +67,37 @@ def make_pipeline(plan: Plan):
 
 
 def evaluate(pipe, x: torch.Tensor, y: torch.Tensor, batch: int) -> tuple[float, float]:
-    correct, loss = 0, 0.0
-    for i in range(0, len(x), batch):
-        logits = pipe.evaluate(x[i:i + batch])
-        correct += (logits.argmax(1) == y[i:i + batch]).sum().item()
-        loss += F.cross_entropy(logits, y[i:i + batch], reduction="sum").item()
-    return correct / len(x), loss / len(x)
+    outs = pipe.evaluate([x[i:i + batch] for i in range(0, len(x), batch)])
+    logits = torch.cat(outs)
+    return (logits.argmax(1) == y).float().mean().item(), F.cross_entropy(logits, y).item()
+
+
+class Timelines:
+    """Per-stage host timestamps, written at every boundary as one `timeline` record per stage, and
+    totals (busy time, idle fraction) written at the end as `stage` records."""
+
+    def __init__(self):
+        self.busy, self.first, self.last = {}, {}, {}
+
+    def flush(self, pipe, log: EventLog, step: int) -> None:
+        for s, tl in enumerate(pipe.take_timelines()):
+            if not tl:
+                continue
+            op, steps, start, end, stale = (list(c) for c in zip(*tl))
+            log.write("timeline", step, stage=s, op=op, steps=steps, start=start, end=end, staleness=stale)
+            self.busy[s] = self.busy.get(s, 0.0) + sum(b - a for a, b in zip(start, end))
+            self.first.setdefault(s, start[0])
+            self.last[s] = end[-1]
+
+    def summary(self, log: EventLog, step: int) -> list[dict]:
+        out = []
+        for s in sorted(self.busy):
+            span = self.last[s] - self.first[s]
+            rec = {"stage": s, "busy_s": self.busy[s], "span_s": span,
+                   "idle_fraction": max(0.0, 1 - self.busy[s] / span) if span > 0 else 0.0}
+            log.write("stage", step, **rec)
+            out.append(rec)
+        return out
 
 
 def train(cfg: Config, run_dir: str | Path | None = None, *, model=None, progress: bool = False,
@@ -82,6 +108,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, model=None, progres
     tr = cfg.train
     ds = data.load(cfg.data, tr.seed)
     total, spe = step_counts(cfg, len(ds.x_train))
+    plan = Plan(cfg, ds.shape, ds.classes, total, spe, net=model)
     run_dir = prepare_run_dir(cfg, run_dir)
     saved = config_mod.to_toml(cfg)
     cfg_path = run_dir / "config.toml"
@@ -95,88 +122,138 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, model=None, progres
     if not cfg_path.exists():
         write_text(cfg_path, saved)
 
-    plan = Plan(cfg, ds.shape, ds.classes, total, spe, net=model)
     log = EventLog(run_dir / "events.msgpack")
-    pipe = make_pipeline(plan)
-    start = 0
-    if found is not None:
-        path, state = found
-        pipe.load_state(state["blocks"])
-        start = int(state["step"]) + 1
-        log.write("resume", start, checkpoint=str(path.name))
-    else:
-        log.write("config", 0, config=cfg.to_dict(), blocks=plan.num_blocks, steps=total,
-                  steps_per_epoch=spe, partition=plan.partition(), backend=cfg.runtime.backend)
-
-    marks = schedule.boundaries(total, spe, cfg.checkpoint.every)
-    probe = None
-    if cfg.alignment.every:
-        n = min(cfg.alignment.probe_size, len(ds.x_train))
-        probe = (ds.x_train[:n], ds.y_train[:n])
+    pipe = None
     bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
-    t_start, samples, last = time.time(), 0, {"test_accuracy": float("nan"), "test_loss": float("nan")}
-    align_log = []
-    order, order_epoch = None, -1
     try:
-        for op in schedule.ops(start, total, cfg.runtime.depth, marks):
-            t = op.step
-            if op.kind == "forward":
-                epoch = t // spe
-                if epoch != order_epoch:
-                    order, order_epoch = data.epoch_order(len(ds.x_train), tr.seed, epoch), epoch
-                idx = torch.from_numpy(order[(t % spe) * tr.batch_size:(t % spe + 1) * tr.batch_size])
-                loss = pipe.forward(t, ds.x_train[idx], ds.y_train[idx])
-                samples += len(idx)
-                if (t + 1) % tr.log_every == 0 or t == total - 1:
-                    loss = float(loss)
-                    if not math.isfinite(loss):
-                        log.write("error", t, message=f"loss is {loss} at step {t}")
-                        raise FloatingPointError(f"training diverged: loss is {loss} at step {t}; lower optim.lr")
-                    log.write("train", t, loss=loss, epoch=t / spe, lr=_lr(cfg, t, total, spe))
-                    if metrics:
-                        metrics.train(t, loss, samples / max(time.time() - t_start, 1e-9))
-                    if bar:
-                        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-                if probe is not None and (t + 1) % cfg.alignment.every == 0:
-                    align_log.append(measure_alignment(cfg, plan, pipe, probe, t, log, metrics))
-                if bar:
-                    bar.update(1)
-            elif op.kind == "update":
-                pipe.update(t)
-            else:  # boundary: the pipeline is drained
-                if (t + 1) % spe == 0 or t == total - 1:
-                    acc, tl = evaluate(pipe, ds.x_test, ds.y_test, tr.eval_batch_size)
-                    last = {"test_accuracy": acc, "test_loss": tl}
-                    log.write("eval", t, epoch=(t + 1) / spe, **last)
-                    if metrics:
-                        metrics.eval(t, acc, tl)
-                    if bar:
-                        bar.set_postfix(test_acc=f"{acc:.4f}", refresh=False)
-                if (cfg.checkpoint.every and (t + 1) % cfg.checkpoint.every == 0) or t == total - 1:
-                    path = checkpoint.save(run_dir, t, {"step": t, "blocks": pipe.state(),
-                                                        "rng": torch.get_rng_state()}, cfg.checkpoint.keep)
-                    log.write("checkpoint", t, path=path.name)
-        seconds = time.time() - t_start
-        if probe is not None and (total % cfg.alignment.every):
-            align_log.append(measure_alignment(cfg, plan, pipe, probe, total - 1, log, metrics))
-        model = pipe.model()
-        checkpoint.export(model, run_dir / "final_model.pt")
-        restarts = getattr(pipe, "restarts", 0)
-        log_timelines(log, pipe, total)
-        result = Result(run_dir, total, last["test_accuracy"], last["test_loss"], seconds,
-                        samples / max(seconds, 1e-9), align_log, restarts)
-        log.write("done", total, test_accuracy=result.test_accuracy, test_loss=result.test_loss,
-                  seconds=seconds, samples_per_s=result.samples_per_s)
-        return result
+        pipe = make_pipeline(plan)
+        if found is None:
+            log.write("config", 0, config=cfg.to_dict(), blocks=plan.num_blocks, steps=total,
+                      steps_per_epoch=spe, partition=plan.partition(), backend=cfg.runtime.backend)
+        if hasattr(pipe, "pids"):
+            log.write("stages", 0, pids=pipe.pids, partition=plan.partition(), device=pipe.device)
+        probe = None
+        if cfg.alignment.every:
+            n = min(cfg.alignment.probe_size, len(ds.x_train))
+            probe = (ds.x_train[:n], ds.y_train[:n])
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, unit="step", dynamic_ncols=True)
+        driver = _Driver(cfg, plan, ds, pipe, log, run_dir, probe, metrics, bar, total, spe)
+        failures = 0
+        while True:
+            start = driver.restore(found)
+            try:
+                driver.run(start)
+                break
+            except StageFailure as err:
+                failures += 1
+                found = checkpoint.latest(run_dir)
+                where = found[0].name if found else "none (restart from step 0)"
+                log.write("restart", driver.step, reason=str(err), failures=failures, checkpoint=where)
+                if failures > cfg.runtime.max_failures:
+                    raise RuntimeError(f"{err}; stopped after {failures} failures (runtime.max_failures = "
+                                       f"{cfg.runtime.max_failures}); last good checkpoint: {where}") from err
+                pipe.restart()
+        return driver.finish()
     finally:
         if bar:
             bar.close()
         log.close()
-        pipe.close()
+        if pipe is not None:
+            pipe.close()
+
+
+class _Driver:
+    """Carries out the schedule on a pipeline and records what happens."""
+
+    def __init__(self, cfg, plan, ds, pipe, log, run_dir, probe, metrics, bar, total, spe):
+        self.cfg, self.plan, self.ds, self.pipe, self.log = cfg, plan, ds, pipe, log
+        self.run_dir, self.probe, self.metrics, self.bar = run_dir, probe, metrics, bar
+        self.total, self.spe = total, spe
+        self.marks = schedule.boundaries(total, spe, cfg.checkpoint.every)
+        self.timelines = Timelines()
+        self.last = {"test_accuracy": float("nan"), "test_loss": float("nan")}
+        self.align_log, self.samples, self.seconds, self.step = [], 0, 0.0, 0
+
+    def restore(self, found) -> int:
+        if found is None:
+            return 0
+        path, state = found
+        self.pipe.load_state(state["blocks"])
+        start = int(state["step"]) + 1
+        self.log.write("resume", start, checkpoint=path.name)
+        return start
+
+    def run(self, start: int) -> None:
+        cfg, tr, ds, pipe, log = self.cfg, self.cfg.train, self.ds, self.pipe, self.log
+        if self.bar:
+            self.bar.reset(total=self.total)
+            self.bar.update(start)
+        t0 = time.time()
+        order, order_epoch = None, -1
+        for op in schedule.ops(start, self.total, cfg.runtime.depth, self.marks):
+            t = self.step = op.step
+            if op.kind == "forward":
+                epoch = t // self.spe
+                if epoch != order_epoch:
+                    order, order_epoch = data.epoch_order(len(ds.x_train), tr.seed, epoch), epoch
+                i = t % self.spe
+                idx = torch.from_numpy(order[i * tr.batch_size:(i + 1) * tr.batch_size])
+                loss = pipe.forward(t, ds.x_train[idx], ds.y_train[idx])
+                self.samples += len(idx)
+                if (t + 1) % tr.log_every == 0 or t == self.total - 1:
+                    self._log_loss(t, float(loss), t0)
+                if self.probe is not None and (t + 1) % cfg.alignment.every == 0:
+                    self.align_log.append(measure_alignment(cfg, self.plan, pipe, self.probe, t, log, self.metrics))
+                if self.bar:
+                    self.bar.update(1)
+            elif op.kind == "update":
+                pipe.update(t)
+            else:  # boundary: the pipeline is drained
+                self._boundary(t)
+        self.seconds += time.time() - t0
+
+    def _log_loss(self, t: int, loss: float, t0: float) -> None:
+        if not math.isfinite(loss):
+            self.log.write("error", t, message=f"loss is {loss} at step {t}")
+            raise FloatingPointError(f"training diverged: loss is {loss} at step {t}; lower optim.lr")
+        self.log.write("train", t, loss=loss, epoch=t / self.spe, lr=optim.lr_at(self.cfg.optim, t, self.total, self.spe),
+                       samples_per_s=self.samples / max(self.seconds + time.time() - t0, 1e-9))
+        if self.metrics:
+            self.metrics.train(t, loss, self.samples / max(self.seconds + time.time() - t0, 1e-9))
+        if self.bar:
+            self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+
+    def _boundary(self, t: int) -> None:
+        cfg = self.cfg
+        self.timelines.flush(self.pipe, self.log, t)
+        if (t + 1) % self.spe == 0 or t == self.total - 1:
+            acc, tl = evaluate(self.pipe, self.ds.x_test, self.ds.y_test, cfg.train.eval_batch_size)
+            self.last = {"test_accuracy": acc, "test_loss": tl}
+            self.log.write("eval", t, epoch=(t + 1) / self.spe, **self.last)
+            if self.metrics:
+                self.metrics.eval(t, acc, tl)
+            if self.bar:
+                self.bar.set_postfix(test_acc=f"{acc:.4f}", refresh=False)
+        if (cfg.checkpoint.every and (t + 1) % cfg.checkpoint.every == 0) or t == self.total - 1:
+            path = checkpoint.save(self.run_dir, t, {"step": t, "blocks": self.pipe.state(),
+                                                     "rng": torch.get_rng_state()}, cfg.checkpoint.keep)
+            self.log.write("checkpoint", t, path=path.name)
+
+    def finish(self) -> Result:
+        cfg, total = self.cfg, self.total
+        if self.probe is not None and total % cfg.alignment.every:
+            self.align_log.append(measure_alignment(cfg, self.plan, self.pipe, self.probe, total - 1, self.log,
+                                                    self.metrics))
+        checkpoint.export(self.pipe.model(), self.run_dir / "final_model.pt")
+        stages = self.timelines.summary(self.log, total)
+        result = Result(self.run_dir, total, self.last["test_accuracy"], self.last["test_loss"], self.seconds,
+                        self.samples / max(self.seconds, 1e-9), self.align_log, self.pipe.restarts, stages)
+        self.log.write("done", total, test_accuracy=result.test_accuracy, test_loss=result.test_loss,
+                       seconds=self.seconds, samples_per_s=result.samples_per_s, restarts=result.restarts)
+        return result
 
 
 def write_text(path: Path, text: str) -> None:
@@ -200,16 +277,3 @@ def measure_alignment(cfg: Config, plan: Plan, pipe, probe, t: int, log: EventLo
     if metrics:
         metrics.alignment(t, blocks)
     return {"step": t, "blocks": blocks}
-
-
-def log_timelines(log: EventLog, pipe, total: int) -> None:
-    """Per-stage busy time and idle fraction over the run, from host timestamps."""
-    if not hasattr(pipe, "timelines"):
-        return
-    for s, tl in enumerate(pipe.timelines()):
-        if not tl:
-            continue
-        busy = sum(end - start for _, _, start, end in tl)
-        span = tl[-1][3] - tl[0][2]
-        log.write("stage", total, stage=s, busy_s=busy, span_s=span,
-                  idle_fraction=max(0.0, 1 - busy / span) if span > 0 else 0.0, calls=len(tl))

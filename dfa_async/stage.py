@@ -13,6 +13,10 @@ from . import feedback, model as models, optim, rules
 from .config import Config, ConfigError
 
 
+class StageFailure(RuntimeError):
+    """A stage died (its process was lost); the driver restarts the stages from the last checkpoint."""
+
+
 class Plan:
     """What every stage needs to know about the whole model (shapes, step counts), computed once by
     the driver and sent to the stages: small and picklable."""
@@ -46,10 +50,10 @@ class Plan:
 
 
 class Stage:
-    def __init__(self, plan: Plan, blocks: list[int]):
+    def __init__(self, plan: Plan, blocks: list[int], device: torch.device | str = "cpu"):
         cfg = plan.cfg
         self.plan, self.cfg, self.ids = plan, cfg, list(blocks)
-        net = plan.build()
+        net = plan.build().to(device)
         dims = [math.prod(s) for s in plan.out_shapes[:-1]]
         last = plan.num_blocks - 1
         self.learners = []
@@ -58,17 +62,18 @@ class Stage:
             B = None
             if not is_head and cfg.feedback.rule == "dfa":
                 B = feedback.matrix(k, dims, plan.classes, cfg.feedback.init, cfg.feedback.normalization,
-                                    cfg.train.seed)
+                                    cfg.train.seed).to(device)
             keep = None
             if cfg.bottleneck.layer == k + 1 and cfg.bottleneck.form == "mask":
-                keep = rules.bottleneck_units(plan.out_shapes[k][0], cfg.bottleneck.width, cfg.train.seed)
+                keep = rules.bottleneck_units(plan.out_shapes[k][0], cfg.bottleneck.width, cfg.train.seed).to(device)
             block = net[k]
             self.learners.append(rules.Learner(
                 block, k, rule=cfg.feedback.rule, is_head=is_head, B=B, out_shape=plan.out_shapes[k],
                 optimizer=optim.make(block.parameters(), cfg.optim), seed=cfg.train.seed, keep_units=keep))
         self.is_head = self.ids[-1] == last
         self.pending_error: dict[int, torch.Tensor] = {}
-        self.timeline: list[tuple[str, int, float, float]] = []  # (op, step, start, end) host times
+        # Host timestamps of every op: (op, step, start, end, staleness); bubbles show as gaps.
+        self.timeline: list[tuple[str, int, float, float, int]] = []
 
     def forward(self, step: int, x, y=None):
         """Run the stage's blocks on x; the head stage also takes the labels and returns (loss, e)."""
@@ -80,7 +85,7 @@ class Stage:
         if self.is_head:
             loss, e = rules.head_error(h.detach(), y, self.cfg.feedback.error_scale)
             out = (loss.item(), e)
-        self.timeline.append(("forward", step, t0, time.time()))
+        self.timeline.append(("forward", step, t0, time.time(), 0))
         return out
 
     def update(self, step: int, e: torch.Tensor) -> list[int]:
@@ -90,8 +95,12 @@ class Stage:
         # Under bp the head's backward fills the gradients of the blocks below it: head first.
         order = reversed(self.learners) if self.cfg.feedback.rule == "bp" else self.learners
         stale = [learner.update(step, e, lr) for learner in order]
-        self.timeline.append(("update", step, t0, time.time()))
+        self.timeline.append(("update", step, t0, time.time(), max(stale)))
         return stale
+
+    def take_timeline(self) -> list:
+        out, self.timeline = self.timeline, []
+        return out
 
     @torch.no_grad()
     def evaluate(self, x):

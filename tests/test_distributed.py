@@ -1,0 +1,134 @@
+"""The Ray trainer against the single-process reference, on a real local Ray instance."""
+import os
+import signal
+import threading
+
+import pytest
+import ray
+import torch
+
+from dfa_async import checkpoint, runlog, train
+
+from conftest import small_config
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_instance():
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+MLP = dict(model={"widths": [24, 24], "dropout_hidden": 0.1})
+CNN = dict(model={"kind": "cnn", "channels": [4, 6], "widths": [12], "batchnorm": True, "dropout_hidden": 0.1},
+           data={"shape": [1, 12, 12]})
+
+
+def cfg_for(net, depth, stages, backend, **extra):
+    sections = {k: dict(v) for k, v in net.items()}
+    sections.setdefault("data", {}).update(n_train=352, n_test=64)  # 22 steps of 16
+    sections["runtime"] = {"backend": backend, "depth": depth, "stages": stages}
+    for k, v in extra.items():
+        sections.setdefault(k, {}).update(v)
+    return small_config(**sections)
+
+
+def weights(run_dir):
+    return torch.load(run_dir / "final_model.pt", weights_only=True)
+
+
+def max_diff(a, b):
+    assert a.keys() == b.keys()
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 4])
+@pytest.mark.parametrize("net,placements", [(MLP, ([], [2, 1])), (CNN, ([], [2, 2]))], ids=["mlp", "cnn"])
+def test_same_weights_as_the_reference(tmp_path, net, placements, depth):
+    ref = train(cfg_for(net, depth, [], "local"), tmp_path / "ref")
+    assert ref.steps == 22
+    for stages in placements:
+        run = train(cfg_for(net, depth, stages, "ray"), tmp_path / f"ray{stages}")
+        assert max_diff(weights(tmp_path / "ref"), weights(tmp_path / f"ray{stages}")) <= 1e-6, stages
+        assert run.test_accuracy == pytest.approx(ref.test_accuracy, abs=1e-9)
+
+
+def test_log_records_staleness_timestamps_and_throughput(tmp_path):
+    train(cfg_for(MLP, 3, [], "ray"), tmp_path / "r")
+    recs = runlog.read(tmp_path / "r" / "events.msgpack")
+    stages = [r for r in recs if r["kind"] == "stages"]
+    assert len(stages[0]["pids"]) == 3 and stages[0]["device"] == "cpu"
+    tl = [r for r in recs if r["kind"] == "timeline"]
+    assert {r["stage"] for r in tl} == {0, 1, 2}
+    for r in tl:
+        assert all(a <= b for a, b in zip(r["start"], r["end"]))
+        stale = [s for op, s in zip(r["op"], r["staleness"]) if op == "update"]
+        assert max(stale) == 2 and stale[:3] == [0, 1, 2]  # D - 1 once the pipeline is full
+    summary = [r for r in recs if r["kind"] == "stage"]
+    assert len(summary) == 3 and all(0 <= r["idle_fraction"] <= 1 for r in summary)
+    assert all(r["samples_per_s"] > 0 for r in recs if r["kind"] == "train")
+
+
+def kill_when(run_dir, step, box):
+    """Kill one stage actor's process (by its pid, from the run's log) once `step` was logged."""
+    path = run_dir / "events.msgpack"
+    while "pid" not in box:
+        if path.exists():
+            recs = runlog.read(path)
+            pids = [r["pids"] for r in recs if r["kind"] == "stages"]
+            if pids and any(r["kind"] == "train" and r["step"] >= step for r in recs):
+                box["pid"] = pids[0][1]
+                os.kill(box["pid"], signal.SIGKILL)
+            if any(r["kind"] == "done" for r in recs):
+                return
+        box["stop"].wait(0.01)
+
+
+def run_with_kill(cfg, run_dir, step):
+    box = {"stop": threading.Event()}
+    killer = threading.Thread(target=kill_when, args=(run_dir, step, box), daemon=True)
+    killer.start()
+    try:
+        return train(cfg, run_dir), box
+    finally:
+        box["stop"].set()
+        killer.join()
+
+
+LONG = dict(data={"n_train": 9600}, checkpoint={"every": 60, "keep": 3})
+
+
+def test_killed_stage_is_restarted_from_the_checkpoint_with_the_same_result(tmp_path):
+    result, box = run_with_kill(cfg_for(MLP, 2, [], "ray", **LONG), tmp_path / "killed", step=150)
+    assert "pid" in box, "the run ended before the kill"
+    assert result.restarts == 1
+    restarts = runlog.read(tmp_path / "killed" / "events.msgpack", "restart")
+    assert len(restarts) == 1 and restarts[0]["checkpoint"].startswith("step-")
+    straight = train(cfg_for(MLP, 2, [], "local", **LONG), tmp_path / "straight")
+    assert max_diff(weights(tmp_path / "killed"), weights(tmp_path / "straight")) <= 1e-6
+    assert result.test_accuracy == pytest.approx(straight.test_accuracy, abs=1e-9)
+
+
+def test_too_many_failures_stop_with_the_last_checkpoint_intact(tmp_path):
+    cfg = cfg_for(MLP, 2, [], "ray", **LONG, runtime={"max_failures": 0})
+    with pytest.raises(RuntimeError, match="max_failures"):
+        run_with_kill(cfg, tmp_path / "r", step=150)
+    path, state = checkpoint.latest(tmp_path / "r")
+    assert state["step"] >= 59 and set(state["blocks"]) == {"0", "1", "2"}
+
+
+def test_resume_on_ray_equals_a_straight_run(tmp_path):
+    extra = dict(checkpoint={"every": 8, "keep": 5}, optim={"schedule": "cosine"})
+    train(cfg_for(CNN, 2, [2, 2], "ray", **extra), tmp_path / "part")
+    for p in (tmp_path / "part" / "checkpoints").glob("step-*.pt"):
+        if checkpoint._step(p) > 8:
+            p.unlink()
+    train(cfg_for(CNN, 2, [2, 2], "ray", **extra), tmp_path / "part")
+    train(cfg_for(CNN, 2, [], "local", **extra), tmp_path / "straight")
+    assert max_diff(weights(tmp_path / "part"), weights(tmp_path / "straight")) <= 1e-6
+
+
+def test_gloo_direct_transport_gives_the_same_weights(tmp_path):
+    train(cfg_for(MLP, 2, [], "ray", runtime={"transport": "gloo"}), tmp_path / "gloo")
+    train(cfg_for(MLP, 2, [], "local"), tmp_path / "ref")
+    assert max_diff(weights(tmp_path / "gloo"), weights(tmp_path / "ref")) <= 1e-6
