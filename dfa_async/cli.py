@@ -19,7 +19,29 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--run-dir", help="run directory (default runs/<name>); resumes from its checkpoint")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
     sub.add_parser("settings", help="list every setting with its default and meaning")
+    be = sub.add_parser("bench", help="samples/s of backprop, reference DFA and the Ray trainer, side by side")
+    be.add_argument("--width", type=int, default=4096, help="width of each block (a square)")
+    be.add_argument("--batch", type=int, default=256)
+    be.add_argument("--stages", type=int, default=2, help="balanced stages (one Ray actor each)")
+    be.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    be.add_argument("--depths", default="1,2,3,4", help="pipeline depths D to measure, comma-separated")
+    be.add_argument("--steps", type=int, default=30, help="timed steps per mode")
+    be.add_argument("--warmup", type=int, default=5)
+    be.add_argument("--transport", default="object_store", choices=["object_store", "gloo", "nccl"])
+    be.add_argument("--out", default="bench-results", help="folder for bench.json and bench.md")
     args = parser.parse_args(argv)
+
+    if args.command == "bench":
+        from . import bench
+
+        try:
+            depths = [int(d) for d in args.depths.split(",")]
+            bench.run(args.width, args.batch, args.threads, args.stages, depths, args.warmup, args.steps,
+                      args.out, args.transport)
+        except (ValueError, ConfigError) as err:
+            print(f"dfa-async: error: {err}", file=sys.stderr)
+            return 2
+        return 0
 
     if args.command == "settings":
         print(config_mod.describe())

@@ -105,7 +105,7 @@ class TrainConfig:
 
 @dataclass
 class RuntimeConfig:
-    backend: str = _opt("local", "`ray`: one actor per stage; `local`: the single-process reference.",
+    backend: str = _opt("ray", "`ray`: one actor per stage; `local`: the single-process reference.",
                         ("local", "ray"))
     depth: int = _opt(1, "In-flight depth D of the pipeline schedule; 1 is synchronous DFA.", lo=1)
     stages: list[int] = _opt([], "Blocks per stage, in order (e.g. [2, 1]); empty puts one block per stage.",

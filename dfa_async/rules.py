@@ -72,6 +72,7 @@ class Learner:
         self.block, self.index, self.rule, self.is_head = block, index, rule, is_head
         self.B, self.out_shape, self.opt, self.seed = B, out_shape, optimizer, seed
         self.keep_units = keep_units
+        self.random = any(isinstance(m, nn.modules.dropout._DropoutNd) for m in block.modules())
         self.stash: dict[int, torch.Tensor] = {}
         self.updates = 0  # own updates applied so far (for staleness)
         self.updates_at_forward: dict[int, int] = {}
@@ -81,8 +82,14 @@ class Learner:
         return self.is_head or self.rule != "shallow"
 
     def forward(self, step: int, x: torch.Tensor) -> torch.Tensor:
-        # Dropout masks depend on (seed, block, step) only, not on the process that draws them.
-        torch.manual_seed(seeding.derive(self.seed, "dropout", self.index, step))
+        if self.random:
+            # Dropout masks depend on (seed, block, step) only, not on the process that draws them.
+            # (torch.manual_seed also walks every device and costs milliseconds: seed what is used.)
+            s = seeding.derive(self.seed, "dropout", self.index, step)
+            if x.is_cuda:
+                torch.cuda.manual_seed(s)
+            else:
+                torch.default_generator.manual_seed(s)
         if not self.learns:
             with torch.no_grad():
                 return self.block(x)
