@@ -7,6 +7,7 @@ import sys
 from . import config as config_mod
 from .config import ConfigError
 from .data import DataError
+from .run import TrainingStopped, train
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     be.add_argument("--batch", type=int, default=256)
     be.add_argument("--stages", type=int, default=2, help="balanced stages (one Ray actor each)")
     be.add_argument("--threads", type=int, default=1, help="torch threads per worker")
-    be.add_argument("--depths", default="1,2,3,4", help="pipeline depths D to measure, comma-separated")
+    be.add_argument("--depths", default="1,2,3", help="pipeline depths D to measure, comma-separated")
+    be.add_argument("--repeats", type=int, default=2, help="rounds over every mode; each reports its best")
     be.add_argument("--steps", type=int, default=30, help="timed steps per mode")
     be.add_argument("--warmup", type=int, default=5)
     be.add_argument("--transport", default="object_store", choices=["object_store", "gloo", "nccl"])
@@ -37,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             depths = [int(d) for d in args.depths.split(",")]
             bench.run(args.width, args.batch, args.threads, args.stages, depths, args.warmup, args.steps,
-                      args.out, args.transport)
+                      args.out, args.transport, args.repeats)
         except (ValueError, ConfigError) as err:
             print(f"dfa-async: error: {err}", file=sys.stderr)
             return 2
@@ -48,7 +50,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         cfg = config_mod.load(args.config, args.set)
-        from .run import train
 
         metrics = None
         if cfg.metrics.port:
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError) as err:
         print(f"dfa-async: error: {err}", file=sys.stderr)
         return 2
-    except FloatingPointError as err:
+    except (FloatingPointError, TrainingStopped) as err:
         print(f"dfa-async: error: {err}", file=sys.stderr)
         return 1
     print(result.summary())

@@ -18,6 +18,7 @@ import torch
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from .config import ConfigError
 from .stage import Plan, Stage, StageFailure
 
 RECOVERABLE = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
@@ -105,10 +106,10 @@ class RayPipeline:
         gpus = ray.cluster_resources().get("GPU", 0)
         use_gpu = cfg.runtime.device == "cuda" or (cfg.runtime.device == "auto" and gpus >= len(self.partition))
         if cfg.runtime.device == "cuda" and gpus < len(self.partition):
-            raise ValueError(f"runtime.device: cuda needs one GPU per stage ({len(self.partition)}); the cluster "
+            raise ConfigError(f"runtime.device: cuda needs one GPU per stage ({len(self.partition)}); the cluster "
                              f"has {gpus:g}. Use runtime.device = cpu or fewer runtime.stages")
         if cfg.runtime.transport == "nccl" and not use_gpu:
-            raise ValueError("runtime.transport: nccl needs a GPU per stage; use object_store or gloo")
+            raise ConfigError("runtime.transport: nccl needs a GPU per stage; use object_store or gloo")
         self.device = "cuda" if use_gpu else "cpu"
         self.bundle = {"GPU": 1, "CPU": 1} if use_gpu else {"CPU": 1}
         self.restarts = 0

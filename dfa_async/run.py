@@ -153,7 +153,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, model=None, progres
                 where = found[0].name if found else "none (restart from step 0)"
                 log.write("restart", driver.step, reason=str(err), failures=failures, checkpoint=where)
                 if failures > cfg.runtime.max_failures:
-                    raise RuntimeError(f"{err}; stopped after {failures} failures (runtime.max_failures = "
+                    raise TrainingStopped(f"{err}; stopped after {failures} failures (runtime.max_failures = "
                                        f"{cfg.runtime.max_failures}); last good checkpoint: {where}") from err
                 pipe.restart()
         return driver.finish()
@@ -163,6 +163,10 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, model=None, progres
         log.close()
         if pipe is not None:
             pipe.close()
+
+
+class TrainingStopped(RuntimeError):
+    """The run gave up (too many stage failures); the message names the last good checkpoint."""
 
 
 class _Driver:
@@ -192,6 +196,13 @@ class _Driver:
             self.bar.reset(total=self.total)
             self.bar.update(start)
         t0 = time.time()
+        try:
+            self._run_ops(start, t0)
+        finally:
+            self.seconds += time.time() - t0
+
+    def _run_ops(self, start: int, t0: float) -> None:
+        cfg, tr, ds, pipe, log = self.cfg, self.cfg.train, self.ds, self.pipe, self.log
         order, order_epoch = None, -1
         for op in schedule.ops(start, self.total, cfg.runtime.depth, self.marks):
             t = self.step = op.step
@@ -213,7 +224,6 @@ class _Driver:
                 pipe.update(t)
             else:  # boundary: the pipeline is drained
                 self._boundary(t)
-        self.seconds += time.time() - t0
 
     def _log_loss(self, t: int, loss: float, t0: float) -> None:
         if not math.isfinite(loss):

@@ -104,7 +104,7 @@ def test_killed_stage_is_restarted_from_the_checkpoint_with_the_same_result(tmp_
     assert result.restarts == 1
     restarts = runlog.read(tmp_path / "killed" / "events.msgpack", "restart")
     assert len(restarts) == 1 and restarts[0]["checkpoint"].startswith("step-")
-    straight = train(cfg_for(MLP, 2, [], "local", **LONG), tmp_path / "straight")
+    straight = train(cfg_for(MLP, 2, [], "ray", **LONG), tmp_path / "straight")
     assert max_diff(weights(tmp_path / "killed"), weights(tmp_path / "straight")) <= 1e-6
     assert result.test_accuracy == pytest.approx(straight.test_accuracy, abs=1e-9)
 

@@ -33,3 +33,19 @@ def test_two_exporters_do_not_collide():
     finally:
         a.close()
         b.close()
+
+
+def test_a_run_exports_its_figures(tmp_path):
+    from dfa_async import train
+
+    from conftest import small_config
+
+    ex = Exporter(0)
+    try:
+        res = train(small_config(alignment={"every": 8, "probe_size": 16}), tmp_path / "r", metrics=ex)
+        text = scrape(ex.port)
+    finally:
+        ex.close()
+    assert f"dfa_test_accuracy {res.test_accuracy}" in text
+    assert f"dfa_step {res.steps - 1}.0" in text
+    assert 'dfa_alignment_cosine{block="1"}' in text
