@@ -51,3 +51,34 @@ def test_missing_data_is_one_line(tmp_path):
 def test_settings_lists_every_key(tmp_path):
     p = dfa_async("settings", cwd=tmp_path)
     assert p.returncode == 0 and "runtime.depth = 1" in p.stdout and "feedback.error_scale" in p.stdout
+
+
+def test_killed_driver_resumes_from_its_run_dir_to_the_same_weights(tmp_path):
+    """SIGKILL the whole `dfa-async train` process after a checkpoint, run the same command again:
+    it resumes, and the final weights equal those of a run straight through."""
+    import os
+    import signal
+    import time
+
+    args = [*SYNTH, "--set", "data.n_train=16000", "--set", "train.batch_size=8", "--set", "checkpoint.every=100",
+            "--set", "runtime.depth=2", "--no-progress"]
+    proc = subprocess.Popen([sys.executable, "-m", "dfa_async.cli", "train", *args, "--run-dir", "cut"],
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "cut" / "events.msgpack"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if log.exists() and any(r["kind"] == "checkpoint" for r in runlog.read(log)):
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.005)  # poll interval of the log; the kill waits for the checkpoint record itself
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (tmp_path / "cut" / "final_model.pt").exists()
+    resumed = dfa_async("train", *args, "--run-dir", "cut", cwd=tmp_path)
+    straight = dfa_async("train", *args, "--run-dir", "straight", cwd=tmp_path)
+    assert resumed.returncode == 0 and straight.returncode == 0, resumed.stderr + straight.stderr
+    a = torch.load(tmp_path / "cut" / "final_model.pt", weights_only=True)
+    b = torch.load(tmp_path / "straight" / "final_model.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    kinds = [r["kind"] for r in runlog.read(log)]
+    assert "resume" in kinds and kinds[-1] == "done"
