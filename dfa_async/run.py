@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import checkpoint, config as config_mod, data, feedback, optim, rules, schedule
+from . import checkpoint, config as config_mod, data, feedback, optim, rules, runlog, schedule
 from .config import Config, ConfigError
 from .runlog import EventLog
 from .stage import Plan, StageFailure
@@ -119,6 +119,8 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, model=None, progres
     if found is not None and cfg_path.exists() and cfg_path.read_text() != saved:
         raise ConfigError(f"--run-dir {run_dir}: holds a run with other settings ({cfg_path}); resume it with "
                           "the same settings or choose another directory")
+    if found is not None and int(found[1]["step"]) >= total - 1 and runlog.read(run_dir / "events.msgpack", "done"):
+        raise ConfigError(f"--run-dir {run_dir}: holds a finished run; choose another directory")
     if not cfg_path.exists():
         write_text(cfg_path, saved)
 
@@ -196,6 +198,9 @@ class _Driver:
             self.bar.reset(total=self.total)
             self.bar.update(start)
         t0 = time.time()
+        if start >= self.total:  # resumed after the last checkpoint: only the final evaluation is left
+            self._evaluate(self.total - 1)
+            return
         try:
             self._run_ops(start, t0)
         finally:
@@ -240,17 +245,20 @@ class _Driver:
         cfg = self.cfg
         self.timelines.flush(self.pipe, self.log, t)
         if (t + 1) % self.spe == 0 or t == self.total - 1:
-            acc, tl = evaluate(self.pipe, self.ds.x_test, self.ds.y_test, cfg.train.eval_batch_size)
-            self.last = {"test_accuracy": acc, "test_loss": tl}
-            self.log.write("eval", t, epoch=(t + 1) / self.spe, **self.last)
-            if self.metrics:
-                self.metrics.eval(t, acc, tl)
-            if self.bar:
-                self.bar.set_postfix(test_acc=f"{acc:.4f}", refresh=False)
+            self._evaluate(t)
         if (cfg.checkpoint.every and (t + 1) % cfg.checkpoint.every == 0) or t == self.total - 1:
             path = checkpoint.save(self.run_dir, t, {"step": t, "blocks": self.pipe.state(),
                                                      "rng": torch.get_rng_state()}, cfg.checkpoint.keep)
             self.log.write("checkpoint", t, path=path.name)
+
+    def _evaluate(self, t: int) -> None:
+        acc, tl = evaluate(self.pipe, self.ds.x_test, self.ds.y_test, self.cfg.train.eval_batch_size)
+        self.last = {"test_accuracy": acc, "test_loss": tl}
+        self.log.write("eval", t, epoch=(t + 1) / self.spe, **self.last)
+        if self.metrics:
+            self.metrics.eval(t, acc, tl)
+        if self.bar:
+            self.bar.set_postfix(test_acc=f"{acc:.4f}", refresh=False)
 
     def finish(self) -> Result:
         cfg, total = self.cfg, self.total

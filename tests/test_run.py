@@ -98,3 +98,18 @@ def test_checkpoints_are_kept_and_a_corrupt_one_is_skipped(tmp_path):
     (tmp_path / "c" / "checkpoints" / "step-00000031.pt").write_bytes(b"garbage")
     path, state = checkpoint.latest(tmp_path / "c")
     assert path.name == "step-00000029.pt" and state["step"] == 29
+
+
+def test_a_finished_run_is_not_overwritten_and_a_crash_after_the_last_checkpoint_finishes(tmp_path):
+    res = train(small_config(), tmp_path / "r")
+    before = (tmp_path / "r" / "events.msgpack").read_bytes()
+    with pytest.raises(ConfigError, match="finished run"):
+        train(small_config(), tmp_path / "r")
+    assert (tmp_path / "r" / "events.msgpack").read_bytes() == before
+    # Cut the log just before `done` and drop the final model: a crash after the last checkpoint.
+    recs = runlog.read(tmp_path / "r" / "events.msgpack")
+    import msgpack
+    (tmp_path / "r" / "events.msgpack").write_bytes(before[:len(before) - len(msgpack.packb(recs[-1]))])
+    (tmp_path / "r" / "final_model.pt").unlink()
+    again = train(small_config(), tmp_path / "r")
+    assert again.test_accuracy == res.test_accuracy and (tmp_path / "r" / "final_model.pt").exists()
