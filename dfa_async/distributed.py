@@ -21,6 +21,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from .config import ConfigError
 from .stage import Plan, Stage, StageFailure
 
+PLACEMENT_TIMEOUT_S = 300
 RECOVERABLE = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
                ray.exceptions.ObjectLostError)
 
@@ -34,8 +35,12 @@ def _tensor(x, device):
     return x.to(device, non_blocking=True)
 
 
-def _out(t: torch.Tensor, as_tensor: bool):
-    return t if as_tensor else t.detach().cpu().numpy()
+def _out(t: torch.Tensor, transport: str):
+    if transport == "nccl":
+        return t.detach()  # stays on the GPU
+    if transport == "gloo":
+        return t.detach().cpu()
+    return t.detach().cpu().numpy()
 
 
 class StageActor:
@@ -49,12 +54,12 @@ class StageActor:
     def pid(self) -> int:
         return os.getpid()
 
-    def forward(self, step: int, x, y=None, as_tensor: bool = False):
+    def forward(self, step: int, x, y=None, transport: str = "object_store"):
         out = self.stage.forward(step, _tensor(x, self.device), None if y is None else _tensor(y, self.device))
         if self.stage.is_head:
             loss, e = out
             return loss, e.cpu().numpy()
-        return _out(out, as_tensor)
+        return _out(out, transport)
 
     def update(self, step: int, e) -> list[int]:
         return self.stage.update(step, _tensor(e, self.device))
@@ -103,6 +108,15 @@ class RayPipeline:
         self.plan, self.cfg = plan, cfg
         self.partition = plan.partition()
         self.started_ray = start_ray(cfg, len(self.partition))
+        self.pg, self.actors = None, []
+        try:
+            self._setup()
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self) -> None:
+        cfg = self.cfg
         gpus = ray.cluster_resources().get("GPU", 0)
         use_gpu = cfg.runtime.device == "cuda" or (cfg.runtime.device == "auto" and gpus >= len(self.partition))
         if cfg.runtime.device == "cuda" and gpus < len(self.partition):
@@ -115,14 +129,18 @@ class RayPipeline:
         self.restarts = 0
         self.in_flight: deque = deque()
         self.errors: dict[int, ray.ObjectRef] = {}
-        self.pg = None
         self._spawn()
 
     # -- actors -------------------------------------------------------------------------------
     def _spawn(self) -> None:
         n = len(self.partition)
         self.pg = placement_group([dict(self.bundle)] * n, strategy=self.cfg.runtime.placement.upper())
-        ray.get(self.pg.ready())
+        try:
+            ray.get(self.pg.ready(), timeout=PLACEMENT_TIMEOUT_S)
+        except ray.exceptions.GetTimeoutError:
+            raise ConfigError(f"runtime.stages: the cluster could not place {n} stages of {self.bundle} "
+                              f"({self.cfg.runtime.placement}) within {PLACEMENT_TIMEOUT_S} s; it has "
+                              f"{ray.available_resources()}. Use fewer stages or a larger cluster") from None
         self.actors = []
         self.rdt = self.cfg.runtime.transport in ("gloo", "nccl") and n > 1
         cls = RemoteStageRDT if self.rdt else RemoteStage
@@ -171,7 +189,7 @@ class RayPipeline:
             method = actor.forward
             if self.rdt:
                 method = method.options(tensor_transport=self.cfg.runtime.transport)
-            h = method.remote(step, h, as_tensor=self.rdt)
+            h = method.remote(step, h, transport=self.cfg.runtime.transport if self.rdt else "object_store")
         loss, e = self.actors[last].forward.options(num_returns=2).remote(step, h, y.numpy())
         self.errors[step] = e
         self.in_flight.append(loss)

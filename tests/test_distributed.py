@@ -132,3 +132,16 @@ def test_gloo_direct_transport_gives_the_same_weights(tmp_path):
     train(cfg_for(MLP, 2, [], "ray", runtime={"transport": "gloo"}), tmp_path / "gloo")
     train(cfg_for(MLP, 2, [], "local"), tmp_path / "ref")
     assert max_diff(weights(tmp_path / "gloo"), weights(tmp_path / "ref")) <= 1e-6
+
+
+def test_stages_the_cluster_cannot_place_give_a_clear_error(tmp_path, monkeypatch):
+    from dfa_async import distributed
+    from dfa_async.config import ConfigError
+
+    monkeypatch.setattr(distributed, "PLACEMENT_TIMEOUT_S", 3)
+    cfg = cfg_for({"model": {"widths": [8, 8, 8, 8]}}, 1, [], "ray")  # 5 stages, the instance has 4 CPUs
+    with pytest.raises(ConfigError, match="could not place 5 stages"):
+        train(cfg, tmp_path / "r")
+    assert not (tmp_path / "r" / "final_model.pt").exists()
+    # The instance is usable afterwards (the placement group was removed).
+    train(cfg_for(MLP, 1, [], "ray"), tmp_path / "ok")
