@@ -20,6 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--run-dir", help="run directory (default runs/<name>); resumes from its checkpoint")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
     sub.add_parser("settings", help="list every setting with its default and meaning")
+    rep = sub.add_parser("report", help="tables and plots of a run, from its event log")
+    rep.add_argument("run_dir", metavar="RUN_DIR")
+    rep.add_argument("--out", help="output folder (default RUN_DIR/report)")
     be = sub.add_parser("bench", help="samples/s of backprop, reference DFA and the Ray trainer, side by side")
     be.add_argument("--width", type=int, default=4096, help="width of each block (a square)")
     be.add_argument("--batch", type=int, default=256)
@@ -45,6 +48,15 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return 0
 
+    if args.command == "report":
+        from . import report
+
+        try:
+            print(report.write(args.run_dir, args.out))
+        except FileNotFoundError as err:
+            print(f"dfa-async: error: {err}", file=sys.stderr)
+            return 2
+        return 0
     if args.command == "settings":
         print(config_mod.describe())
         return 0

@@ -1,0 +1,97 @@
+"""`dfa-async report RUN_DIR`: plots and tables drawn from a run's event log alone."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import runlog
+
+
+def load(run_dir: Path) -> dict[str, list[dict]]:
+    path = Path(run_dir) / "events.msgpack"
+    if not path.exists():
+        raise FileNotFoundError(f"RUN_DIR: {path} does not exist; pass a run directory written by dfa-async train")
+    out: dict[str, list[dict]] = {}
+    for rec in runlog.read(path):
+        out.setdefault(rec["kind"], []).append(rec)
+    return out
+
+
+def tables(ev: dict[str, list[dict]]) -> str:
+    lines = ["# Run report", ""]
+    done = (ev.get("done") or [None])[-1]
+    if done:
+        lines += ["| steps | test accuracy | test loss | seconds | samples/s | restarts |", "|---:|---:|---:|---:|---:|---:|",
+                  f"| {done['step']} | {done['test_accuracy']:.4f} | {done['test_loss']:.4f} | {done['seconds']:.1f} | "
+                  f"{done['samples_per_s']:.0f} | {done.get('restarts', 0)} |", ""]
+    else:
+        lines += ["The run has not finished (no `done` record).", ""]
+    if ev.get("eval"):
+        lines += ["## Evaluation", "", "| epoch | test accuracy | test loss |", "|---:|---:|---:|"]
+        lines += [f"| {r['epoch']:g} | {r['test_accuracy']:.4f} | {r['test_loss']:.4f} |" for r in ev["eval"]]
+        lines.append("")
+    if ev.get("align"):
+        blocks = [b["block"] for b in ev["align"][0]["blocks"]]
+        head = " | ".join(f"block {k + 1} cos | block {k + 1} angle" for k in blocks)
+        lines += ["## Alignment", "", f"| step | {head} |", "|---:|" + "---:|---:|" * len(blocks)]
+        for r in ev["align"]:
+            cells = " | ".join(f"{b['cos_mean']:.3f} ± {b['cos_std']:.3f} | {b['update_angle']:.1f}°" for b in r["blocks"])
+            lines.append(f"| {r['step']} | {cells} |")
+        lines.append("")
+    if ev.get("stage"):
+        lines += ["## Stages", "", "| stage | busy s | span s | idle fraction |", "|---:|---:|---:|---:|"]
+        lines += [f"| {r['stage']} | {r['busy_s']:.2f} | {r['span_s']:.2f} | {r['idle_fraction']:.3f} |"
+                  for r in ev["stage"]]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plots(ev: dict[str, list[dict]], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    if ev.get("train"):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot([r["step"] for r in ev["train"]], [r["loss"] for r in ev["train"]], lw=0.8)
+        ax.set(xlabel="step", ylabel="training loss", yscale="log", title="Training loss")
+        written.append(_save(fig, out / "loss.png"))
+    if ev.get("eval"):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot([r["epoch"] for r in ev["eval"]], [100 * (1 - r["test_accuracy"]) for r in ev["eval"]], marker="o")
+        ax.set(xlabel="epoch", ylabel="test error (%)", title="Test error")
+        written.append(_save(fig, out / "test_error.png"))
+    if ev.get("align"):
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+        steps = [r["step"] for r in ev["align"]]
+        for i, b in enumerate(ev["align"][0]["blocks"]):
+            cos = [r["blocks"][i]["cos_mean"] for r in ev["align"]]
+            std = [r["blocks"][i]["cos_std"] for r in ev["align"]]
+            a1.errorbar(steps, cos, yerr=std, label=f"block {b['block'] + 1}", capsize=2)
+            a2.plot(steps, [r["blocks"][i]["update_angle"] for r in ev["align"]], label=f"block {b['block'] + 1}")
+        a1.set(xlabel="step", ylabel="cos(B e, dL/dh)", title="Signal alignment")
+        a2.set(xlabel="step", ylabel="degrees", title="DFA vs BP update angle")
+        a1.legend()
+        written.append(_save(fig, out / "alignment.png"))
+    return written
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
+def write(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write `report.md` and its plots into `out` (default RUN_DIR/report); return the Markdown path."""
+    ev = load(Path(run_dir))
+    out = Path(out) if out else Path(run_dir) / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    images = plots(ev, out)
+    md = tables(ev) + "\n" + "\n".join(f"![{p.stem}]({p.name})" for p in images) + "\n"
+    (out / "report.md").write_text(md)
+    return out / "report.md"
