@@ -27,8 +27,7 @@ class LocalPipeline:
         e = self.errors.pop(step)
         # Under bp the head's backward must run before the other stages step.
         stages = reversed(self.stages) if self.plan.cfg.feedback.rule == "bp" else self.stages
-        for stage in stages:
-            self.staleness[step] = max(stage.update(step, e))
+        self.staleness[step] = max(max(stage.update(step, e)) for stage in stages)
 
     def evaluate(self, batches: list[torch.Tensor]) -> list[torch.Tensor]:
         outs = []

@@ -193,7 +193,6 @@ class _Driver:
         return start
 
     def run(self, start: int) -> None:
-        cfg, tr, ds, pipe, log = self.cfg, self.cfg.train, self.ds, self.pipe, self.log
         if self.bar:
             self.bar.reset(total=self.total)
             self.bar.update(start)
@@ -278,10 +277,6 @@ def write_text(path: Path, text: str) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(text)
     tmp.replace(path)
-
-
-def _lr(cfg, t, total, spe):
-    return optim.lr_at(cfg.optim, t, total, spe)
 
 
 def measure_alignment(cfg: Config, plan: Plan, pipe, probe, t: int, log: EventLog, metrics=None) -> dict:
