@@ -84,6 +84,8 @@ class OptimConfig:
     momentum: float = _opt(0.9, "SGD momentum.", lo=0.0, hi=1.0, hi_open=True)
     nesterov: bool = _opt(False, "SGD Nesterov momentum.")
     weight_decay: float = _opt(0.0, "L2 weight decay.", lo=0.0)
+    fused: bool = _opt(True, "PyTorch's fused optimizer kernels (one pass over each tensor; on a CPU core 1.3x "
+                       "(SGD) to 5x (Adam) faster than the per-tensor loop). Off: the per-tensor loop.")
     schedule: str = _opt("constant", "Learning-rate schedule over the run's steps.",
                          ("constant", "cosine", "step"))
     step_every: int = _opt(0, "`step` schedule: multiply the rate by gamma every this many epochs.", lo=0)
@@ -114,9 +116,17 @@ class RuntimeConfig:
     threads: int = _opt(1, "Torch threads per stage actor (and of the local backend).", lo=1)
     num_cpus: int = _opt(0, "CPUs of the local Ray instance; 0 means max(stages, cores).", lo=0)
     placement: str = _opt("pack", "Placement-group strategy for the stage actors.", ("pack", "spread"))
-    transport: str = _opt("object_store", "How activations travel between stages: Ray's object store, or "
-                          "Ray Direct Transport over `gloo` (CPU tensors) or `nccl` (CUDA tensors).",
-                          ("object_store", "gloo", "nccl"))
+    transport: str = _opt("auto", "Data plane between the stages: `shm` (stages on one node: shared-memory "
+                          "rings, host memory), `gloo` (torch.distributed over TCP, host memory; across nodes), "
+                          "`nccl` (torch.distributed, CUDA tensors, one GPU per stage), or `auto` (nccl when every "
+                          "stage has a GPU, else shm on one x86-64 Linux node, else gloo).",
+                          ("auto", "shm", "gloo", "nccl"))
+    window: int = _opt(100, "Most steps a stage runs per call from the driver. A window never changes what is "
+                       "learned; between windows the driver logs, updates the progress bar and checks the "
+                       "loss. 0: up to the next boundary (evaluation, checkpoint, alignment probe).", lo=0)
+    peer_timeout_s: float = _opt(120.0, "Seconds a stage waits for a tensor from its peers before it reports "
+                                 "them lost (a peer whose process dies is noticed at once; this catches a node "
+                                 "that vanished without closing its connections).", lo=0.0, lo_open=True)
     device: str = _opt("auto", "`auto` uses one GPU per stage where GPUs exist, else the CPU.",
                        ("auto", "cpu", "cuda"))
     max_failures: int = _opt(3, "Stage failures survived (restart from the last checkpoint) before "
@@ -321,7 +331,7 @@ def validate(cfg: Config, own_model: bool = False) -> None:
                                   "with max-pool 3/2; use larger images or fewer model.channels")
     if rt.transport == "nccl" and rt.device == "cpu":
         raise ConfigError("runtime.transport: nccl moves CUDA tensors; with runtime.device = cpu use "
-                          "object_store or gloo")
+                          "shm, gloo or auto")
     if cfg.optim.schedule == "step" and cfg.optim.step_every == 0:
         raise ConfigError("optim.step_every: the step schedule needs step_every >= 1 (epochs)")
 

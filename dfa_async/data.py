@@ -200,3 +200,33 @@ def load(cfg: DataConfig, seed: int = 0) -> Dataset:
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     """The shuffled sample order of an epoch: a pure function of (seed, epoch)."""
     return np.random.default_rng(seeding.derive(seed, "shuffle", epoch)).permutation(n)
+
+
+class Batches:
+    """The minibatch of every step: step t takes batch t % steps_per_epoch of epoch t // steps_per_epoch,
+    in that epoch's seeded order (the last partial batch is dropped). The first stage (inputs) and the
+    head (labels) each hold one and pick the same samples without talking to each other."""
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.steps_per_epoch = n // batch_size
+        self._epoch, self._order = -1, None
+
+    def indices(self, step: int) -> torch.Tensor:
+        epoch, i = divmod(step, self.steps_per_epoch)
+        if epoch != self._epoch:
+            self._order = torch.from_numpy(epoch_order(self.n, self.seed, epoch))
+            self._epoch = epoch
+        return self._order[i * self.batch_size:(i + 1) * self.batch_size]
+
+
+def as_tensor(a) -> torch.Tensor:
+    """A tensor over `a` without a copy; arrays read from Ray's object store are read-only, and nothing
+    writes into them (batches are gathered copies)."""
+    if isinstance(a, torch.Tensor):
+        return a
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(a)

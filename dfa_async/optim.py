@@ -1,5 +1,7 @@
-"""Per-block optimizers and the learning-rate schedule, a pure function of the step, so every block
-(wherever it lives) uses the same rate at the same step."""
+"""Optimizers and the learning-rate schedule. A stage steps one optimizer over all its blocks (one call
+per update, whatever the number of blocks); its state is saved and restored per block, so a checkpoint
+does not depend on how blocks are placed on stages. The learning rate is a pure function of
+the step, so every block (wherever it lives) uses the same rate at the same step."""
 from __future__ import annotations
 
 import math
@@ -9,11 +11,41 @@ import torch
 from .config import OptimConfig
 
 
-def make(params, cfg: OptimConfig) -> torch.optim.Optimizer:
+def make(params: list[torch.nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer | None:
+    """One optimizer over a stage's parameters (one group: every block has the same settings and rate,
+    and each group costs a kernel launch per step); None when nothing learns. `optim.fused`: PyTorch's
+    fused kernels (one pass over each tensor) on the devices that have them."""
+    if not params:
+        return None
+    kw = {"fused": True} if cfg.fused and params[0].device.type in ("cpu", "cuda") else {}
     if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **kw)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
-                           weight_decay=cfg.weight_decay)
+                           weight_decay=cfg.weight_decay, **kw)
+
+
+def part_state(opt: torch.optim.Optimizer, first: int, count: int) -> dict:
+    """The state of parameters first..first+count-1 of `opt`'s one group, as the state dict of an
+    optimizer over those alone (what a block saves, wherever it is placed)."""
+    full = opt.state_dict()
+    (group,) = full["param_groups"]
+    ids = group["params"][first:first + count]
+    return {"state": {j: full["state"][p] for j, p in enumerate(ids) if p in full["state"]},
+            "param_groups": [{**group, "params": list(range(count))}]}
+
+
+def load_part_states(opt: torch.optim.Optimizer, parts: list[dict]) -> None:
+    """Inverse of part_state: the saved states of consecutive parts of the group, in order."""
+    (own,) = opt.param_groups
+    state, offset = {}, 0
+    for part in parts:
+        (saved,) = part["param_groups"]
+        state.update({offset + int(j): s for j, s in part["state"].items()})
+        offset += len(saved["params"])
+    if offset != len(own["params"]):
+        raise ValueError(f"optimizer state for {offset} tensors, the stage has {len(own['params'])}")
+    opt.load_state_dict({"state": state, "param_groups": [{**parts[0]["param_groups"][0],
+                                                            "params": list(range(offset))}]})
 
 
 def lr_at(cfg: OptimConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:

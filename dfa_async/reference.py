@@ -1,23 +1,28 @@
-"""The single-process reference trainer: the baseline and the oracle. It carries out the schedule's ops
-on in-process stages (by default a single stage holding every block), in exactly the order the
-distributed driver submits them to its actors."""
+"""The single-process reference trainer: the baseline and the oracle. It carries out the schedule's ops on
+in-process stages (by default a single stage holding every block), each op on every stage before the
+next op, with the minibatches the distributed stages read for themselves. The Ray runtime must end
+with its weights."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .stage import Plan, Stage
+from . import data, schedule
+from .stage import Plan, Stage, Window
 
 
 class LocalPipeline:
-    def __init__(self, plan: Plan, partition: list[list[int]] | None = None):
+    def __init__(self, plan: Plan, partition: list[list[int]] | None = None, ds: data.Dataset | None = None):
         torch.set_num_threads(plan.cfg.runtime.threads)
-        self.plan = plan
+        self.plan, self.ds = plan, ds
         self.stages = [Stage(plan, ids) for ids in (partition or [list(range(plan.num_blocks))])]
         self.errors: dict[int, torch.Tensor] = {}
         self.staleness: dict[int, int] = {}
+        if ds is not None:
+            self.batches = data.Batches(len(ds.x_train), plan.cfg.train.batch_size, plan.cfg.train.seed)
 
-    def forward(self, step: int, x: torch.Tensor, y: torch.Tensor) -> float:
+    # -- the schedule's ops --------------------------------------------------------------------------
+    def forward(self, step: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         for stage in self.stages[:-1]:
             x = stage.forward(step, x)
         loss, self.errors[step] = self.stages[-1].forward(step, x, y)
@@ -27,16 +32,35 @@ class LocalPipeline:
         e = self.errors.pop(step)
         # Under bp the head's backward must run before the other stages step.
         stages = reversed(self.stages) if self.plan.cfg.feedback.rule == "bp" else self.stages
-        self.staleness[step] = max(max(stage.update(step, e)) for stage in stages)
+        self.staleness[step] = max(max(stage.update(step, e), default=0) for stage in stages)
 
-    def evaluate(self, batches: list[torch.Tensor]) -> list[torch.Tensor]:
-        outs = []
-        for x in batches:
-            for stage in self.stages:
-                x = stage.evaluate(x)
-            outs.append(x)
-        return outs
+    # -- windows (the driver's interface, shared with the Ray runtime) --------------------------------
+    def submit(self, start: int, stop: int) -> Window:
+        losses = []
+        for kind, t in schedule.ops(start, stop, self.plan.cfg.runtime.depth, self.plan.marks):
+            if kind == "forward":
+                idx = self.batches.indices(t)
+                losses.append(self.forward(t, self.ds.x_train.index_select(0, idx), self.ds.y_train.index_select(0, idx)))
+            elif kind == "update":
+                self.update(t)
+        return Window(start, stop, torch.stack(losses).tolist(), [s.take_timeline() for s in self.stages])
 
+    def collect(self, window: Window) -> Window:
+        return window
+
+    def evaluate(self) -> tuple[float, float]:
+        """Test accuracy and mean loss, batch by batch as the distributed stages compute them."""
+        x, y, bs = self.ds.x_test, self.ds.y_test, self.plan.cfg.train.eval_batch_size
+        correct, total = 0, 0.0
+        for a in range(0, len(x), bs):
+            h = x[a:a + bs]
+            for stage in self.stages[:-1]:
+                h = stage.evaluate(h)
+            c, s = self.stages[-1].evaluate(h, y[a:a + bs])
+            correct, total = correct + int(c), total + float(s)
+        return correct / len(x), total / len(x)
+
+    # -- state -------------------------------------------------------------------------------------------
     def state(self) -> dict:
         out = {}
         for stage in self.stages:
@@ -53,9 +77,6 @@ class LocalPipeline:
         for stage in self.stages:
             blocks.update(stage.modules())
         return nn.Sequential(*[blocks[k] for k in sorted(blocks)])
-
-    def take_timelines(self) -> list[list]:
-        return [stage.take_timeline() for stage in self.stages]
 
     def close(self) -> None:
         pass

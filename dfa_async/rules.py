@@ -13,14 +13,16 @@ from . import feedback, seeding
 
 
 def head_error(logits: torch.Tensor, y: torch.Tensor, scale: str = "mean"):
-    """Cross-entropy loss (mean over the batch, for logging) and e = dL/dlogits for the chosen reduction:
-    `sum`: softmax(y) - onehot(y) per sample; `mean`: the same divided by the batch size."""
+    """Cross-entropy loss (mean over the batch, for logging; a tensor, so a GPU stage never waits for it)
+    and e = dL/dlogits for the chosen reduction: `sum`: softmax - onehot(y) per sample; `mean`: the same
+    divided by the batch size."""
     with torch.no_grad():
-        e = torch.softmax(logits, dim=1)
-        e[torch.arange(len(y), device=e.device), y] -= 1
+        logp = torch.log_softmax(logits, dim=1)
+        loss = F.nll_loss(logp, y)
+        e = logp.exp_()
+        e.scatter_add_(1, y[:, None], torch.full((len(y), 1), -1.0, dtype=e.dtype, device=e.device))
         if scale == "mean":
-            e /= len(y)
-        loss = F.cross_entropy(logits, y)
+            e.mul_(1.0 / len(y))
     return loss, e
 
 
@@ -35,7 +37,8 @@ class stash_hooks(torch.autograd.graph.saved_tensors_hooks):
     later forwards overwrite batchnorm running statistics: autograd would refuse the stale graph. The
     update of step t uses the activations stashed at forward(t) and the block's current parameters where
     its backward needs them (only inside the block: e.g. the batchnorm scale when it sits behind a
-    linear layer), so no weights are stashed (PipeDream without weight stashing)."""
+    linear layer), so no weights are stashed (PipeDream without weight stashing). One instance per block,
+    entered at every forward: parameters are updated in place, so their storages never change."""
 
     def __init__(self, module: nn.Module):
         live = {}
@@ -60,19 +63,19 @@ class stash_hooks(torch.autograd.graph.saved_tensors_hooks):
 
 
 class Learner:
-    """One block with its optimizer, its fixed feedback matrix and the stash of in-flight steps.
+    """One block with its fixed feedback matrix and the stash of its in-flight steps.
 
-    forward(step, x) runs the block and keeps the output's graph; update(step, signal) back-propagates
-    the signal inside the block only and takes an optimizer step. The signal of a hidden block under
-    DFA is B_k e; of the head, e itself (its true gradient)."""
+    forward(step, x) runs the block and keeps the output's graph; `update` back-propagates each block's
+    signal inside the block only, then steps the optimizer. The signal of a hidden block under DFA is
+    B_k e; of the head, e itself (its true gradient)."""
 
     def __init__(self, block: nn.Module, index: int, *, rule: str, is_head: bool, B: torch.Tensor | None,
-                 out_shape: tuple[int, ...], optimizer: torch.optim.Optimizer, seed: int,
-                 keep_units: torch.Tensor | None = None):
+                 out_shape: tuple[int, ...], seed: int, keep_units: torch.Tensor | None = None):
         self.block, self.index, self.rule, self.is_head = block, index, rule, is_head
-        self.B, self.out_shape, self.opt, self.seed = B, out_shape, optimizer, seed
+        self.B, self.out_shape, self.seed = B, out_shape, seed
         self.keep_units = keep_units
         self.random = any(isinstance(m, nn.modules.dropout._DropoutNd) for m in block.modules())
+        self.hooks = stash_hooks(block)
         self.stash: dict[int, torch.Tensor] = {}
         self.updates = 0  # own updates applied so far (for staleness)
         self.updates_at_forward: dict[int, int] = {}
@@ -95,7 +98,7 @@ class Learner:
                 return self.block(x)
         if self.rule != "bp":
             x = x.detach()
-        with stash_hooks(self.block):
+        with self.hooks:
             out = self.block(x)
         self.stash[step] = out
         self.updates_at_forward[step] = self.updates
@@ -108,36 +111,26 @@ class Learner:
             return feedback.project(self.B, e, self.out_shape)
         return None  # bp: gradients arrive through the graph; shallow: nothing to learn
 
-    def update(self, step: int, e: torch.Tensor | None, lr: float) -> int:
-        """Apply the update of `step`; return its staleness (own updates applied since its forward)."""
-        if not self.learns:
-            return 0
+    def take(self, step: int, e: torch.Tensor | None):
+        """Step's stashed output, its signal (None: nothing to back-propagate from here) and staleness
+        (own updates applied since its forward); counts the update."""
         out = self.stash.pop(step)
         staleness = self.updates - self.updates_at_forward.pop(step)
-        g = self.signal(e) if e is not None else None
-        if g is not None:
-            out.backward(g)
-        for group in self.opt.param_groups:
-            group["lr"] = lr
-        frozen = self._frozen_rows()
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-        self._restore_rows(frozen)
         self.updates += 1
-        return staleness
+        return out, (self.signal(e) if e is not None else None), staleness
 
     # Bottleneck (mask form): only the kept units of this block are trained.
     def _masked_params(self):
         n = len(self.keep_units)
         return [p for p in self.block.parameters() if p.dim() >= 1 and p.shape[0] == n]
 
-    def _frozen_rows(self):
+    def frozen_rows(self):
         if self.keep_units is None:
             return None
         drop = ~self.keep_units
         return [(p, p.detach()[drop].clone()) for p in self._masked_params()]
 
-    def _restore_rows(self, frozen):
+    def restore_rows(self, frozen):
         if frozen:
             drop = ~self.keep_units
             with torch.no_grad():
@@ -145,14 +138,34 @@ class Learner:
                     p[drop] = rows
 
     def state(self) -> dict:
-        return {"block": self.block.state_dict(), "optim": self.opt.state_dict(), "updates": self.updates}
+        return {"block": self.block.state_dict(), "updates": self.updates}
 
     def load_state(self, state: dict) -> None:
         self.block.load_state_dict(state["block"])
-        self.opt.load_state_dict(state["optim"])
         self.updates = int(state["updates"])
         self.stash.clear()
         self.updates_at_forward.clear()
+
+
+def update(learners: list[Learner], opt: torch.optim.Optimizer | None, step: int, e: torch.Tensor | None,
+           lr: float) -> list[int]:
+    """Step's update of `learners`, which share `opt`: every block's signal back-propagated inside the
+    block in one autograd call, then one optimizer step. Returns each learning block's staleness."""
+    taken = [learner.take(step, e) for learner in learners if learner.learns]
+    roots = [(out, g) for out, g, _ in taken if g is not None]
+    if roots:
+        torch.autograd.backward([out for out, _ in roots], [g for _, g in roots])
+    if opt is not None:
+        for group in opt.param_groups:
+            group["lr"] = lr
+        frozen = [learner.frozen_rows() for learner in learners]
+        opt.step()
+        for group in opt.param_groups:  # (zero_grad, without its per-call overhead)
+            for p in group["params"]:
+                p.grad = None
+        for learner, rows in zip(learners, frozen):
+            learner.restore_rows(rows)
+    return [s for _, _, s in taken]
 
 
 def bottleneck_units(width: int, b: int, seed: int) -> torch.Tensor:

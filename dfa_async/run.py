@@ -9,7 +9,6 @@ from datetime import datetime
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from . import checkpoint, config as config_mod, data, feedback, optim, rules, runlog, schedule
 from .config import Config, ConfigError
@@ -56,31 +55,25 @@ def prepare_run_dir(cfg: Config, run_dir: str | Path | None) -> Path:
     return run_dir
 
 
-def make_pipeline(plan: Plan):
+def make_pipeline(plan: Plan, ds: data.Dataset):
     if plan.cfg.runtime.backend == "ray":
-        from .distributed import RayPipeline
+        from .runtime import RayPipeline
 
-        return RayPipeline(plan)
+        return RayPipeline(plan, ds)
     from .reference import LocalPipeline
 
-    return LocalPipeline(plan, plan.partition())
-
-
-def evaluate(pipe, x: torch.Tensor, y: torch.Tensor, batch: int) -> tuple[float, float]:
-    outs = pipe.evaluate([x[i:i + batch] for i in range(0, len(x), batch)])
-    logits = torch.cat(outs)
-    return (logits.argmax(1) == y).float().mean().item(), F.cross_entropy(logits, y).item()
+    return LocalPipeline(plan, plan.partition(), ds)
 
 
 class Timelines:
-    """Per-stage host timestamps, written at every boundary as one `timeline` record per stage, and
+    """Per-stage host timestamps, written after every window as one `timeline` record per stage, and
     totals (busy time, idle fraction) written at the end as `stage` records."""
 
     def __init__(self):
         self.busy, self.first, self.last = {}, {}, {}
 
-    def flush(self, pipe, log: EventLog, step: int) -> None:
-        for s, tl in enumerate(pipe.take_timelines()):
+    def write(self, timelines: list[list], log: EventLog, step: int) -> None:
+        for s, tl in enumerate(timelines):
             if not tl:
                 continue
             op, steps, start, end, stale = (list(c) for c in zip(*tl))
@@ -128,7 +121,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, model=None, progres
     pipe = None
     bar = None
     try:
-        pipe = make_pipeline(plan)
+        pipe = make_pipeline(plan, ds)
         if found is None:
             log.write("config", 0, config=cfg.to_dict(), blocks=plan.num_blocks, steps=total,
                       steps_per_epoch=spe, partition=plan.partition(), backend=cfg.runtime.backend)
@@ -178,7 +171,6 @@ class _Driver:
         self.cfg, self.plan, self.ds, self.pipe, self.log = cfg, plan, ds, pipe, log
         self.run_dir, self.probe, self.metrics, self.bar = run_dir, probe, metrics, bar
         self.total, self.spe = total, spe
-        self.marks = schedule.boundaries(total, spe, cfg.checkpoint.every)
         self.timelines = Timelines()
         self.last = {"test_accuracy": float("nan"), "test_loss": float("nan")}
         self.align_log, self.samples, self.seconds, self.step = [], 0, 0.0, 0
@@ -201,48 +193,59 @@ class _Driver:
             self._evaluate(self.total - 1)
             return
         try:
-            self._run_ops(start, t0)
+            self._run_windows(start, t0)
         finally:
             self.seconds += time.time() - t0
 
-    def _run_ops(self, start: int, t0: float) -> None:
-        cfg, tr, ds, pipe, log = self.cfg, self.cfg.train, self.ds, self.pipe, self.log
-        order, order_epoch = None, -1
-        for op in schedule.ops(start, self.total, cfg.runtime.depth, self.marks):
-            t = self.step = op.step
-            if op.kind == "forward":
-                epoch = t // self.spe
-                if epoch != order_epoch:
-                    order, order_epoch = data.epoch_order(len(ds.x_train), tr.seed, epoch), epoch
-                i = t % self.spe
-                idx = torch.from_numpy(order[i * tr.batch_size:(i + 1) * tr.batch_size])
-                loss = pipe.forward(t, ds.x_train[idx], ds.y_train[idx])
-                self.samples += len(idx)
-                if (t + 1) % tr.log_every == 0 or t == self.total - 1:
-                    self._log_loss(t, float(loss), t0)
-                if self.probe is not None and (t + 1) % cfg.alignment.every == 0:
-                    self.align_log.append(measure_alignment(cfg, self.plan, pipe, self.probe, t, log, self.metrics))
-                if self.bar:
-                    self.bar.update(1)
-            elif op.kind == "update":
-                pipe.update(t)
-            else:  # boundary: the pipeline is drained
-                self._boundary(t)
+    def _run_windows(self, start: int, t0: float) -> None:
+        """Ask the stages for windows of the schedule. A window that ends where the driver has work (a
+        boundary, a probe) is waited for; otherwise the next one is queued behind it first, so the
+        stages never wait for the driver."""
+        cfg = self.cfg
+        probes = set()
+        if self.probe is not None:
+            probes = set(range(cfg.alignment.every - 1, self.total, cfg.alignment.every))
+        marks = set(self.plan.marks)
+        running = None
+        for a, b in schedule.windows(start, self.total, marks | probes, cfg.runtime.window):
+            handle = self.pipe.submit(a, b)
+            if running is not None:
+                self._record(self.pipe.collect(running), t0)
+            running = handle
+            t = b - 1
+            if t in marks or t in probes:
+                self._record(self.pipe.collect(running), t0)
+                running = None
+                if t in probes:
+                    self.align_log.append(measure_alignment(cfg, self.plan, self.pipe, self.probe, t, self.log,
+                                                            self.metrics))
+                if t in marks:
+                    self._boundary(t)
+        if running is not None:
+            self._record(self.pipe.collect(running), t0)
 
-    def _log_loss(self, t: int, loss: float, t0: float) -> None:
-        if not math.isfinite(loss):
-            self.log.write("error", t, message=f"loss is {loss} at step {t}")
-            raise FloatingPointError(f"training diverged: loss is {loss} at step {t}; lower optim.lr")
-        self.log.write("train", t, loss=loss, epoch=t / self.spe, lr=optim.lr_at(self.cfg.optim, t, self.total, self.spe),
-                       samples_per_s=self.samples / max(self.seconds + time.time() - t0, 1e-9))
-        if self.metrics:
-            self.metrics.train(t, loss, self.samples / max(self.seconds + time.time() - t0, 1e-9))
+    def _record(self, win, t0: float) -> None:
+        """Log a finished window: losses (every log_every steps; every one is checked), timestamps."""
+        tr = self.cfg.train
+        self.samples += (win.stop - win.start) * tr.batch_size
+        self.step = win.stop - 1
+        sps = self.samples / max(self.seconds + time.time() - t0, 1e-9)
+        for t, loss in zip(range(win.start, win.stop), win.losses):
+            if not math.isfinite(loss):
+                self.log.write("error", t, message=f"loss is {loss} at step {t}")
+                raise FloatingPointError(f"training diverged: loss is {loss} at step {t}; lower optim.lr")
+            if (t + 1) % tr.log_every == 0 or t == self.total - 1:
+                self.log.write("train", t, loss=loss, epoch=t / self.spe, samples_per_s=sps,
+                               lr=optim.lr_at(self.cfg.optim, t, self.total, self.spe))
+                if self.metrics:
+                    self.metrics.train(t, loss, sps)
+        self.timelines.write(win.timelines, self.log, win.stop - 1)
         if self.bar:
-            self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            self.bar.set_postfix(loss=f"{win.losses[-1]:.4f}", refresh=False)
+            self.bar.update(win.stop - win.start)
 
     def _boundary(self, t: int) -> None:
         cfg = self.cfg
-        self.timelines.flush(self.pipe, self.log, t)
         if (t + 1) % self.spe == 0 or t == self.total - 1:
             self._evaluate(t)
         if (cfg.checkpoint.every and (t + 1) % cfg.checkpoint.every == 0) or t == self.total - 1:
@@ -251,7 +254,7 @@ class _Driver:
             self.log.write("checkpoint", t, path=path.name)
 
     def _evaluate(self, t: int) -> None:
-        acc, tl = evaluate(self.pipe, self.ds.x_test, self.ds.y_test, self.cfg.train.eval_batch_size)
+        acc, tl = self.pipe.evaluate()
         self.last = {"test_accuracy": acc, "test_loss": tl}
         self.log.write("eval", t, epoch=(t + 1) / self.spe, **self.last)
         if self.metrics:

@@ -2,9 +2,14 @@
 
 With in-flight depth D, after forward(t) comes update(t - D + 1); at a boundary (a checkpoint, the end of
 an epoch, the end of the run) every pending update is drained before the next forward. Every stage runs
-the ops in this order, and so does the single-process reference."""
+the ops in this order, and so does the single-process reference.
+
+A window is a slice of the run's op sequence cut just before a forward: `ops(a, b, …)` is the part from
+forward(a) up to (not including) forward(b). Cutting adds no drain, so any split of a run into windows
+carries out exactly the run's sequence."""
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import deque
 from typing import Iterable, Iterator, NamedTuple
 
@@ -15,16 +20,22 @@ class Op(NamedTuple):
 
 
 def ops(start: int, stop: int, depth: int, boundaries: Iterable[int] = ()) -> Iterator[Op]:
-    """Ops for steps start..stop-1 with an empty pipeline at `start`. A boundary after step t (and
-    always after the last step) drains the pipeline and is marked by Op("boundary", t)."""
+    """Ops of the window [start, stop) of a run that begins at step 0 or just after a boundary and whose
+    pipeline drains after each step in `boundaries` (marked by Op("boundary", t)); a run's last step
+    must be one. A list or tuple of boundaries must be sorted (as `boundaries()` returns them); any other
+    iterable is sorted here. The steps in flight at `start` follow from the schedule itself: those after
+    the last boundary before `start`, at most depth - 1 of them."""
     if depth < 1:
         raise ValueError(f"depth: {depth}; it must be >= 1")
-    marks = set(boundaries)
-    pending: deque[int] = deque()
+    marks = boundaries if isinstance(boundaries, (list, tuple)) else sorted(set(boundaries))
+    i, j = bisect_left(marks, start), bisect_left(marks, stop)
+    last = marks[i - 1] if i else -1
+    pending: deque[int] = deque(range(max(last + 1, start - depth + 1), start))
+    here = set(marks[i:j])
     for t in range(start, stop):
         yield Op("forward", t)
         pending.append(t)
-        if t in marks or t == stop - 1:
+        if t in here:
             while pending:
                 yield Op("update", pending.popleft())
             yield Op("boundary", t)
@@ -39,6 +50,22 @@ def boundaries(total_steps: int, steps_per_epoch: int, checkpoint_every: int) ->
         marks |= set(range(checkpoint_every - 1, total_steps, checkpoint_every))
     marks.add(total_steps - 1)
     return sorted(marks)
+
+
+def windows(start: int, stop: int, cuts: Iterable[int], longest: int = 0) -> list[tuple[int, int]]:
+    """Split steps start..stop-1 into windows [a, b): one ends after each step in `cuts` (where the
+    driver has work to do: evaluate, checkpoint, probe) and none is longer than `longest` (0: no limit)."""
+    if start >= stop:
+        return []
+    ends = sorted({t + 1 for t in cuts if start <= t < stop - 1} | {stop})
+    out, a = [], start
+    for b in ends:
+        while longest and b - a > longest:
+            out.append((a, a + longest))
+            a += longest
+        out.append((a, b))
+        a = b
+    return out
 
 
 def staleness(step_ops: Iterable[Op]) -> dict[int, int]:

@@ -6,10 +6,12 @@ from __future__ import annotations
 import copy
 import math
 import time
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
-from . import feedback, model as models, optim, rules
+from . import feedback, model as models, optim, rules, schedule
 from .config import Config, ConfigError
 
 
@@ -35,6 +37,16 @@ def keep_freed_memory() -> None:
 _memory_kept = False
 
 
+@dataclass
+class Window:
+    """What the stages report after running window [start, stop) of the schedule: the head's loss of
+    every step and each stage's op timestamps (op, step, start, end, staleness)."""
+    start: int
+    stop: int
+    losses: list[float]
+    timelines: list[list]
+
+
 class StageFailure(RuntimeError):
     """A stage died (its process was lost); the driver restarts the stages from the last checkpoint."""
 
@@ -47,6 +59,8 @@ class Plan:
                  steps_per_epoch: int, net: torch.nn.Sequential | None = None):
         self.cfg, self.in_shape, self.classes = cfg, tuple(in_shape), classes
         self.total_steps, self.steps_per_epoch = total_steps, steps_per_epoch
+        # Where the schedule drains (epoch ends, checkpoints, the last step): the same for every stage.
+        self.marks = schedule.boundaries(total_steps, steps_per_epoch, cfg.checkpoint.every)
         self.net = net  # a user's own model (blocks of an nn.Sequential); None builds cfg.model
         net = self.build()
         self.out_shapes = models.output_shapes(net, self.in_shape)
@@ -72,6 +86,9 @@ class Plan:
 
 
 class Stage:
+    """Blocks k..m of the model with their learners and one optimizer. forward/update are the schedule's
+    ops; the head stage turns its output into the loss and the error e."""
+
     def __init__(self, plan: Plan, blocks: list[int], device: torch.device | str = "cpu"):
         keep_freed_memory()
         cfg = plan.cfg
@@ -89,36 +106,36 @@ class Stage:
             keep = None
             if cfg.bottleneck.layer == k + 1 and cfg.bottleneck.form == "mask":
                 keep = rules.bottleneck_units(plan.out_shapes[k][0], cfg.bottleneck.width, cfg.train.seed).to(device)
-            block = net[k]
             self.learners.append(rules.Learner(
-                block, k, rule=cfg.feedback.rule, is_head=is_head, B=B, out_shape=plan.out_shapes[k],
-                optimizer=optim.make(block.parameters(), cfg.optim), seed=cfg.train.seed, keep_units=keep))
+                net[k], k, rule=cfg.feedback.rule, is_head=is_head, B=B, out_shape=plan.out_shapes[k],
+                seed=cfg.train.seed, keep_units=keep))
+        # One optimizer over every learning block: one call per update.
+        self.learning = [learner for learner in self.learners if learner.learns]
+        self.sizes = [len(list(learner.block.parameters())) for learner in self.learning]
+        self.opt = optim.make([p for learner in self.learning for p in learner.block.parameters()], cfg.optim)
         self.is_head = self.ids[-1] == last
-        self.pending_error: dict[int, torch.Tensor] = {}
         # Host timestamps of every op: (op, step, start, end, staleness); bubbles show as gaps.
         self.timeline: list[tuple[str, int, float, float, int]] = []
 
     def forward(self, step: int, x, y=None):
-        """Run the stage's blocks on x; the head stage also takes the labels and returns (loss, e)."""
+        """Run the stage's blocks on x; the head stage also takes the labels and returns (loss, e), the
+        loss a 0-d tensor."""
         t0 = time.time()
         h = x
         for learner in self.learners:
             h = learner.forward(step, h)
         out = h
         if self.is_head:
-            loss, e = rules.head_error(h.detach(), y, self.cfg.feedback.error_scale)
-            out = (loss.item(), e)
+            out = rules.head_error(h.detach(), y, self.cfg.feedback.error_scale)
         self.timeline.append(("forward", step, t0, time.time(), 0))
         return out
 
     def update(self, step: int, e: torch.Tensor) -> list[int]:
-        """Apply step's update on every block of the stage; return each block's staleness."""
+        """Apply step's update on every block of the stage; return each learning block's staleness."""
         t0 = time.time()
         lr = optim.lr_at(self.cfg.optim, step, self.plan.total_steps, self.plan.steps_per_epoch)
-        # Under bp the head's backward fills the gradients of the blocks below it: head first.
-        order = reversed(self.learners) if self.cfg.feedback.rule == "bp" else self.learners
-        stale = [learner.update(step, e, lr) for learner in order]
-        self.timeline.append(("update", step, t0, time.time(), max(stale)))
+        stale = rules.update(self.learners, self.opt, step, e, lr)
+        self.timeline.append(("update", step, t0, time.time(), max(stale, default=0)))
         return stale
 
     def take_timeline(self) -> list:
@@ -126,7 +143,8 @@ class Stage:
         return out
 
     @torch.no_grad()
-    def evaluate(self, x):
+    def evaluate(self, x, y=None):
+        """The stage's blocks in eval mode; the head stage, given labels, returns (correct, summed loss)."""
         for learner in self.learners:
             learner.block.eval()
         try:
@@ -135,14 +153,23 @@ class Stage:
         finally:
             for learner in self.learners:
                 learner.block.train()
-        return x
+        if y is None:
+            return x
+        return (x.argmax(1) == y).sum(), F.cross_entropy(x, y, reduction="sum")
 
     def state(self) -> dict:
-        return {str(k): learner.state() for k, learner in zip(self.ids, self.learners)}
+        out = {str(k): learner.state() for k, learner in zip(self.ids, self.learners)}
+        first = 0
+        for learner, n in zip(self.learning, self.sizes):
+            out[str(learner.index)]["optim"] = optim.part_state(self.opt, first, n)
+            first += n
+        return out
 
     def load_state(self, state: dict) -> None:
         for k, learner in zip(self.ids, self.learners):
             learner.load_state(state[str(k)])
+        if self.opt is not None:
+            optim.load_part_states(self.opt, [state[str(learner.index)]["optim"] for learner in self.learning])
 
     def modules(self) -> dict[int, torch.nn.Module]:
         return {k: learner.block for k, learner in zip(self.ids, self.learners)}

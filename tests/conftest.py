@@ -39,3 +39,13 @@ def small_config(**sections):
     for section, values in sections.items():
         raw.setdefault(section, {}).update(values)
     return from_dict(raw)
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    """A real local Ray instance of the test module's own (4 CPUs: up to 4 stage actors)."""
+    import ray
+
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()

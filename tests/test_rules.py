@@ -13,10 +13,23 @@ from dfa_async.stage import Plan
 from conftest import small_config
 
 
-def make_learner(block, B, index=0, rule="dfa", is_head=False, out_shape=None, momentum=0.0, keep=None):
-    opt = torch.optim.SGD(block.parameters(), lr=1.0, momentum=momentum)
-    return rules.Learner(block, index, rule=rule, is_head=is_head, B=B, out_shape=out_shape, optimizer=opt,
-                         seed=0, keep_units=keep)
+class Solo:
+    """One learner with its own plain SGD: the rule alone, as a stage applies it."""
+
+    def __init__(self, block, B, index=0, rule="dfa", is_head=False, out_shape=None, momentum=0.0, keep=None):
+        self.learner = rules.Learner(block, index, rule=rule, is_head=is_head, B=B, out_shape=out_shape, seed=0,
+                                     keep_units=keep)
+        self.opt = torch.optim.SGD(block.parameters(), lr=1.0, momentum=momentum)
+
+    def forward(self, step, x):
+        return self.learner.forward(step, x)
+
+    def update(self, step, e, lr):
+        (stale,) = rules.update([self.learner], self.opt, step, e, lr)
+        return stale
+
+
+make_learner = Solo
 
 
 def test_head_error_is_the_gradient_of_cross_entropy():

@@ -1,7 +1,7 @@
 """The pipeline schedule as a table, and its invariants as properties."""
 from hypothesis import given, strategies as st
 
-from dfa_async.schedule import Op, boundaries, ops, staleness
+from dfa_async.schedule import Op, boundaries, ops, staleness, windows
 
 
 def table(*pairs):
@@ -9,22 +9,36 @@ def table(*pairs):
 
 
 def test_depth_one_is_synchronous():
-    assert list(ops(0, 3, 1)) == table(("F", 0), ("U", 0), ("F", 1), ("U", 1), ("F", 2), ("U", 2), ("B", 2))
+    assert list(ops(0, 3, 1, [2])) == table(("F", 0), ("U", 0), ("F", 1), ("U", 1), ("F", 2), ("U", 2), ("B", 2))
 
 
 def test_depth_two_updates_step_t_minus_one_after_forward_t():
-    assert list(ops(0, 4, 2)) == table(("F", 0), ("F", 1), ("U", 0), ("F", 2), ("U", 1), ("F", 3),
-                                       ("U", 2), ("U", 3), ("B", 3))
+    assert list(ops(0, 4, 2, [3])) == table(("F", 0), ("F", 1), ("U", 0), ("F", 2), ("U", 1), ("F", 3),
+                                            ("U", 2), ("U", 3), ("B", 3))
 
 
 def test_boundary_drains_then_refills():
-    assert list(ops(0, 5, 3, boundaries=[1])) == table(
+    assert list(ops(0, 5, 3, boundaries=[1, 4])) == table(
         ("F", 0), ("F", 1), ("U", 0), ("U", 1), ("B", 1),
         ("F", 2), ("F", 3), ("F", 4), ("U", 2), ("U", 3), ("U", 4), ("B", 4))
 
 
-def test_resume_starts_with_an_empty_pipeline():
-    assert list(ops(2, 4, 2)) == table(("F", 2), ("F", 3), ("U", 2), ("U", 3), ("B", 3))
+def test_resume_after_a_boundary_starts_with_an_empty_pipeline():
+    assert list(ops(2, 4, 2, [1, 3])) == table(("F", 2), ("F", 3), ("U", 2), ("U", 3), ("B", 3))
+
+
+def test_a_window_cut_mid_pipeline_adds_no_drain():
+    # D = 3, boundary only at 7: the window [3, 5) starts with steps 1 and 2 in flight.
+    assert list(ops(3, 5, 3, [7])) == table(("F", 3), ("U", 1), ("F", 4), ("U", 2))
+    # Right after a boundary nothing is in flight, however deep the pipeline.
+    assert list(ops(3, 4, 3, [2, 7])) == table(("F", 3))
+
+
+def test_windows_end_at_cuts_and_are_bounded():
+    assert windows(0, 10, cuts=[3, 9]) == [(0, 4), (4, 10)]
+    assert windows(0, 10, cuts=[3], longest=4) == [(0, 4), (4, 8), (8, 10)]
+    assert windows(5, 12, cuts=[2, 7, 30], longest=0) == [(5, 8), (8, 12)]
+    assert windows(4, 4, cuts=[]) == []
 
 
 def test_boundaries_are_epoch_ends_checkpoints_and_the_last_step():
@@ -33,13 +47,13 @@ def test_boundaries_are_epoch_ends_checkpoints_and_the_last_step():
 
 
 def test_staleness_is_depth_minus_one_in_steady_state():
-    s = staleness(ops(0, 10, 3))
+    s = staleness(ops(0, 10, 3, [9]))
     assert [s[t] for t in range(10)] == [0, 1, 2, 2, 2, 2, 2, 2, 2, 2]
 
 
 @given(st.integers(1, 40), st.integers(1, 6), st.sets(st.integers(0, 39), max_size=6))
 def test_every_step_is_forwarded_then_updated_once_with_bounded_stash(n, depth, marks):
-    seq = list(ops(0, n, depth, marks))
+    seq = list(ops(0, n, depth, sorted(marks | {n - 1})))
     fwd = [o.step for o in seq if o.kind == "forward"]
     upd = [o.step for o in seq if o.kind == "update"]
     assert fwd == list(range(n)) and upd == list(range(n))  # updates in step order
@@ -50,3 +64,18 @@ def test_every_step_is_forwarded_then_updated_once_with_bounded_stash(n, depth, 
         if o.kind == "boundary":
             assert pending == 0
     assert max(staleness(seq).values()) <= depth - 1
+
+
+@given(st.integers(1, 40), st.integers(1, 6), st.sets(st.integers(0, 39), max_size=6),
+       st.sets(st.integers(0, 39), max_size=8), st.integers(0, 7))
+def test_any_split_into_windows_is_the_whole_run(n, depth, marks, cuts, longest):
+    marks = sorted(marks | {n - 1})
+    whole = list(ops(0, n, depth, marks))
+    parts = windows(0, n, cuts, longest)
+    assert parts[0][0] == 0 and parts[-1][1] == n and all(b > a for a, b in parts)
+    assert [op for a, b in parts for op in ops(a, b, depth, marks)] == whole
+    # A resumed run (from just after any boundary) continues the same sequence.
+    for m in marks:
+        if m < n - 1:
+            tail = [op for a, b in windows(m + 1, n, cuts, longest) for op in ops(a, b, depth, marks)]
+            assert tail == whole[whole.index(Op("boundary", m)) + 1:]

@@ -1,4 +1,5 @@
-"""The Ray trainer against the single-process reference, on a real local Ray instance."""
+"""The Ray runtime (stages running windows of the schedule over the data plane) against the
+single-process reference, on a real local Ray instance."""
 import os
 import signal
 import threading
@@ -11,12 +12,7 @@ from dfa_async import checkpoint, runlog, train
 
 from conftest import small_config
 
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_instance():
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("ray_instance")
 
 
 MLP = dict(model={"widths": [24, 24], "dropout_hidden": 0.1})
@@ -135,10 +131,10 @@ def test_gloo_direct_transport_gives_the_same_weights(tmp_path):
 
 
 def test_stages_the_cluster_cannot_place_give_a_clear_error(tmp_path, monkeypatch):
-    from dfa_async import distributed
     from dfa_async.config import ConfigError
+    from dfa_async.runtime import cluster
 
-    monkeypatch.setattr(distributed, "PLACEMENT_TIMEOUT_S", 3)
+    monkeypatch.setattr(cluster, "PLACEMENT_TIMEOUT_S", 3)
     cfg = cfg_for({"model": {"widths": [8, 8, 8, 8]}}, 1, [], "ray")  # 5 stages, the instance has 4 CPUs
     with pytest.raises(ConfigError, match="could not place 5 stages"):
         train(cfg, tmp_path / "r")

@@ -1,0 +1,151 @@
+"""The driver's side of the layer-parallel runtime on Ray. The driver steers: it starts one actor per
+stage, connects them into a process group, puts the dataset into the object store once, and asks every
+stage to run a window of the schedule; the stages exchange every tensor among themselves. It collects
+losses and timestamps at the end of each window, gathers state at drained boundaries, and replaces every
+stage when one dies (the run then resumes from the last checkpoint)."""
+from __future__ import annotations
+
+import ray
+import torch
+
+from ..config import ConfigError
+from ..stage import Plan, StageFailure, Window
+from . import shm
+from .cluster import Placement, start_ray
+from .plane import PeerLost
+from .worker import StageWorker
+
+RECOVERABLE = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
+               ray.exceptions.ObjectLostError)
+
+
+class _Actor(StageWorker):
+    def node_ip(self) -> str:
+        return ray.util.get_node_ip_address()
+
+
+RemoteWorker = ray.remote(_Actor)
+
+
+class RayPipeline:
+    def __init__(self, plan: Plan, ds):
+        cfg = plan.cfg
+        self.plan, self.cfg = plan, cfg
+        self.partition = plan.partition()
+        self.started_ray = start_ray(cfg, len(self.partition))
+        self.placement, self.actors, self.restarts = None, [], 0
+        try:
+            self._setup(ds)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, ds) -> None:
+        cfg, n = self.cfg, len(self.partition)
+        gpus = ray.cluster_resources().get("GPU", 0)
+        use_gpu = cfg.runtime.device == "cuda" or (cfg.runtime.device == "auto" and gpus >= n)
+        if cfg.runtime.device == "cuda" and gpus < n:
+            raise ConfigError(f"runtime.device: cuda needs one GPU per stage ({n}); the cluster has {gpus:g}. "
+                              "Use runtime.device = cpu or fewer runtime.stages")
+        if cfg.runtime.transport == "nccl" and not use_gpu:
+            raise ConfigError("runtime.transport: nccl needs a GPU per stage; use gloo or auto")
+        self.device = "cuda" if use_gpu else "cpu"
+        self.transport = cfg.runtime.transport
+        self.bundle = {"GPU": 1, "CPU": 1} if use_gpu else {"CPU": 1}
+        # Into the object store once per run; the first stage reads the inputs, the head the labels.
+        arrays = {k: getattr(ds, k).numpy() for k in ("x_train", "y_train", "x_test", "y_test")}
+        self.data = {k: ray.put(v) for k, v in arrays.items()}
+        self.n_test = len(ds.x_test)
+        self._spawn()
+
+    def _spawn(self) -> None:
+        n = len(self.partition)
+        self.placement = Placement(n, self.bundle, self.cfg.runtime.placement)
+        self.actors = []
+        for i, ids in enumerate(self.partition):
+            held = {}
+            if i == 0:
+                held.update(x_train=self.data["x_train"], x_test=self.data["x_test"])
+            if i == n - 1:
+                held.update(y_train=self.data["y_train"], y_test=self.data["y_test"])
+            self.actors.append(RemoteWorker.options(**self.placement.options(i)).remote(
+                self.plan, ids, i, n, self.n_test, self.cfg.runtime.threads, self.device, **held))
+        self.pids = self._get([a.pid.remote() for a in self.actors])
+        if n > 1:
+            ips = self._get([a.node_ip.remote() for a in self.actors])
+            one_node = len(set(ips)) == 1
+            self.backend = self.transport
+            if self.transport == "auto":
+                self.backend = "nccl" if self.device == "cuda" else "shm" if one_node and shm.available() else "gloo"
+            if self.backend == "shm" and not one_node:
+                raise ConfigError(f"runtime.transport: shm needs every stage on one node; the stages are on "
+                                  f"{len(set(ips))} nodes. Use gloo or auto")
+            # Stages on one node meet over loopback; across nodes, over the nodes' addresses.
+            host = "127.0.0.1" if one_node else ips[0]
+            port = self._get(self.actors[0].open_rendezvous.remote(host))
+            self._get([a.connect.remote(host, port, self.backend) for a in self.actors])
+
+    def _kill(self) -> None:
+        for a in self.actors:
+            ray.kill(a, no_restart=True)
+        self.actors = []
+        if self.placement is not None:
+            self.placement.remove()
+            self.placement = None
+
+    def restart(self) -> None:
+        """Replace every stage (a dead one, and the others, whose process group lost a member)."""
+        self._kill()
+        self.restarts += 1
+        self._spawn()
+
+    def _get(self, refs):
+        """Results of `refs`, waiting on all at once: the first failure is raised as soon as it is known
+        (its peers may still be blocked in a receive), as StageFailure when a stage or its peer died."""
+        many = isinstance(refs, list)
+        pending = list(refs) if many else [refs]
+        try:
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=1)
+                ray.get(ready[0])
+            return ray.get(refs)
+        except RECOVERABLE as err:
+            raise StageFailure(f"a stage actor died ({type(err).__name__})") from err
+        except ray.exceptions.RayTaskError as err:
+            if isinstance(err.cause, RECOVERABLE + (PeerLost,)):
+                raise StageFailure(f"a stage failed ({err.cause})") from err
+            raise
+
+    # -- windows, evaluation, state ------------------------------------------------------------------
+    def submit(self, start: int, stop: int):
+        return start, stop, [a.run.remote(start, stop) for a in self.actors]
+
+    def collect(self, handle) -> Window:
+        start, stop, refs = handle
+        results = self._get(refs)
+        return Window(start, stop, results[-1]["losses"], [r["timeline"] for r in results])
+
+    def evaluate(self) -> tuple[float, float]:
+        correct, total, n = self._get([a.evaluate.remote() for a in self.actors])[-1]
+        return correct / n, total / n
+
+    def state(self) -> dict:
+        out = {}
+        for part in self._get([a.state.remote() for a in self.actors]):
+            out.update(part)
+        return out
+
+    def load_state(self, state: dict) -> None:
+        self._get([a.load_state.remote({k: state[k] for k in map(str, ids)})
+                   for a, ids in zip(self.actors, self.partition)])
+
+    def model(self) -> torch.nn.Sequential:
+        blocks = {}
+        for part in self._get([a.modules.remote() for a in self.actors]):
+            blocks.update(part)
+        return torch.nn.Sequential(*[blocks[k] for k in sorted(blocks)])
+
+    def close(self) -> None:
+        self._kill()
+        if self.started_ray:
+            ray.shutdown()
