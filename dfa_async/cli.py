@@ -23,7 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     rep = sub.add_parser("report", help="tables and plots of a run, from its event log")
     rep.add_argument("run_dir", metavar="RUN_DIR")
     rep.add_argument("--out", help="output folder (default RUN_DIR/report)")
-    be = sub.add_parser("bench", help="samples/s of backprop, reference DFA and the Ray trainer, side by side")
+    be = sub.add_parser("bench", help="steps/s of backprop, reference DFA, the data plane and the per-op Ray "
+                        "calls, side by side")
     be.add_argument("--width", type=int, default=4096, help="width of each block (a square)")
     be.add_argument("--batch", type=int, default=256)
     be.add_argument("--stages", type=int, default=2, help="balanced stages (one Ray actor each)")
@@ -32,17 +33,18 @@ def main(argv: list[str] | None = None) -> int:
     be.add_argument("--repeats", type=int, default=2, help="rounds over every mode; each reports its best")
     be.add_argument("--steps", type=int, default=30, help="timed steps per mode")
     be.add_argument("--warmup", type=int, default=5)
-    be.add_argument("--transport", default="object_store", choices=["object_store", "gloo", "nccl"])
+    be.add_argument("--transport", default="auto", choices=["auto", "shm", "gloo"])
+    be.add_argument("--no-calls", action="store_true", help="skip the per-op Ray-call baseline")
     be.add_argument("--out", default="bench-results", help="folder for bench.json and bench.md")
     args = parser.parse_args(argv)
 
     if args.command == "bench":
-        from . import bench
+        from .perf import bench
 
         try:
             depths = [int(d) for d in args.depths.split(",")]
             bench.run(args.width, args.batch, args.threads, args.stages, depths, args.warmup, args.steps,
-                      args.out, args.transport, args.repeats)
+                      args.out, args.transport, args.repeats, calls=not args.no_calls)
         except (ValueError, ConfigError) as err:
             print(f"dfa-async: error: {err}", file=sys.stderr)
             return 2

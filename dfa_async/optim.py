@@ -40,7 +40,10 @@ def load_part_states(opt: torch.optim.Optimizer, parts: list[dict]) -> None:
     state, offset = {}, 0
     for part in parts:
         (saved,) = part["param_groups"]
-        state.update({offset + int(j): s for j, s in part["state"].items()})
+        # Copies: load_state_dict keeps tensors of the right dtype and device, so the optimizer would
+        # otherwise share (and step) the caller's tensors.
+        state.update({offset + int(j): {k: v.clone() if torch.is_tensor(v) else v for k, v in s.items()}
+                      for j, s in part["state"].items()})
         offset += len(saved["params"])
     if offset != len(own["params"]):
         raise ValueError(f"optimizer state for {offset} tensors, the stage has {len(own['params'])}")

@@ -13,14 +13,23 @@ tensor list with a tag, returning a work with `wait`/`is_completed`), so the dat
 nccl alike. Each message is a header (tag, size) and the tensor's bytes; one that arrives before its
 receive is posted is kept until it is. Ordering: the writer copies the bytes, then publishes the new write
 position; the reader loads the position, then the bytes. x86-64 keeps stores in order and loads in order
-(TSO), which is all a single-producer single-consumer ring needs; elsewhere the data plane uses gloo."""
+(TSO), which is all a single-producer single-consumer ring needs; elsewhere the data plane uses gloo.
+
+Waiting: a stage with a core of its own polls briefly (yielding the core), then sleeps; with more stages
+than cores it sleeps at once, since polling would take the core from the stage it waits for. A sleeping
+stage marks the rings it waits on and blocks on its wake-up socket; a peer that writes to (or frees room
+in) a marked ring sends it a datagram. Marking and re-checking are separated by a full memory fence on
+both sides (a lock's atomic instruction), so no wake-up is lost; a 10 ms timeout backs that up."""
 from __future__ import annotations
 
 import mmap
 import os
 import platform
 import secrets
+import select
+import socket
 import struct
+import threading
 import time
 from collections import deque
 
@@ -28,9 +37,17 @@ import numpy as np
 import torch
 
 HEADER = struct.Struct("<qq")  # tag, payload bytes
-META = 64                      # ring header: write position, read position, writer pid, reader pid
-SPIN_S = 0.002                 # a waiting stage polls this long (yielding its core) before it sleeps
-CHECK_PEER_S = 0.5             # while sleeping, how often it checks that its peers are alive
+META = 64                      # ring header: write position, read position, reader asleep, writer asleep
+SPIN_S = 0.002                 # a stage with a core of its own polls this long (yielding) before it sleeps
+NAP_S = 0.01                   # longest sleep before a waiting stage looks again by itself
+CHECK_PEER_S = 0.5             # while waiting, how often it checks that its peers are alive
+_FENCE = threading.Lock()
+
+
+def fence() -> None:
+    """A full memory barrier: acquiring a lock is an atomic (locked) instruction on x86-64."""
+    _FENCE.acquire()
+    _FENCE.release()
 
 
 def available() -> bool:
@@ -53,8 +70,9 @@ class Ring:
             os.close(fd)
         with open(path, "r+b") as fh:
             capacity = os.fstat(fh.fileno()).st_size - META
-            self.mm = mmap.mmap(fh.fileno(), META + capacity)
-        self.pos = np.frombuffer(self.mm, dtype=np.int64, count=4)  # write, read, writer pid, reader pid
+            # Map every page now: a first touch mid-run costs a page fault per 4 kB of each message.
+            self.mm = mmap.mmap(fh.fileno(), META + capacity, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
+        self.pos = np.frombuffer(self.mm, dtype=np.int64, count=4)  # write, read, reader/writer asleep
         self.data = memoryview(self.mm)[META:]
         self.capacity = capacity
 
@@ -122,15 +140,43 @@ def _bytes(t: torch.Tensor) -> memoryview:
 class _Peer:
     """The two rings shared with one peer: outgoing messages in order, the incoming message being read."""
 
-    def __init__(self, rank: int, pid: int, out: Ring, inc: Ring):
+    def __init__(self, rank: int, pid: int, out: Ring | None, inc: Ring | None, wake: bytes,
+                 pinger: socket.socket):
         self.rank, self.pid, self.out_ring, self.in_ring = rank, pid, out, inc
+        self.wake, self.pinger = wake, pinger
         self.out: deque = deque()            # [header + payload views, Work], written in order
         self.posted: dict[int, tuple] = {}   # tag -> (view, Work) of posted receives
         self.early: dict[int, memoryview] = {}  # tag -> payload that arrived before its receive
         self.header, self.got = bytearray(HEADER.size), 0
         self.body = None                     # [tag, view, Work | None, bytes read] of the payload being read
 
+    def ping(self) -> None:
+        try:
+            self.pinger.sendto(b"!", self.wake)
+        except (BlockingIOError, ConnectionRefusedError, FileNotFoundError):
+            pass  # its queue is full (it will wake anyway) or it is gone (noticed elsewhere)
+
     def flush(self) -> bool:
+        if not self.out:
+            return False
+        moved = self._flush()
+        if moved:  # the reader may have gone to sleep on this ring: publish, fence, then look
+            fence()
+            if self.out_ring.pos[2]:
+                self.ping()
+        return moved
+
+    def drain(self) -> bool:
+        if self.in_ring is None:
+            return False
+        moved = self._drain()
+        if moved:  # a writer waiting for room may be asleep
+            fence()
+            if self.in_ring.pos[3]:
+                self.ping()
+        return moved
+
+    def _flush(self) -> bool:
         moved = False
         while self.out:
             views, work = self.out[0]
@@ -146,7 +192,7 @@ class _Peer:
             work.done = True
         return moved
 
-    def drain(self) -> bool:
+    def _drain(self) -> bool:
         moved = False
         while True:
             if self.body is None:
@@ -190,26 +236,34 @@ class _Peer:
 
 
 class ShmGroup:
-    """Ranks 0..world-1 of one node, a pair of rings between every two. `store` (a torch.distributed
-    Store) carries the rings' names; each rank creates the rings it reads and removes their names once
-    every rank has mapped them, so nothing is left in /dev/shm, even after a kill."""
+    """Ranks 0..world-1 of one node, a ring for each direction in `edges` ((src, dst) pairs; all pairs
+    when None). `store` (a torch.distributed Store) carries the rings' names; each rank creates the rings
+    it reads and removes their names once every rank has mapped them, so nothing is left in /dev/shm,
+    even after a kill."""
 
-    def __init__(self, store, rank: int, world: int, timeout_s: float, capacity: int):
+    def __init__(self, store, rank: int, world: int, timeout_s: float, capacity: int,
+                 edges: list[tuple[int, int]] | None = None):
         self.rank, self.world, self.timeout_s = rank, world, timeout_s
+        if edges is None:
+            edges = [(a, b) for a in range(world) for b in range(world) if a != b]
+        # Poll only with a core to spare; otherwise the stage it waits for may need this one.
+        self.spin_s = SPIN_S if world <= len(os.sched_getaffinity(0)) else 0.0
         token = secrets.token_hex(6)
-        mine = {}
-        for src in range(world):
-            if src != rank:
-                path = f"/dev/shm/dfa-{token}-{src}-{rank}"
-                mine[src] = Ring(path, capacity, create=True)
+        self.wake = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.wake.bind(f"\0dfa-{token}-wake")
+        self.wake.setblocking(False)
+        self.pinger = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.pinger.setblocking(False)
+        mine = {src: Ring(f"/dev/shm/dfa-{token}-{src}-{rank}", capacity, create=True)
+                for src, dst in edges if dst == rank}
         store.set(f"shm/{rank}", f"{token}:{os.getpid()}")
         self.peers: dict[int, _Peer] = {}
         try:
-            for dst in range(world):
-                if dst != rank:
-                    peer_token, pid = store.get(f"shm/{dst}").decode().split(":")
-                    out = Ring(f"/dev/shm/dfa-{peer_token}-{rank}-{dst}")
-                    self.peers[dst] = _Peer(dst, int(pid), out, mine[dst])
+            for peer in sorted({b for a, b in edges if a == rank} | set(mine)):
+                peer_token, pid = store.get(f"shm/{peer}").decode().split(":")
+                out = Ring(f"/dev/shm/dfa-{peer_token}-{rank}-{peer}") if (rank, peer) in edges else None
+                self.peers[peer] = _Peer(peer, int(pid), out, mine.get(peer), f"\0dfa-{peer_token}-wake".encode(),
+                                         self.pinger)
             store.add("shm/mapped", 1)
             deadline = time.monotonic() + timeout_s
             while int(store.add("shm/mapped", 0)) < world:
@@ -233,6 +287,12 @@ class ShmGroup:
         peer.flush()
         return work
 
+    def take(self, src: int, tag: int) -> bytearray | None:
+        """The payload of message `tag` from `src` if it has arrived whole before its receive was
+        posted (the caller uses it as its buffer: no second copy); None otherwise."""
+        view = self.peers[src].early.pop(tag, None)
+        return None if view is None else view.obj
+
     def recv(self, tensors: list[torch.Tensor], src: int, tag: int) -> Work:
         (t,) = tensors
         peer, work = self.peers[src], Work(self, src)
@@ -251,26 +311,45 @@ class ShmGroup:
         return moved
 
     def _wait_for(self, work: Work, timeout: float | None) -> None:
-        """Poll, yielding the core, for SPIN_S; then sleep in growing naps (at most 1 ms) and check now
-        and then that the peers are alive: a killed peer never writes again."""
+        """Poll (yielding the core) for up to spin_s, then sleep until a peer writes to or frees room in a
+        ring this stage waits on; check now and then that the peers are alive (a killed peer never
+        writes again)."""
         limit = self.timeout_s if timeout is None else timeout
         start = time.perf_counter()
-        nap = 0.0
         while not work.done:
             if self._progress():
-                nap = 0.0
                 continue
-            if work.done:
-                return
             waited = time.perf_counter() - start
-            if waited < SPIN_S:
+            if waited < self.spin_s:
                 os.sched_yield()
                 continue
             if waited > limit:
                 raise TimeoutError(f"waited {limit:g} s for rank {work.peer}")
-            nap = min(max(nap * 2, 5e-5), 1e-3)
-            time.sleep(nap)
+            self._sleep(min(NAP_S, limit - waited + 1e-3))
             self._check_peers()
+
+    def _sleep(self, timeout: float) -> None:
+        peers = list(self.peers.values())
+        for p in peers:  # mark: data expected on every incoming ring; room wanted where output waits
+            if p.in_ring is not None:
+                p.in_ring.pos[2] = 1
+            if p.out:
+                p.out_ring.pos[3] = 1
+        fence()
+        try:
+            if not self._progress():  # re-check after marking: a write just before it is not missed
+                select.select([self.wake], [], [], timeout)
+        finally:
+            for p in peers:
+                if p.in_ring is not None:
+                    p.in_ring.pos[2] = 0
+                if p.out_ring is not None:
+                    p.out_ring.pos[3] = 0
+            try:
+                while self.wake.recv(64):
+                    pass
+            except BlockingIOError:
+                pass
 
     def _check_peers(self) -> None:
         now = time.monotonic()
@@ -287,6 +366,9 @@ class ShmGroup:
 
     def close(self) -> None:
         for peer in self.peers.values():
-            peer.out_ring.close()
-            peer.in_ring.close()
+            for ring in (peer.out_ring, peer.in_ring):
+                if ring is not None:
+                    ring.close()
         self.peers.clear()
+        self.wake.close()
+        self.pinger.close()

@@ -1,0 +1,38 @@
+"""The benchmark program runs every mode side by side and writes its JSON and Markdown (no timing
+assertions: speed is reported, not tested)."""
+import json
+
+import pytest
+
+from dfa_async.perf import bench
+
+
+def test_bench_writes_one_record_per_mode(tmp_path):
+    records = bench.run(width=16, batch=8, threads=1, stages=2, depths=[2], warmup=3, steps=12, out=tmp_path,
+                        repeats=2)
+    assert [r["mode"] for r in records] == ["pytorch-backprop", "backprop-fused-opt", "reference-dfa",
+                                               "ceiling-independent-stages", "dataplane-D2", "raycalls-D2"]
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    assert saved["records"] == records and saved["meta"]["width"] == 16 and saved["meta"]["cpu"]
+    by = {r["mode"]: r for r in records}
+    assert all(r["steps_per_s"] > 0 and r["samples_per_s"] == pytest.approx(8 * r["steps_per_s"]) for r in records)
+    assert by["reference-dfa"]["vs_reference_dfa"] == 1.0 and by["ceiling-independent-stages"]["vs_ceiling"] == 1.0
+    for mode in ("dataplane-D2", "raycalls-D2"):
+        r = by[mode]
+        assert r["depth"] == 2 and len(r["busy_fraction"]) == 2 and all(0 < b <= 1 for b in r["busy_fraction"])
+        assert len(r["rounds"]) == 2 and r["steps_per_s"] == pytest.approx(max(r["rounds"]), abs=0.01)
+        assert r["overhead_ms_per_step"] == pytest.approx(r["ms_per_step"] - by["ceiling-independent-stages"]["ms_per_step"])
+    assert saved["meta"]["dfa_step_over_backprop_step"] == pytest.approx(
+        by["backprop-fused-opt"]["steps_per_s"] / by["reference-dfa"]["steps_per_s"])
+    assert "| dataplane-D2 |" in (tmp_path / "bench.md").read_text()
+
+
+def test_bench_rejects_a_width_that_is_not_a_square():
+    with pytest.raises(ValueError, match="--width"):
+        bench.bench_config(1000, 8, 1, 2, 10)
+
+
+def test_every_mode_sees_the_same_minibatches_and_drains_after_the_warmup():
+    cfg, plan, ds = bench.setup(16, 8, 1, 2, warmup=3, steps=5)
+    assert len(ds.x_train) == 8 * 8 and plan.total_steps == 8 and plan.marks == [2, 7]
+    assert cfg.runtime.stages == [1, 2]

@@ -1,0 +1,37 @@
+"""A stage: its optimizer state is saved per block, so a checkpoint loads into any placement and the run
+goes on as if nothing had moved."""
+import torch
+
+from dfa_async import data
+from dfa_async.reference import LocalPipeline
+from dfa_async.stage import Plan
+
+from conftest import small_config
+
+
+def params(pipe):
+    return list(pipe.model().state_dict().values())
+
+
+def test_state_saved_on_one_placement_continues_identically_on_another():
+    cfg = small_config(optim={"name": "adam"}, model={"batchnorm": True, "dropout_hidden": 0.1},
+                       runtime={"depth": 2})
+    ds = data.load(cfg.data, cfg.train.seed)
+    plan = Plan(cfg, ds.shape, ds.classes, total_steps=16, steps_per_epoch=8)  # drained after step 7
+    a = LocalPipeline(plan, [[0, 1], [2]], ds)
+    a.submit(0, 8)
+    state = a.state()
+    assert set(state) == {"0", "1", "2"} and all("optim" in state[k] for k in state)
+    b = LocalPipeline(plan, [[0], [1, 2]], ds)
+    b.load_state(state)
+    a.submit(8, 16)
+    b.submit(8, 16)
+    assert all(torch.equal(x, y) for x, y in zip(params(a), params(b)))
+
+
+def test_a_stage_steps_one_optimizer_over_all_its_blocks():
+    cfg = small_config()
+    plan = Plan(cfg, (1, 8, 8), 10, total_steps=4, steps_per_epoch=4)
+    (stage,) = LocalPipeline(plan).stages
+    assert len(stage.opt.param_groups) == 1 and len(stage.opt.param_groups[0]["params"]) == 6
+    assert stage.opt.defaults["fused"] is True
