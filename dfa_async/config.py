@@ -121,9 +121,10 @@ class RuntimeConfig:
                           "`nccl` (torch.distributed, CUDA tensors, one GPU per stage), or `auto` (nccl when every "
                           "stage has a GPU, else shm on one x86-64 Linux node, else gloo).",
                           ("auto", "shm", "gloo", "nccl"))
-    window: int = _opt(100, "Most steps a stage runs per call from the driver. A window never changes what is "
-                       "learned; between windows the driver logs, updates the progress bar and checks the "
-                       "loss. 0: up to the next boundary (evaluation, checkpoint, alignment probe).", lo=0)
+    window: int = _opt(0, "Most steps a stage runs per call from the driver; 0: about one second of work, "
+                       "as measured. A window never changes what is learned; between windows the driver logs, "
+                       "updates the progress bar and checks every step's loss. Windows also end at every "
+                       "evaluation, checkpoint and alignment probe.", lo=0)
     peer_timeout_s: float = _opt(120.0, "Seconds a stage waits for a tensor from its peers before it reports "
                                  "them lost (a peer whose process dies is noticed at once; this catches a node "
                                  "that vanished without closing its connections).", lo=0.0, lo_open=True)

@@ -65,6 +65,32 @@ def make_pipeline(plan: Plan, ds: data.Dataset):
     return LocalPipeline(plan, plan.partition(), ds)
 
 
+WINDOW_S = 1.0  # automatic windows (runtime.window = 0) hold about this much work
+
+
+class Windows:
+    """The windows the driver asks the stages for: one ends after every cut (where the driver has work)
+    and none is longer than `fixed` steps or, when `fixed` is 0, than about WINDOW_S seconds of work at
+    the speed measured on the windows so far (each window costs a round of calls)."""
+
+    def __init__(self, start: int, stop: int, cuts, fixed: int = 0):
+        self.start, self.stop, self.cuts, self.fixed = start, stop, sorted(set(cuts)), fixed
+        self.longest = fixed or 8
+
+    def __iter__(self):
+        while self.start < self.stop:
+            end = schedule.window_end(self.start, self.stop, self.cuts, self.longest)
+            yield self.start, end
+            self.start = end
+
+    def measured(self, win) -> None:
+        spans = [(tl[0][2], tl[-1][3]) for tl in win.timelines if tl]
+        if self.fixed or not spans:
+            return
+        secs = max(end for _, end in spans) - min(start for start, _ in spans)
+        self.longest = max(1, min(int((win.stop - win.start) / max(secs, 1e-6) * WINDOW_S), 100_000))
+
+
 class Timelines:
     """Per-stage host timestamps, written after every window as one `timeline` record per stage, and
     totals (busy time, idle fraction) written at the end as `stage` records."""
@@ -206,15 +232,15 @@ class _Driver:
         if self.probe is not None:
             probes = set(range(cfg.alignment.every - 1, self.total, cfg.alignment.every))
         marks = set(self.plan.marks)
-        running = None
-        for a, b in schedule.windows(start, self.total, marks | probes, cfg.runtime.window):
+        running, windows = None, Windows(start, self.total, marks | probes, cfg.runtime.window)
+        for a, b in windows:
             handle = self.pipe.submit(a, b)
             if running is not None:
-                self._record(self.pipe.collect(running), t0)
+                windows.measured(self._record(self.pipe.collect(running), t0))
             running = handle
             t = b - 1
             if t in marks or t in probes:
-                self._record(self.pipe.collect(running), t0)
+                windows.measured(self._record(self.pipe.collect(running), t0))
                 running = None
                 if t in probes:
                     self.align_log.append(measure_alignment(cfg, self.plan, self.pipe, self.probe, t, self.log,
@@ -243,6 +269,7 @@ class _Driver:
         if self.bar:
             self.bar.set_postfix(loss=f"{win.losses[-1]:.4f}", refresh=False)
             self.bar.update(win.stop - win.start)
+        return win
 
     def _boundary(self, t: int) -> None:
         cfg = self.cfg

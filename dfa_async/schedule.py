@@ -52,17 +52,20 @@ def boundaries(total_steps: int, steps_per_epoch: int, checkpoint_every: int) ->
     return sorted(marks)
 
 
+def window_end(start: int, stop: int, cuts: list[int], longest: int = 0) -> int:
+    """End of the window that starts at `start`: just after the first step in `cuts` (sorted) at or
+    after `start`, at most `longest` steps on (0: no limit), at most `stop`."""
+    i = bisect_left(cuts, start)
+    end = cuts[i] + 1 if i < len(cuts) and cuts[i] < stop else stop
+    return min(end, start + longest) if longest else end
+
+
 def windows(start: int, stop: int, cuts: Iterable[int], longest: int = 0) -> list[tuple[int, int]]:
     """Split steps start..stop-1 into windows [a, b): one ends after each step in `cuts` (where the
     driver has work to do: evaluate, checkpoint, probe) and none is longer than `longest` (0: no limit)."""
-    if start >= stop:
-        return []
-    ends = sorted({t + 1 for t in cuts if start <= t < stop - 1} | {stop})
-    out, a = [], start
-    for b in ends:
-        while longest and b - a > longest:
-            out.append((a, a + longest))
-            a += longest
+    cuts, out, a = sorted(set(cuts)), [], start
+    while a < stop:
+        b = window_end(a, stop, cuts, longest)
         out.append((a, b))
         a = b
     return out

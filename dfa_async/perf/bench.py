@@ -22,8 +22,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .. import config as config_mod, data, optim, schedule
+from .. import config as config_mod, data, optim
 from ..reference import LocalPipeline
+from ..run import Windows
 from ..stage import Plan, Stage, keep_freed_memory
 
 MODES_FIXED = ("pytorch-backprop", "backprop-fused-opt", "reference-dfa", "ceiling-independent-stages")
@@ -40,7 +41,7 @@ def bench_config(width: int, batch: int, threads: int, stages: int, steps: int) 
         "data": {"name": "synthetic", "shape": [1, side, side], "n_train": batch * steps, "n_test": batch},
         "optim": {"name": "sgd", "lr": 1e-3, "momentum": 0.9},
         "train": {"batch_size": batch, "epochs": 1},
-        "runtime": {"threads": threads, "stages": [1] * (stages - 1) + [2], "window": 100},
+        "runtime": {"threads": threads, "stages": [1] * (stages - 1) + [2]},
     })
 
 
@@ -57,15 +58,17 @@ def setup(width: int, batch: int, threads: int, stages: int, warmup: int, steps:
     return cfg, plan, ds
 
 
-def drive(pipe, start: int, stop: int, window: int) -> tuple[float, list]:
-    """Seconds to run steps start..stop-1 as the trainer's driver does (the next window queued behind the
-    running one), and the windows' timelines."""
+def drive(pipe, start: int, stop: int, window: int = 0) -> tuple[float, list]:
+    """Seconds to run steps start..stop-1 as the trainer's driver does (windows sized alike, the next
+    queued behind the running one), and the windows' timelines."""
     t0 = time.perf_counter()
-    running, timelines = None, []
-    for a, b in schedule.windows(start, stop, (), window):
+    running, timelines, windows = None, [], Windows(start, stop, (), window)
+    for a, b in windows:
         handle = pipe.submit(a, b)
         if running is not None:
-            timelines.append(pipe.collect(running).timelines)
+            win = pipe.collect(running)
+            windows.measured(win)
+            timelines.append(win.timelines)
         running = handle
     timelines.append(pipe.collect(running).timelines)
     return time.perf_counter() - t0, timelines

@@ -55,12 +55,15 @@ def test_log_records_staleness_timestamps_and_throughput(tmp_path):
     recs = runlog.read(tmp_path / "r" / "events.msgpack")
     stages = [r for r in recs if r["kind"] == "stages"]
     assert len(stages[0]["pids"]) == 3 and stages[0]["device"] == "cpu"
-    tl = [r for r in recs if r["kind"] == "timeline"]
+    tl = [r for r in recs if r["kind"] == "timeline"]  # one per stage and window
     assert {r["stage"] for r in tl} == {0, 1, 2}
-    for r in tl:
-        assert all(a <= b for a, b in zip(r["start"], r["end"]))
-        stale = [s for op, s in zip(r["op"], r["staleness"]) if op == "update"]
-        assert max(stale) == 2 and stale[:3] == [0, 1, 2]  # D - 1 once the pipeline is full
+    for s in range(3):
+        ops = [op for r in tl if r["stage"] == s for op in zip(r["op"], r["steps"], r["start"], r["end"],
+                                                                r["staleness"])]
+        assert all(a <= b for _, _, a, b, _ in ops)
+        assert [t for op, t, *_ in ops if op == "forward"] == list(range(22))
+        stale = [st for op, *_, st in ops if op == "update"]
+        assert stale == [0, 1] + [2] * 20  # D - 1 once the pipeline is full (one epoch, drained at its end)
     summary = [r for r in recs if r["kind"] == "stage"]
     assert len(summary) == 3 and all(0 <= r["idle_fraction"] <= 1 for r in summary)
     assert all(r["samples_per_s"] > 0 for r in recs if r["kind"] == "train")
