@@ -102,8 +102,8 @@ class Link:
             if arrived is not None:  # already here: its bytes become the tensor
                 buf = torch.frombuffer(arrived, dtype=torch.float32)
                 if buf.numel() != math.prod(shape):
-                    raise PeerLost(f"stage {self.rank}: message {tag} from rank {src} has {buf.numel()} values, "
-                                   f"expected {math.prod(shape)}")
+                    raise RuntimeError(f"stage {self.rank}: message {tag} from rank {src} has {buf.numel()} "
+                                       f"values, expected {math.prod(shape)}")
                 return None, buf.view(shape)
         buf = torch.empty(shape, device=self.wire)
         return self._guard(lambda: self.pg.recv([buf], src, tag)), buf
@@ -118,7 +118,7 @@ class Link:
 
     def flush(self) -> None:
         """Wait until every started send has completed. A stage calls it before returning from a window:
-        with the tcp group, bytes still queued in this process move only while it calls in, and the next
+        with shm, bytes that did not fit in the ring move only while this stage calls in, and the next
         stage needs this window's activations within its own window. (The head's error sends may stay
         queued: their receivers need them in the next window, which starts the head too.)"""
         while self.sends:
@@ -155,14 +155,6 @@ class Link:
         if work is not None:
             self._guard(work.wait)
         return e.to(self.device, non_blocking=True)
-
-    def close(self) -> None:
-        self.inputs.clear()
-        self.errors.clear()
-        self.sends.clear()
-        if isinstance(self.pg, ShmGroup):
-            self.pg.close()
-        self.pg = None
 
 
 def _tag(key: int) -> int:

@@ -108,14 +108,6 @@ class Ring:
         self.data[a:a + first] = v[:first]
         self.data[:len(v) - first] = v[first:]
 
-    def close(self) -> None:
-        self.pos = None
-        self.data.release()
-        try:
-            self.mm.close()
-        except BufferError:  # a view is still alive somewhere; the mapping goes with the process
-            pass
-
 
 class Work:
     __slots__ = ("group", "done", "peer")
@@ -363,12 +355,3 @@ class ShmGroup:
                 raise ConnectionError(f"rank {peer.rank} (pid {peer.pid}) is gone") from None
             except PermissionError:
                 pass
-
-    def close(self) -> None:
-        for peer in self.peers.values():
-            for ring in (peer.out_ring, peer.in_ring):
-                if ring is not None:
-                    ring.close()
-        self.peers.clear()
-        self.wake.close()
-        self.pinger.close()

@@ -6,6 +6,7 @@ Every stage computes the same `schedule.ops(a, b, …)`; the pure function is wh
 Nothing here knows about Ray (the actor wraps this class) or about a particular model."""
 from __future__ import annotations
 
+import copy
 import math
 import os
 
@@ -126,14 +127,4 @@ class StageWorker:
 
     def modules(self) -> dict:
         cpu = self.device.type == "cpu"
-        return {k: m if cpu else _cpu_copy(m) for k, m in self.stage.modules().items()}
-
-    def close(self) -> None:
-        if self.link is not None:
-            self.link.close()
-
-
-def _cpu_copy(m: torch.nn.Module) -> torch.nn.Module:
-    import copy
-
-    return copy.deepcopy(m).cpu()
+        return {k: m if cpu else copy.deepcopy(m).cpu() for k, m in self.stage.modules().items()}
