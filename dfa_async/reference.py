@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from . import data, schedule
-from .stage import Plan, Stage, Window
+from .stage import Plan, Stage, Window, assemble
 
 
 class LocalPipeline:
@@ -73,10 +73,7 @@ class LocalPipeline:
         self.errors.clear()
 
     def model(self) -> nn.Sequential:
-        blocks = {}
-        for stage in self.stages:
-            blocks.update(stage.modules())
-        return nn.Sequential(*[blocks[k] for k in sorted(blocks)])
+        return assemble([stage.modules() for stage in self.stages])
 
     def close(self) -> None:
         pass

@@ -47,6 +47,14 @@ class Window:
     timelines: list[list]
 
 
+def assemble(parts: list[dict]) -> torch.nn.Sequential:
+    """The model from the stages' `modules()` (block index -> block), in block order."""
+    blocks = {}
+    for part in parts:
+        blocks.update(part)
+    return torch.nn.Sequential(*[blocks[k] for k in sorted(blocks)])
+
+
 class StageFailure(RuntimeError):
     """A stage died (its process was lost); the driver restarts the stages from the last checkpoint."""
 

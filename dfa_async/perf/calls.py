@@ -10,7 +10,7 @@ import ray
 import torch
 
 from .. import data, schedule
-from ..stage import Plan, Stage, Window
+from ..stage import Plan, Stage, Window, assemble
 
 
 class CallsStage:
@@ -72,10 +72,7 @@ class CallsPipeline:
         return Window(start, stop, ray.get(losses), timelines)
 
     def model(self) -> torch.nn.Sequential:
-        blocks = {}
-        for part in ray.get([a.modules.remote() for a in self.actors]):
-            blocks.update(part)
-        return torch.nn.Sequential(*[blocks[k] for k in sorted(blocks)])
+        return assemble(ray.get([a.modules.remote() for a in self.actors]))
 
     def close(self) -> None:
         for a in self.actors:

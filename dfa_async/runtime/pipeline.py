@@ -9,7 +9,7 @@ import ray
 import torch
 
 from ..config import ConfigError
-from ..stage import Plan, StageFailure, Window
+from ..stage import Plan, StageFailure, Window, assemble
 from . import shm
 from .cluster import Placement, start_ray
 from .plane import PeerLost
@@ -140,10 +140,7 @@ class RayPipeline:
                    for a, ids in zip(self.actors, self.partition)])
 
     def model(self) -> torch.nn.Sequential:
-        blocks = {}
-        for part in self._get([a.modules.remote() for a in self.actors]):
-            blocks.update(part)
-        return torch.nn.Sequential(*[blocks[k] for k in sorted(blocks)])
+        return assemble(self._get([a.modules.remote() for a in self.actors]))
 
     def close(self) -> None:
         self._kill()
