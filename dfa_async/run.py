@@ -152,7 +152,8 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, model=None, progres
             log.write("config", 0, config=cfg.to_dict(), blocks=plan.num_blocks, steps=total,
                       steps_per_epoch=spe, partition=plan.partition(), backend=cfg.runtime.backend)
         if hasattr(pipe, "pids"):
-            log.write("stages", 0, pids=pipe.pids, partition=plan.partition(), device=pipe.device)
+            log.write("stages", 0, pids=pipe.pids, partition=plan.partition(), device=pipe.device,
+                      transport=pipe.backend)
         probe = None
         if cfg.alignment.every:
             n = min(cfg.alignment.probe_size, len(ds.x_train))

@@ -48,7 +48,7 @@ class RayPipeline:
             raise ConfigError(f"runtime.device: cuda needs one GPU per stage ({n}); the cluster has {gpus:g}. "
                               "Use runtime.device = cpu or fewer runtime.stages")
         if cfg.runtime.transport == "nccl" and not use_gpu:
-            raise ConfigError("runtime.transport: nccl needs a GPU per stage; use gloo or auto")
+            raise ConfigError("runtime.transport: nccl needs a GPU per stage; use shm, gloo or auto")
         self.device = "cuda" if use_gpu else "cpu"
         self.transport = cfg.runtime.transport
         self.bundle = {"GPU": 1, "CPU": 1} if use_gpu else {"CPU": 1}
@@ -71,6 +71,7 @@ class RayPipeline:
             self.actors.append(RemoteWorker.options(**self.placement.options(i)).remote(
                 self.plan, ids, i, n, self.n_test, self.cfg.runtime.threads, self.device, **held))
         self.pids = self._get([a.pid.remote() for a in self.actors])
+        self.backend = "none"  # one stage: nothing to exchange
         if n > 1:
             ips = self._get([a.node_ip.remote() for a in self.actors])
             one_node = len(set(ips)) == 1
@@ -80,6 +81,8 @@ class RayPipeline:
             if self.backend == "shm" and not one_node:
                 raise ConfigError(f"runtime.transport: shm needs every stage on one node; the stages are on "
                                   f"{len(set(ips))} nodes. Use gloo or auto")
+            if self.backend == "shm" and not shm.available():
+                raise ConfigError("runtime.transport: shm needs x86-64 Linux with /dev/shm; use gloo or auto")
             # Stages on one node meet over loopback; across nodes, over the nodes' addresses.
             host = "127.0.0.1" if one_node else ips[0]
             port = self._get(self.actors[0].open_rendezvous.remote(host))

@@ -10,6 +10,7 @@ import ray
 import torch
 
 from dfa_async import checkpoint, runlog, train
+from dfa_async.runtime import shm
 
 from conftest import small_config
 
@@ -55,6 +56,7 @@ def test_log_records_staleness_timestamps_and_throughput(tmp_path):
     recs = runlog.read(tmp_path / "r" / "events.msgpack")
     stages = [r for r in recs if r["kind"] == "stages"]
     assert len(stages[0]["pids"]) == 3 and stages[0]["device"] == "cpu"
+    assert stages[0]["transport"] == ("shm" if shm.available() else "gloo")
     tl = [r for r in recs if r["kind"] == "timeline"]  # one per stage and window
     assert {r["stage"] for r in tl} == {0, 1, 2}
     for s in range(3):
