@@ -60,17 +60,6 @@ def window_end(start: int, stop: int, cuts: list[int], longest: int = 0) -> int:
     return min(end, start + longest) if longest else end
 
 
-def windows(start: int, stop: int, cuts: Iterable[int], longest: int = 0) -> list[tuple[int, int]]:
-    """Split steps start..stop-1 into windows [a, b): one ends after each step in `cuts` (where the
-    driver has work to do: evaluate, checkpoint, probe) and none is longer than `longest` (0: no limit)."""
-    cuts, out, a = sorted(set(cuts)), [], start
-    while a < stop:
-        b = window_end(a, stop, cuts, longest)
-        out.append((a, b))
-        a = b
-    return out
-
-
 def staleness(step_ops: Iterable[Op]) -> dict[int, int]:
     """For each step, the updates applied between its forward and its own update (D - 1 in steady
     state): what a stage observes, derived from the schedule alone."""

@@ -56,7 +56,8 @@ def assemble(parts: list[dict]) -> torch.nn.Sequential:
 
 
 class StageFailure(RuntimeError):
-    """A stage died (its process was lost); the driver restarts the stages from the last checkpoint."""
+    """A stage died (its process was lost) or lost a peer; the driver restarts the stages from the last
+    checkpoint."""
 
 
 class Plan:
