@@ -10,6 +10,13 @@ from .data import DataError
 from .run import TrainingStopped, train
 
 
+def ints(flag: str, text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise ValueError(f"{flag}: {text!r} is not a comma-separated list of integers, e.g. 1,2,4") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dfa-async", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -23,11 +30,16 @@ def main(argv: list[str] | None = None) -> int:
     rep = sub.add_parser("report", help="tables and plots of a run, from its event log")
     rep.add_argument("run_dir", metavar="RUN_DIR")
     rep.add_argument("--out", help="output folder (default RUN_DIR/report)")
-    be = sub.add_parser("bench", help="steps/s of backprop, reference DFA, the data plane and the per-op Ray "
-                        "calls, side by side")
+    be = sub.add_parser("bench", help="steps/s of backprop (single process, gpipe, 1f1b, ddp), reference DFA, the "
+                        "data plane and the per-op Ray calls, side by side, over worker counts")
     be.add_argument("--width", type=int, default=4096, help="width of each block (a square)")
     be.add_argument("--batch", type=int, default=256)
-    be.add_argument("--stages", type=int, default=2, help="balanced stages (one Ray actor each)")
+    be.add_argument("--stages", default="2", help="worker counts N, comma-separated (e.g. 1,2,4,8); one Ray "
+                    "actor per stage")
+    be.add_argument("--fixed-blocks", type=int, default=0, help="split one model of this many blocks into N "
+                    "stages (default: a model of N blocks for each N)")
+    be.add_argument("--microbatches", type=int, default=4, help="microbatches per minibatch for gpipe and 1f1b")
+    be.add_argument("--no-baselines", action="store_true", help="skip gpipe, 1f1b and ddp")
     be.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     be.add_argument("--depths", default="1,2,3", help="pipeline depths D to measure, comma-separated")
     be.add_argument("--repeats", type=int, default=2, help="rounds over every mode; each reports its best")
@@ -42,9 +54,11 @@ def main(argv: list[str] | None = None) -> int:
         from .perf import bench
 
         try:
-            depths = [int(d) for d in args.depths.split(",")]
-            bench.run(args.width, args.batch, args.threads, args.stages, depths, args.warmup, args.steps,
-                      args.out, args.transport, args.repeats, calls=not args.no_calls)
+            depths, stages = ints("--depths", args.depths), ints("--stages", args.stages)
+            bench.run(args.width, args.batch, args.threads, stages, depths, args.warmup, args.steps,
+                      args.out, args.transport, args.repeats, calls=not args.no_calls,
+                      baselines=not args.no_baselines, microbatches=args.microbatches,
+                      fixed_blocks=args.fixed_blocks or None)
         except (ValueError, ConfigError) as err:
             print(f"dfa-async: error: {err}", file=sys.stderr)
             return 2

@@ -6,11 +6,19 @@
 - `reference-dfa`: the single-process reference (every block in one process);
 - `ceiling-independent-stages`: every stage computing at once with no transfers and no waiting;
 - `dataplane-D{d}`: the layer-parallel runtime (stages running windows, tensors over the data plane);
-- `raycalls-D{d}`: the per-op Ray-call pipeline it replaced (the overhead baseline).
+- `raycalls-D{d}`: the per-op Ray-call pipeline it replaced (the overhead baseline);
+- `gpipe`, `1f1b`: pipeline-parallel backprop (torch.distributed.pipelining) on the same N Ray workers;
+- `ddp`: data-parallel backprop (DistributedDataParallel) on N Ray workers, each with batch/N samples;
+- `backprop-threads{N}`, `reference-dfa-threads{N}`: the single process with N torch threads.
 
-A program, not a test: it prints samples/s, steps/s and ratios, and writes JSON and a Markdown table.
-Every mode runs `repeats` times in rounds (drift on a shared machine hits all modes alike) and reports
-its best round."""
+Over a list of worker counts N (`stages`), each N gets its own model of N balanced blocks (or, with
+`fixed_blocks`, one model of that many blocks split into N stages). `speedup` is a mode's samples/s over
+the single process, one thread, of the same rule on the same model (`reference-dfa` for DFA,
+`backprop-fused-opt` for backprop): what N workers buy over one; `efficiency` is speedup / N.
+
+A program, not a test: it prints samples/s, steps/s and ratios, and writes JSON, a Markdown table and a
+plot. Every mode runs `repeats` times in rounds (drift on a shared machine hits all modes alike) and
+reports its best round."""
 from __future__ import annotations
 
 import json
@@ -30,24 +38,37 @@ from ..stage import Plan, Stage, keep_freed_memory
 MODES_FIXED = ("pytorch-backprop", "backprop-fused-opt", "reference-dfa", "ceiling-independent-stages")
 
 
-def bench_config(width: int, batch: int, threads: int, stages: int, steps: int) -> config_mod.Config:
-    """`stages` balanced stages: each holds one width x width tanh block (the last also the head), SGD
-    with momentum; one epoch of `steps` minibatches."""
-    side = int(round(width ** 0.5))
-    if side * side != width:
-        raise ValueError(f"--width: {width} must be a square (the input is a 1 x s x s image)")
+def split(blocks: int, stages: int) -> list[int]:
+    """Blocks per stage for `blocks` equal hidden blocks and the (small) head on `stages` stages: as even
+    as it goes, the head with the last stage."""
+    if not 1 <= stages <= blocks:
+        raise ValueError(f"--stages: {stages} stages for a model of {blocks} blocks; use 1 to {blocks}")
+    sizes = [blocks // stages + (i < blocks % stages) for i in range(stages)][::-1]
+    sizes[-1] += 1
+    return sizes
+
+
+def bench_config(width: int, batch: int, threads: int, stages: int, steps: int,
+                 blocks: int | None = None) -> config_mod.Config:
+    """`stages` balanced stages of `blocks` (default: one per stage) width x width tanh blocks, the head
+    with the last, SGD with momentum; one epoch of `steps` minibatches."""
+    side = int(round(max(width, 0) ** 0.5))
+    if width < 1 or side * side != width:
+        raise ValueError(f"--width: {width} must be a positive square (the input is a 1 x s x s image)")
+    if batch < 1 or steps < 1:
+        raise ValueError(f"--batch, --steps: {batch}, {steps}; both must be >= 1")
     return config_mod.from_dict({
-        "model": {"widths": [width] * stages},
+        "model": {"widths": [width] * (blocks or stages)},
         "data": {"name": "synthetic", "shape": [1, side, side], "n_train": batch * steps, "n_test": batch},
         "optim": {"name": "sgd", "lr": 1e-3, "momentum": 0.9},
         "train": {"batch_size": batch, "epochs": 1},
-        "runtime": {"threads": threads, "stages": [1] * (stages - 1) + [2]},
+        "runtime": {"threads": threads, "stages": split(blocks or stages, stages)},
     })
 
 
-def setup(width: int, batch: int, threads: int, stages: int, warmup: int, steps: int):
+def setup(width: int, batch: int, threads: int, stages: int, warmup: int, steps: int, blocks: int | None = None):
     """Config, plan and dataset: warmup + steps minibatches, a drain after the warm-up and at the end."""
-    cfg = bench_config(width, batch, threads, stages, warmup + steps)
+    cfg = bench_config(width, batch, threads, stages, warmup + steps, blocks)
     g = torch.Generator().manual_seed(0)
     shape = (1, *cfg.data.shape[1:])
     n = batch * (warmup + steps)
@@ -84,10 +105,10 @@ def busy_fractions(windows: list) -> list[float]:
     return out
 
 
-def measure_backprop(plan, ds, warmup: int, steps: int, fused: bool) -> float:
+def measure_backprop(plan, ds, warmup: int, steps: int, fused: bool, threads: int = 1) -> float:
     """Steps/s of plain backprop over the same minibatches."""
     cfg = plan.cfg
-    torch.set_num_threads(cfg.runtime.threads)
+    torch.set_num_threads(threads)
     net = plan.build()
     if fused:
         opt = optim.make(list(net.parameters()), cfg.optim)
@@ -106,7 +127,32 @@ def measure_backprop(plan, ds, warmup: int, steps: int, fused: bool) -> float:
     t0 = time.perf_counter()
     for t in range(warmup, warmup + steps):
         step(t)
-    return steps / (time.perf_counter() - t0)
+    secs = time.perf_counter() - t0
+    torch.set_num_threads(cfg.runtime.threads)
+    return steps / secs
+
+
+def measure_reference(plan, ds, warmup: int, steps: int, threads: int, window: int) -> float:
+    plan.cfg.runtime.depth = 1
+    torch.set_num_threads(threads)
+    try:
+        return measure_pipeline(lambda: LocalPipeline(plan, None, ds), warmup, steps, window)[0]
+    finally:
+        torch.set_num_threads(plan.cfg.runtime.threads)
+
+
+def measure_group(kind: str, plan, ds, warmup: int, steps: int, microbatches: int) -> float:
+    """Steps/s of a backprop baseline on N Ray workers, timed at the driver as the DFA runtime is."""
+    from ..baselines import BackpropGroup
+
+    group = BackpropGroup(kind, plan, ds, microbatches, workers=len(plan.partition()))
+    try:
+        group.run(0, warmup)
+        t0 = time.perf_counter()
+        group.run(warmup, warmup + steps)
+        return steps / (time.perf_counter() - t0)
+    finally:
+        group.close()
 
 
 def measure_pipeline(make, warmup: int, steps: int, window: int) -> tuple[float, list[float] | None]:
@@ -158,22 +204,18 @@ def measure_ceiling(plan, warmup: int, steps: int) -> float:
     return steps / max(secs)
 
 
-def run(width: int = 4096, batch: int = 256, threads: int = 1, stages: int = 2, depths=(1, 2, 3),
-        warmup: int = 5, steps: int = 30, out: Path | None = None, transport: str = "auto",
-        repeats: int = 2, calls: bool = True) -> list[dict]:
+def measure(width: int, batch: int, threads: int, stages: int, depths, warmup: int, steps: int,
+            transport: str, repeats: int, calls: bool, baselines: bool, microbatches: int,
+            blocks: int | None = None) -> tuple[list[dict], dict]:
+    """Every mode on N = `stages` workers, side by side in rounds; records and meta for this N."""
     import ray
 
     from ..runtime import RayPipeline
     from .calls import CallsPipeline
 
-    keep_freed_memory()  # as every stage does, so the anchors run under the same allocator
-    cfg, plan, ds = setup(width, batch, threads, stages, warmup, steps)
+    cfg, plan, ds = setup(width, batch, threads, stages, warmup, steps, blocks)
     cfg.runtime.transport = transport
     window = cfg.runtime.window
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=stages, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
 
     def with_depth(d, make):
         def go():
@@ -182,49 +224,94 @@ def run(width: int = 4096, batch: int = 256, threads: int = 1, stages: int = 2, 
         return go
 
     modes = {
-        "pytorch-backprop": lambda: (measure_backprop(plan, ds, warmup, steps, fused=False), None),
-        "backprop-fused-opt": lambda: (measure_backprop(plan, ds, warmup, steps, fused=True), None),
-        "reference-dfa": with_depth(1, lambda p, d: LocalPipeline(p, None, d)),
-        "ceiling-independent-stages": lambda: (measure_ceiling(plan, warmup, steps), None),
+        "pytorch-backprop": lambda: (measure_backprop(plan, ds, warmup, steps, False, threads), None),
+        "backprop-fused-opt": lambda: (measure_backprop(plan, ds, warmup, steps, True, threads), None),
+        "reference-dfa": lambda: (measure_reference(plan, ds, warmup, steps, threads, window), None),
     }
+    if stages > 1:
+        n = stages * threads
+        modes[f"backprop-threads{n}"] = lambda: (measure_backprop(plan, ds, warmup, steps, True, n), None)
+        modes[f"reference-dfa-threads{n}"] = lambda: (measure_reference(plan, ds, warmup, steps, n, window), None)
+    modes["ceiling-independent-stages"] = lambda: (measure_ceiling(plan, warmup, steps), None)
     for d in depths:
         modes[f"dataplane-D{d}"] = with_depth(d, RayPipeline)
     if calls:
         for d in depths:
             modes[f"raycalls-D{d}"] = with_depth(d, CallsPipeline)
+    if baselines:
+        for kind in ("gpipe", "1f1b", "ddp"):
+            modes[kind] = lambda kind=kind: (measure_group(kind, plan, ds, warmup, steps, microbatches), None)
     runs: dict[str, list] = {m: [] for m in modes}
-    try:
-        for r in range(repeats):
-            for mode, fn in modes.items():
-                sps, busy = fn()
-                runs[mode].append((sps, busy))
-                print(f"round {r + 1}  {mode:<28} {sps:10.1f} steps/s  {sps * batch:10.1f} samples/s"
-                      + (f"  busy {busy}" if busy else ""), flush=True)
-    finally:
-        if started:
-            ray.shutdown()
+    for r in range(repeats):
+        for mode, fn in modes.items():
+            sps, busy = fn()
+            runs[mode].append((sps, busy))
+            print(f"N={stages} round {r + 1}  {mode:<28} {sps:10.1f} steps/s  {sps * batch:10.1f} samples/s"
+                  + (f"  busy {busy}" if busy else ""), flush=True)
     records = []
     for mode, results in runs.items():
         sps, busy = max(results, key=lambda t: t[0])
-        rec = {"mode": mode, "steps_per_s": sps, "samples_per_s": sps * batch, "ms_per_step": 1e3 / sps,
-               "rounds": [round(s, 2) for s, _ in results], "threads": threads}
+        rec = {"mode": mode, "workers": stages, "steps_per_s": sps, "samples_per_s": sps * batch,
+               "ms_per_step": 1e3 / sps, "rounds": [round(s, 2) for s, _ in results], "threads": threads}
         if "-D" in mode:
             rec.update(depth=int(mode.rsplit("D", 1)[1]), stages=stages, busy_fraction=busy)
         records.append(rec)
     by = {r["mode"]: r for r in records}
     base, ceiling = by["reference-dfa"]["steps_per_s"], by["ceiling-independent-stages"]["steps_per_s"]
+    bp = by["backprop-fused-opt"]["steps_per_s"]
     for r in records:
         r["vs_reference_dfa"] = r["steps_per_s"] / base
         r["vs_ceiling"] = r["steps_per_s"] / ceiling
+        dfa = r["mode"].startswith(("reference-dfa", "ceiling", "dataplane", "raycalls"))
+        r["speedup"] = r["steps_per_s"] / (base if dfa else bp)
+        r["efficiency"] = r["speedup"] / stages
         if "-D" in r["mode"]:  # what the transfers and the waiting add to a step, beyond the stages' compute
             r["overhead_ms_per_step"] = r["ms_per_step"] - 1e3 / ceiling
-    meta = {"width": width, "batch": batch, "threads": threads, "stages": stages, "steps": steps,
-            "warmup": warmup, "repeats": repeats, "window": window, "transport": transport,
-            "torch": torch.__version__, "ray": ray.__version__, "machine": platform.platform(),
-            "cpu": cpu_model(), "cpus": os.cpu_count(),
+    meta = {"width": width, "batch": batch, "threads": threads, "stages": stages, "blocks": plan.num_blocks,
+            "partition": cfg.runtime.stages, "steps": steps, "warmup": warmup, "repeats": repeats,
+            "window": window, "transport": transport, "microbatches": microbatches,
             # Time of a single-process DFA step over a backprop step of the same model and batch.
-            "dfa_step_over_backprop_step": by["backprop-fused-opt"]["steps_per_s"] / base,
+            "dfa_step_over_backprop_step": bp / base,
             "dfa_step_over_plain_backprop_step": by["pytorch-backprop"]["steps_per_s"] / base}
+    return records, meta
+
+
+def run(width: int = 4096, batch: int = 256, threads: int = 1, stages=(2,), depths=(1, 2, 3),
+        warmup: int = 5, steps: int = 30, out: Path | None = None, transport: str = "auto",
+        repeats: int = 2, calls: bool = True, baselines: bool = True, microbatches: int = 4,
+        fixed_blocks: int | None = None) -> list[dict]:
+    """The bench over every N in `stages`; all records (each with its `workers` = N)."""
+    import ray
+
+    stages = [stages] if isinstance(stages, int) else list(stages)
+    for n in stages:  # every setting checked before anything runs
+        bench_config(width, batch, threads, n, warmup + steps, fixed_blocks)
+    if not depths or min(depths) < 1:
+        raise ValueError(f"--depths: {depths}; give pipeline depths >= 1, e.g. 1,2,3")
+    if repeats < 1 or warmup < 1:
+        raise ValueError(f"--repeats, --warmup: {repeats}, {warmup}; both must be >= 1")
+    if baselines and batch % microbatches:
+        raise ValueError(f"--microbatches: {microbatches} does not divide --batch {batch}")
+    if baselines and any(batch % n for n in stages):
+        raise ValueError(f"--batch: {batch} must divide evenly among the ddp workers ({stages})")
+    keep_freed_memory()  # as every stage does, so the anchors run under the same allocator
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address="local", num_cpus=max(stages), include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+    records, metas = [], {}
+    try:
+        for n in stages:
+            recs, meta = measure(width, batch, threads, n, depths, warmup, steps, transport, repeats, calls,
+                                 baselines, microbatches, fixed_blocks)
+            records += recs
+            metas[n] = meta
+    finally:
+        if started:
+            ray.shutdown()
+    meta = {**metas[stages[0]], "stages": stages, "fixed_blocks": fixed_blocks, "per_workers": metas,
+            "torch": torch.__version__, "ray": ray.__version__, "machine": platform.platform(),
+            "cpu": cpu_model(), "cpus": os.cpu_count()}
     table = markdown(records, meta)
     print(table)
     if out:
@@ -232,7 +319,38 @@ def run(width: int = 4096, batch: int = 256, threads: int = 1, stages: int = 2, 
         out.mkdir(parents=True, exist_ok=True)
         (out / "bench.json").write_text(json.dumps({"meta": meta, "records": records}, indent=2))
         (out / "bench.md").write_text(table + "\n")
+        if len(stages) > 1:
+            plot(records, meta, out / "scaling.png")
     return records
+
+
+def plot(records: list[dict], meta: dict, path: Path) -> None:
+    """Samples/s against N, one line per mode (modes measured at more than one N)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by: dict[str, list] = {}
+    for r in records:
+        key = r["mode"] if not r["mode"].startswith(("backprop-threads", "reference-dfa-threads")) \
+            else r["mode"].rstrip("0123456789") + "N"
+        by.setdefault(key, []).append((r["workers"], r["samples_per_s"]))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for mode, pts in sorted(by.items()):
+        if len(pts) > 1 or mode in ("reference-dfa", "backprop-fused-opt"):
+            xs, ys = zip(*sorted(pts))
+            ax.plot(xs, ys, marker="o", label=mode)
+    ax.set_xlabel("workers N")
+    ax.set_ylabel("samples/s")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    model = f"{meta['fixed_blocks']} blocks" if meta.get("fixed_blocks") else "N blocks"
+    ax.set_title(f"{model} x {meta['width']} wide, batch {meta['batch']}; {meta['cpus']} CPUs")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def cpu_model() -> str:
@@ -246,15 +364,18 @@ def cpu_model() -> str:
 
 
 def markdown(records: list[dict], meta: dict) -> str:
-    lines = [f"{meta['stages']} stages x {meta['width']}-wide tanh blocks, batch {meta['batch']}, {meta['threads']} "
-             f"thread(s) per worker, {meta['steps']} timed steps, best of {meta['repeats']} rounds; "
-             f"{meta['cpu']} ({meta['cpus']} CPUs)", "",
-             "| mode | steps/s | samples/s | ms/step | vs reference DFA | vs ceiling | busy |",
-             "|---|---:|---:|---:|---:|---:|---|"]
+    model = f"{meta['fixed_blocks']} blocks split into N stages" if meta.get("fixed_blocks") else "N blocks on N stages"
+    lines = [f"{model}, {meta['width']}-wide tanh blocks, batch {meta['batch']}, {meta['threads']} thread(s) per "
+             f"worker, {meta['steps']} timed steps, best of {meta['repeats']} rounds; {meta['cpu']} ({meta['cpus']} CPUs)",
+             "", "| N | mode | steps/s | samples/s | ms/step | speedup | efficiency | vs reference DFA | vs ceiling | busy |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in records:
         busy = ", ".join(f"{b:.2f}" for b in r["busy_fraction"]) if r.get("busy_fraction") else ""
-        lines.append(f"| {r['mode']} | {r['steps_per_s']:.1f} | {r['samples_per_s']:.0f} | {r['ms_per_step']:.3f} | "
+        lines.append(f"| {r['workers']} | {r['mode']} | {r['steps_per_s']:.1f} | {r['samples_per_s']:.0f} | "
+                     f"{r['ms_per_step']:.3f} | {r['speedup']:.2f}x | {r['efficiency']:.2f} | "
                      f"{r['vs_reference_dfa']:.2f}x | {r['vs_ceiling']:.2f}x | {busy} |")
-    lines += ["", f"Single-process DFA step time / backprop step time: {meta['dfa_step_over_backprop_step']:.3f} "
-              f"(same optimizer kernels), {meta['dfa_step_over_plain_backprop_step']:.3f} (plain PyTorch backprop)"]
+    lines.append("")
+    for n, m in meta["per_workers"].items():
+        lines.append(f"N = {n}: single-process DFA step time / backprop step time: {m['dfa_step_over_backprop_step']:.3f} "
+                     f"(same optimizer kernels), {m['dfa_step_over_plain_backprop_step']:.3f} (plain PyTorch backprop)")
     return "\n".join(lines)

@@ -11,7 +11,9 @@ def test_bench_writes_one_record_per_mode(tmp_path):
     records = bench.run(width=16, batch=8, threads=1, stages=2, depths=[2], warmup=3, steps=12, out=tmp_path,
                         repeats=2)
     assert [r["mode"] for r in records] == ["pytorch-backprop", "backprop-fused-opt", "reference-dfa",
-                                               "ceiling-independent-stages", "dataplane-D2", "raycalls-D2"]
+                                               "backprop-threads2", "reference-dfa-threads2",
+                                               "ceiling-independent-stages", "dataplane-D2", "raycalls-D2",
+                                               "gpipe", "1f1b", "ddp"]
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert saved["records"] == records and saved["meta"]["width"] == 16 and saved["meta"]["cpu"]
     by = {r["mode"]: r for r in records}
@@ -24,8 +26,33 @@ def test_bench_writes_one_record_per_mode(tmp_path):
         assert r["overhead_ms_per_step"] == pytest.approx(r["ms_per_step"] - by["ceiling-independent-stages"]["ms_per_step"])
     assert saved["meta"]["dfa_step_over_backprop_step"] == pytest.approx(
         by["backprop-fused-opt"]["steps_per_s"] / by["reference-dfa"]["steps_per_s"])
-    assert "| dataplane-D2 |" in (tmp_path / "bench.md").read_text()
+    assert "| 2 | dataplane-D2 |" in (tmp_path / "bench.md").read_text()
+    assert by["gpipe"]["speedup"] == pytest.approx(by["gpipe"]["steps_per_s"] / by["backprop-fused-opt"]["steps_per_s"])
+    assert by["dataplane-D2"]["efficiency"] == pytest.approx(by["dataplane-D2"]["speedup"] / 2)
 
+
+def test_a_sweep_over_worker_counts_writes_a_plot(tmp_path):
+    records = bench.run(width=16, batch=12, stages=[1, 3], depths=[2], warmup=2, steps=6, out=tmp_path,
+                        repeats=1, calls=False, fixed_blocks=3)
+    assert {r["workers"] for r in records} == {1, 3}
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    assert saved["meta"]["per_workers"]["3"]["partition"] == [1, 1, 2]
+    assert saved["meta"]["per_workers"]["1"]["partition"] == [4]
+    assert (tmp_path / "scaling.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_split_is_balanced_and_keeps_the_head_last():
+    assert bench.split(8, 3) == [2, 3, 4] and bench.split(4, 4) == [1, 1, 1, 2] and bench.split(2, 1) == [3]
+    with pytest.raises(ValueError, match="--stages: 5 stages for a model of 4 blocks"):
+        bench.split(4, 5)
+
+
+@pytest.mark.parametrize("kwargs,match", [({"depths": [0]}, "--depths"), ({"repeats": 0}, "--repeats"),
+                                          ({"microbatches": 3}, "--microbatches"), ({"width": -4}, "--width")])
+def test_bad_settings_fail_before_any_work(kwargs, match):
+    args = dict(width=16, batch=8, stages=[2], depths=[1], warmup=2, steps=4)
+    with pytest.raises(ValueError, match=match):
+        bench.run(**{**args, **kwargs})
 
 def test_bench_rejects_a_width_that_is_not_a_square():
     with pytest.raises(ValueError, match="--width"):
