@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from . import config as config_mod
 from .config import ConfigError
@@ -38,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
                     "actor per stage")
     be.add_argument("--fixed-blocks", type=int, default=0, help="split one model of this many blocks into N "
                     "stages (default: a model of N blocks for each N)")
-    be.add_argument("--microbatches", type=int, default=4, help="microbatches per minibatch for gpipe and 1f1b")
+    be.add_argument("--microbatches", default="2,4", help="microbatches per minibatch for gpipe and 1f1b, "
+                    "comma-separated (each is measured)")
     be.add_argument("--no-baselines", action="store_true", help="skip gpipe, 1f1b and ddp")
     be.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     be.add_argument("--depths", default="1,2,3", help="pipeline depths D to measure, comma-separated")
@@ -48,18 +50,63 @@ def main(argv: list[str] | None = None) -> int:
     be.add_argument("--transport", default="auto", choices=["auto", "shm", "gloo"])
     be.add_argument("--no-calls", action="store_true", help="skip the per-op Ray-call baseline")
     be.add_argument("--out", default="bench-results", help="folder for bench.json and bench.md")
+    be.add_argument("--to-accuracy", type=float, metavar="ACC", help="instead: train the model of --config with "
+                    "every mode until this test accuracy (e.g. 0.97); wall seconds and steps of each")
+    be.add_argument("--config", help="with --to-accuracy: settings file (default: the built-in MNIST MLP)")
+    be.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="with --to-accuracy: override one setting (repeatable)")
+    be.add_argument("--eval-every", type=int, default=0, help="with --to-accuracy: steps between evaluations "
+                    "(default a quarter epoch)")
+    si = sub.add_parser("simulate", help="predicted samples/s of the DFA pipeline, gpipe, 1f1b and ddp for N "
+                        "workers, from the profile a bench wrote")
+    si.add_argument("bench_dir", metavar="BENCH_DIR", help="the --out folder of `dfa-async bench`")
+    si.add_argument("--validate", action="store_true", help="instead: every mode the bench measured, measured "
+                    "against predicted")
+    si.add_argument("--link", default="measured", help="nvlink, pcie, ethernet-100g, or measured (this machine)")
+    si.add_argument("--workers", default="1,2,4,8", help="worker counts N, comma-separated")
+    si.add_argument("--depth", type=int, default=3, help="pipeline depth D of the DFA runtime")
+    si.add_argument("--microbatches", type=int, default=4, help="microbatches of gpipe and 1f1b")
+    si.add_argument("--out", help="also write the table to this Markdown file")
     args = parser.parse_args(argv)
+
+    if args.command == "simulate":
+        from . import sim
+
+        try:
+            if args.validate:
+                table = sim.validate(args.bench_dir)[1]
+            else:
+                if args.depth < 1 or args.microbatches < 1:
+                    raise ValueError(f"--depth, --microbatches: {args.depth}, {args.microbatches}; both must be >= 1")
+                workers = ints("--workers", args.workers)
+                if min(workers) < 1:
+                    raise ValueError(f"--workers: {args.workers}; each must be >= 1")
+                table = sim.scaling(args.bench_dir, args.link, workers, args.depth, args.microbatches)
+        except (ValueError, FileNotFoundError) as err:
+            print(f"dfa-async: error: {err}", file=sys.stderr)
+            return 2
+        print(table)
+        if args.out:
+            Path(args.out).write_text(table + "\n")
+        return 0
 
     if args.command == "bench":
         from .perf import bench
 
         try:
             depths, stages = ints("--depths", args.depths), ints("--stages", args.stages)
+            if args.to_accuracy is not None:
+                from .perf import accuracy
+
+                cfg = config_mod.load(args.config, args.set)
+                accuracy.run(cfg, args.to_accuracy, depths, args.eval_every, not args.no_baselines,
+                             ints("--microbatches", args.microbatches)[0], args.out)
+                return 0
             bench.run(args.width, args.batch, args.threads, stages, depths, args.warmup, args.steps,
                       args.out, args.transport, args.repeats, calls=not args.no_calls,
-                      baselines=not args.no_baselines, microbatches=args.microbatches,
+                      baselines=not args.no_baselines, microbatches=ints("--microbatches", args.microbatches),
                       fixed_blocks=args.fixed_blocks or None)
-        except (ValueError, ConfigError) as err:
+        except (ValueError, ConfigError, DataError) as err:
             print(f"dfa-async: error: {err}", file=sys.stderr)
             return 2
         return 0

@@ -110,8 +110,12 @@ class RuntimeConfig:
     backend: str = _opt("ray", "`ray`: one actor per stage; `local`: the single-process reference.",
                         ("local", "ray"))
     depth: int = _opt(1, "In-flight depth D of the pipeline schedule; 1 is synchronous DFA.", lo=1)
-    stages: list[int] = _opt([], "Blocks per stage, in order (e.g. [2, 1]); empty puts one block per stage.",
-                             lo=1)
+    stages: list[int] = _opt([], "Blocks per stage, in order (e.g. [2, 1]); empty puts one block per stage; "
+                             "\"auto\" measures every block's forward + update and splits the blocks into "
+                             "runtime.num_stages contiguous stages so that the slowest is as fast as it can be.",
+                             lo=1, choices=("auto",))
+    num_stages: int = _opt(0, "With runtime.stages = \"auto\": how many stages; 0 means one per CPU core of "
+                           "this machine (at most one per block).", lo=0)
     address: str = _opt("", "Ray address to join (e.g. `auto`); empty starts a local instance for the run.")
     threads: int = _opt(1, "Torch threads per stage actor (and of the local backend).", lo=1)
     num_cpus: int = _opt(0, "CPUs of the local Ray instance; 0 means max(stages, cores).", lo=0)
@@ -196,8 +200,11 @@ def _check_value(key: str, f: dataclasses.Field, hint, value):
     meta = f.metadata
     origin = typing.get_origin(hint)
     if origin is list:
+        if meta["choices"] and value in meta["choices"]:  # a word in place of the list, e.g. "auto"
+            return value
         if not isinstance(value, list) or any(isinstance(v, bool) or not isinstance(v, int) for v in value):
-            raise ConfigError(f"{key}: expected a list of integers like [800, 800], got {value!r}")
+            words = f" or {', '.join(repr(c) for c in meta['choices'])}" if meta["choices"] else ""
+            raise ConfigError(f"{key}: expected a list of integers like [800, 800]{words}, got {value!r}")
         for v in value:
             _check_range(key, meta, v)
         return list(value)
@@ -318,7 +325,13 @@ def validate(cfg: Config, own_model: bool = False) -> None:
         if not 1 <= b.width <= width:
             raise ConfigError(f"bottleneck.width: {b.width} is out of range; it must be 1..{width} "
                               f"(the width of block {b.layer})")
-    if rt.stages and not own_model and sum(rt.stages) != cfg.num_blocks():
+    if rt.stages == "auto" and rt.num_stages > cfg.num_blocks() and not own_model:
+        raise ConfigError(f"runtime.num_stages: {rt.num_stages} stages for a model of {cfg.num_blocks()} blocks; "
+                          f"use 0 to {cfg.num_blocks()}")
+    if rt.num_stages and rt.stages != "auto":
+        raise ConfigError("runtime.num_stages: only used with runtime.stages = \"auto\"; set that, or give "
+                          "runtime.stages as a list and num_stages = 0")
+    if isinstance(rt.stages, list) and rt.stages and not own_model and sum(rt.stages) != cfg.num_blocks():
         raise ConfigError(f"runtime.stages: {rt.stages} holds {sum(rt.stages)} blocks but the model has "
                           f"{cfg.num_blocks()}; make the counts add up to {cfg.num_blocks()}")
     if d.name == "synthetic" and len(d.shape) != 3:

@@ -74,6 +74,60 @@ def plots(ev: dict[str, list[dict]], out: Path) -> list[Path]:
         a2.set(xlabel="step", ylabel="degrees", title="DFA vs BP update angle")
         a1.legend()
         written.append(_save(fig, out / "alignment.png"))
+    if ev.get("timeline"):
+        written += timeline_plots(ev["timeline"], out, plt)
+    return written
+
+
+GANTT_STEPS = 24  # steps of one window drawn: enough to show the pipeline's steady state, few enough to read
+
+
+def gantt(records: list[dict]) -> tuple[int, dict[int, dict[str, list[tuple[float, float]]]]]:
+    """The first step drawn and, per stage and op, (start ms, duration ms) bars over the first GANTT_STEPS
+    steps of the last window that every stage logged, from that window's first op. Times are each stage's
+    host clock: exact on one node, skewed by the clocks' offset across nodes."""
+    windows: dict[int, dict[int, dict]] = {}
+    for r in records:
+        windows.setdefault(r["step"], {})[r["stage"]] = r
+    stages = max(len(w) for w in windows.values())
+    window = windows[max(k for k, w in windows.items() if len(w) == stages)]
+    first = min(min(r["steps"]) for r in window.values())
+    t0 = min(r["start"][0] for r in window.values())
+    bars = {s: {op: [(1e3 * (a - t0), 1e3 * (b - a)) for o, t, a, b in zip(r["op"], r["steps"], r["start"], r["end"])
+                     if o == op and t < first + GANTT_STEPS] for op in ("forward", "update")}
+            for s, r in sorted(window.items())}
+    return first, bars
+
+
+def staleness_counts(records: list[dict]) -> dict[int, int]:
+    """How many updates of the run saw each staleness."""
+    out: dict[int, int] = {}
+    for r in records:
+        for o, k in zip(r["op"], r["staleness"]):
+            if o == "update":
+                out[k] = out.get(k, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def timeline_plots(records: list[dict], out: Path, plt) -> list[Path]:
+    """A Gantt chart of every stage's forward/update/idle (gaps) and the staleness histogram."""
+    first, bars = gantt(records)
+    fig, ax = plt.subplots(figsize=(10, 0.6 * len(bars) + 1.6))
+    colors = {"forward": "tab:blue", "update": "tab:orange"}
+    for s, ops in bars.items():
+        for op, color in colors.items():
+            ax.broken_barh(ops[op], (s - 0.4, 0.8), color=color, label=op if s == 0 else None)
+    ax.set(xlabel="ms since the window's first op (gaps: idle)", ylabel="stage", yticks=list(bars),
+           title=f"Pipeline timeline: steps {first}-{first + GANTT_STEPS - 1}")
+    ax.invert_yaxis()
+    ax.legend(loc="upper right", fontsize=8)
+    written = [_save(fig, out / "timeline.png")]
+    counts = staleness_counts(records)
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.bar(list(counts), list(counts.values()), width=0.8)
+    ax.set(xlabel="staleness (updates applied between a step's forward and its update)", ylabel="updates",
+           title="Staleness", xticks=list(counts))
+    written.append(_save(fig, out / "staleness.png"))
     return written
 
 

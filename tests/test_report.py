@@ -31,3 +31,28 @@ def test_report_of_an_unfinished_run_and_of_a_missing_dir(tmp_path):
     assert "has not finished" in md
     with pytest.raises(FileNotFoundError, match="RUN_DIR"):
         report.write(tmp_path / "nothing")
+
+
+def test_timeline_chart_and_staleness_histogram(tmp_path):
+    """A 2-stage pipeline of depth 3: the histogram holds every update's staleness as the schedule says,
+    and the Gantt chart's bars are the logged ops of the last window, in time order per stage."""
+    from dfa_async import schedule
+
+    cfg = small_config(runtime={"depth": 3, "stages": [1, 2]}, train={"epochs": 2})
+    res = train(cfg, tmp_path / "r")
+    md = report.write(tmp_path / "r").read_text()
+    assert "(timeline.png)" in md and "(staleness.png)" in md
+    recs = runlog.read(tmp_path / "r" / "events.msgpack", "timeline")
+    want: dict[int, int] = {}
+    marks = schedule.boundaries(res.steps, res.steps // 2, cfg.checkpoint.every)
+    for k in schedule.staleness(schedule.ops(0, res.steps, 3, marks)).values():
+        want[k] = want.get(k, 0) + 2  # two stages
+    assert report.staleness_counts(recs) == dict(sorted(want.items()))
+    first, bars = report.gantt(recs)
+    assert sorted(bars) == [0, 1]
+    last = max(r["step"] for r in recs)
+    assert first == min(min(r["steps"]) for r in recs if r["step"] == last)
+    for ops in bars.values():
+        fwd = ops["forward"]
+        assert 0 < len(fwd) <= report.GANTT_STEPS and len(ops["update"]) > 0
+        assert all(a >= 0 and d >= 0 for a, d in fwd) and [a for a, _ in fwd] == sorted(a for a, _ in fwd)

@@ -29,6 +29,9 @@ class BackpropGroup:
         if batch % split:
             what = f"microbatches ({microbatches})" if kind != "ddp" else f"ddp workers ({n})"
             raise ValueError(f"train.batch_size: {batch} must divide evenly into {what}")
+        if kind == "1f1b" and microbatches < n:
+            raise ValueError(f"microbatches: 1f1b needs at least one microbatch per stage; {microbatches} < {n} "
+                             "stages")
         self.kind, self.n = kind, n
         cfg = plan.cfg
         self.device = "cuda" if cfg.runtime.device == "cuda" else "cpu"

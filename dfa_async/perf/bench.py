@@ -7,7 +7,9 @@
 - `ceiling-independent-stages`: every stage computing at once with no transfers and no waiting;
 - `dataplane-D{d}`: the layer-parallel runtime (stages running windows, tensors over the data plane);
 - `raycalls-D{d}`: the per-op Ray-call pipeline it replaced (the overhead baseline);
-- `gpipe`, `1f1b`: pipeline-parallel backprop (torch.distributed.pipelining) on the same N Ray workers;
+- `gpipe-M{m}`, `1f1b-M{m}`: pipeline-parallel backprop (torch.distributed.pipelining) on the same N Ray
+  workers, m microbatches per minibatch (several m: smaller microbatches fill the pipeline better but
+  run each matrix product less efficiently; the best m is the baseline to beat);
 - `ddp`: data-parallel backprop (DistributedDataParallel) on N Ray workers, each with batch/N samples;
 - `backprop-threads{N}`, `reference-dfa-threads{N}`: the single process with N torch threads.
 
@@ -33,7 +35,10 @@ import torch.nn.functional as F
 from .. import config as config_mod, data, optim
 from ..reference import LocalPipeline
 from ..run import Windows
+from ..runtime import shm
 from ..stage import Plan, Stage, keep_freed_memory
+from . import link
+from .profile import block_profile
 
 MODES_FIXED = ("pytorch-backprop", "backprop-fused-opt", "reference-dfa", "ceiling-independent-stages")
 
@@ -134,9 +139,14 @@ def measure_backprop(plan, ds, warmup: int, steps: int, fused: bool, threads: in
 
 def measure_reference(plan, ds, warmup: int, steps: int, threads: int, window: int) -> float:
     plan.cfg.runtime.depth = 1
-    torch.set_num_threads(threads)
+
+    def make():
+        pipe = LocalPipeline(plan, None, ds)  # it sets runtime.threads
+        torch.set_num_threads(threads)
+        return pipe
+
     try:
-        return measure_pipeline(lambda: LocalPipeline(plan, None, ds), warmup, steps, window)[0]
+        return measure_pipeline(make, warmup, steps, window)[0]
     finally:
         torch.set_num_threads(plan.cfg.runtime.threads)
 
@@ -205,7 +215,7 @@ def measure_ceiling(plan, warmup: int, steps: int) -> float:
 
 
 def measure(width: int, batch: int, threads: int, stages: int, depths, warmup: int, steps: int,
-            transport: str, repeats: int, calls: bool, baselines: bool, microbatches: int,
+            transport: str, repeats: int, calls: bool, baselines: bool, microbatches: list[int],
             blocks: int | None = None) -> tuple[list[dict], dict]:
     """Every mode on N = `stages` workers, side by side in rounds; records and meta for this N."""
     import ray
@@ -239,8 +249,12 @@ def measure(width: int, batch: int, threads: int, stages: int, depths, warmup: i
         for d in depths:
             modes[f"raycalls-D{d}"] = with_depth(d, CallsPipeline)
     if baselines:
-        for kind in ("gpipe", "1f1b", "ddp"):
-            modes[kind] = lambda kind=kind: (measure_group(kind, plan, ds, warmup, steps, microbatches), None)
+        for kind in ("gpipe", "1f1b"):
+            for m in microbatches:
+                if kind == "1f1b" and m < stages:  # torch's 1F1B needs a microbatch per stage
+                    continue
+                modes[f"{kind}-M{m}"] = lambda kind=kind, m=m: (measure_group(kind, plan, ds, warmup, steps, m), None)
+        modes["ddp"] = lambda: (measure_group("ddp", plan, ds, warmup, steps, 1), None)
     runs: dict[str, list] = {m: [] for m in modes}
     for r in range(repeats):
         for mode, fn in modes.items():
@@ -267,18 +281,23 @@ def measure(width: int, batch: int, threads: int, stages: int, depths, warmup: i
         r["efficiency"] = r["speedup"] / stages
         if "-D" in r["mode"]:  # what the transfers and the waiting add to a step, beyond the stages' compute
             r["overhead_ms_per_step"] = r["ms_per_step"] - 1e3 / ceiling
+    # For the simulator: per-block costs, measured alone, and how much slower N stages compute at once.
+    blocks = block_profile(plan, microbatches, stages)
+    alone = max(sum(blocks[k]["dfa_forward_s"] + blocks[k]["dfa_update_s"] for k in ids) for ids in plan.partition())
+    profile = {"blocks": blocks, "partition": plan.stage_sizes, "slowdown": (1 / ceiling) / alone,
+               "transport": "shm" if transport in ("auto", "shm") and shm.available() and stages > 1 else "gloo"}
     meta = {"width": width, "batch": batch, "threads": threads, "stages": stages, "blocks": plan.num_blocks,
             "partition": cfg.runtime.stages, "steps": steps, "warmup": warmup, "repeats": repeats,
             "window": window, "transport": transport, "microbatches": microbatches,
             # Time of a single-process DFA step over a backprop step of the same model and batch.
             "dfa_step_over_backprop_step": bp / base,
             "dfa_step_over_plain_backprop_step": by["pytorch-backprop"]["steps_per_s"] / base}
-    return records, meta
+    return records, meta, profile
 
 
 def run(width: int = 4096, batch: int = 256, threads: int = 1, stages=(2,), depths=(1, 2, 3),
         warmup: int = 5, steps: int = 30, out: Path | None = None, transport: str = "auto",
-        repeats: int = 2, calls: bool = True, baselines: bool = True, microbatches: int = 4,
+        repeats: int = 2, calls: bool = True, baselines: bool = True, microbatches=(2, 4),
         fixed_blocks: int | None = None) -> list[dict]:
     """The bench over every N in `stages`; all records (each with its `workers` = N)."""
     import ray
@@ -290,8 +309,9 @@ def run(width: int = 4096, batch: int = 256, threads: int = 1, stages=(2,), dept
         raise ValueError(f"--depths: {depths}; give pipeline depths >= 1, e.g. 1,2,3")
     if repeats < 1 or warmup < 1:
         raise ValueError(f"--repeats, --warmup: {repeats}, {warmup}; both must be >= 1")
-    if baselines and batch % microbatches:
-        raise ValueError(f"--microbatches: {microbatches} does not divide --batch {batch}")
+    microbatches = [microbatches] if isinstance(microbatches, int) else list(microbatches)
+    if baselines and (not microbatches or any(m < 1 or batch % m for m in microbatches)):
+        raise ValueError(f"--microbatches: {microbatches}; each must be >= 1 and divide --batch {batch}")
     if baselines and any(batch % n for n in stages):
         raise ValueError(f"--batch: {batch} must divide evenly among the ddp workers ({stages})")
     keep_freed_memory()  # as every stage does, so the anchors run under the same allocator
@@ -299,13 +319,14 @@ def run(width: int = 4096, batch: int = 256, threads: int = 1, stages=(2,), dept
     if started:
         ray.init(address="local", num_cpus=max(stages), include_dashboard=False, log_to_driver=False,
                  configure_logging=False)
-    records, metas = [], {}
+    records, metas, profiles = [], {}, {}
     try:
         for n in stages:
-            recs, meta = measure(width, batch, threads, n, depths, warmup, steps, transport, repeats, calls,
-                                 baselines, microbatches, fixed_blocks)
+            recs, meta, prof = measure(width, batch, threads, n, depths, warmup, steps, transport, repeats, calls,
+                                       baselines, microbatches, fixed_blocks)
             records += recs
-            metas[n] = meta
+            metas[n], profiles[n] = meta, prof
+        wires = {w: link.measure(w) for w in ("shm", "gloo") if w == "gloo" or shm.available()}
     finally:
         if started:
             ray.shutdown()
@@ -319,6 +340,9 @@ def run(width: int = 4096, batch: int = 256, threads: int = 1, stages=(2,), dept
         out.mkdir(parents=True, exist_ok=True)
         (out / "bench.json").write_text(json.dumps({"meta": meta, "records": records}, indent=2))
         (out / "bench.md").write_text(table + "\n")
+        (out / "profile.json").write_text(json.dumps({
+            "batch": batch, "classes": 10, "threads": threads, "cpus": os.cpu_count(), "cpu": meta["cpu"],
+            "fixed_blocks": fixed_blocks, "links": wires, "per_workers": profiles}, indent=1))
         if len(stages) > 1:
             plot(records, meta, out / "scaling.png")
     return records

@@ -80,3 +80,5 @@ def test_batch_must_split_into_microbatches():
     plan, ds = setup([1, 2])
     with pytest.raises(ValueError, match="train.batch_size: 16 must divide evenly into microbatches"):
         BackpropGroup("gpipe", plan, ds, microbatches=3)
+    with pytest.raises(ValueError, match="microbatches: 1f1b needs at least one microbatch per stage; 1 < 2"):
+        BackpropGroup("1f1b", plan, ds, microbatches=1)

@@ -13,7 +13,7 @@ def test_bench_writes_one_record_per_mode(tmp_path):
     assert [r["mode"] for r in records] == ["pytorch-backprop", "backprop-fused-opt", "reference-dfa",
                                                "backprop-threads2", "reference-dfa-threads2",
                                                "ceiling-independent-stages", "dataplane-D2", "raycalls-D2",
-                                               "gpipe", "1f1b", "ddp"]
+                                               "gpipe-M2", "gpipe-M4", "1f1b-M2", "1f1b-M4", "ddp"]
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert saved["records"] == records and saved["meta"]["width"] == 16 and saved["meta"]["cpu"]
     by = {r["mode"]: r for r in records}
@@ -27,13 +27,13 @@ def test_bench_writes_one_record_per_mode(tmp_path):
     assert saved["meta"]["dfa_step_over_backprop_step"] == pytest.approx(
         by["backprop-fused-opt"]["steps_per_s"] / by["reference-dfa"]["steps_per_s"])
     assert "| 2 | dataplane-D2 |" in (tmp_path / "bench.md").read_text()
-    assert by["gpipe"]["speedup"] == pytest.approx(by["gpipe"]["steps_per_s"] / by["backprop-fused-opt"]["steps_per_s"])
+    assert by["gpipe-M4"]["speedup"] == pytest.approx(by["gpipe-M4"]["steps_per_s"] / by["backprop-fused-opt"]["steps_per_s"])
     assert by["dataplane-D2"]["efficiency"] == pytest.approx(by["dataplane-D2"]["speedup"] / 2)
 
 
 def test_a_sweep_over_worker_counts_writes_a_plot(tmp_path):
     records = bench.run(width=16, batch=12, stages=[1, 3], depths=[2], warmup=2, steps=6, out=tmp_path,
-                        repeats=1, calls=False, fixed_blocks=3)
+                        repeats=1, calls=False, fixed_blocks=3, microbatches=[2])
     assert {r["workers"] for r in records} == {1, 3}
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert saved["meta"]["per_workers"]["3"]["partition"] == [1, 1, 2]
@@ -48,7 +48,7 @@ def test_split_is_balanced_and_keeps_the_head_last():
 
 
 @pytest.mark.parametrize("kwargs,match", [({"depths": [0]}, "--depths"), ({"repeats": 0}, "--repeats"),
-                                          ({"microbatches": 3}, "--microbatches"), ({"width": -4}, "--width")])
+                                          ({"microbatches": [2, 3]}, "--microbatches"), ({"width": -4}, "--width")])
 def test_bad_settings_fail_before_any_work(kwargs, match):
     args = dict(width=16, batch=8, stages=[2], depths=[1], warmup=2, steps=4)
     with pytest.raises(ValueError, match=match):

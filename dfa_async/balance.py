@@ -1,0 +1,65 @@
+"""`runtime.stages = "auto"`: measure each block's forward + update on the stages' device, then split the
+blocks into contiguous stages that minimise the slowest stage (the pipeline's step time). The model and
+the learning rule do not change; only where the blocks run."""
+from __future__ import annotations
+
+import time
+
+import torch
+
+SAMPLES = 5  # timed forward + update steps per block (their median is its cost), after one warm-up step
+
+
+def split(costs: list[float], n: int) -> list[int]:
+    """Blocks per stage: `costs` cut into `n` contiguous, non-empty parts whose largest sum is smallest
+    (ties: the earliest such cut). Dynamic programming over prefix sums, O(n * blocks^2)."""
+    k = len(costs)
+    if not 1 <= n <= k:
+        raise ValueError(f"runtime.num_stages: {n} stages for {k} blocks; use 1 to {k}")
+    prefix = [0.0]
+    for c in costs:
+        prefix.append(prefix[-1] + c)
+    inf = float("inf")
+    # best[j][i]: smallest max stage cost putting the first i blocks on j stages; cut[j][i]: its last cut.
+    best = [[inf] * (k + 1) for _ in range(n + 1)]
+    cut = [[0] * (k + 1) for _ in range(n + 1)]
+    best[0][0] = 0.0
+    for j in range(1, n + 1):
+        for i in range(j, k + 1):
+            for m in range(j - 1, i):
+                v = max(best[j - 1][m], prefix[i] - prefix[m])
+                if v < best[j][i]:
+                    best[j][i], cut[j][i] = v, m
+    sizes, i = [], k
+    for j in range(n, 0, -1):
+        sizes.append(i - cut[j][i])
+        i = cut[j][i]
+    return sizes[::-1]
+
+
+def block_costs(plan, device: torch.device | str = "cpu") -> list[float]:
+    """Seconds of one training step (forward + update, head error included) of each block alone, at the
+    run's batch size on `device`."""
+    from .stage import Stage
+
+    batch = plan.cfg.train.batch_size
+    g = torch.Generator().manual_seed(0)
+    shapes = [plan.in_shape] + plan.out_shapes
+    e = (torch.randn(batch, plan.classes, generator=g) / batch).to(device)
+    y = torch.randint(0, plan.classes, (batch,), generator=g).to(device)
+    costs = []
+    for k in range(plan.num_blocks):
+        stage = Stage(plan, [k], device=device)
+        x = torch.randn(batch, *shapes[k], generator=g).to(device)
+        times = []
+        for t in range(SAMPLES + 1):
+            if torch.device(device).type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            stage.forward(t, x, y)
+            stage.update(t, e)
+            if torch.device(device).type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        costs.append(sorted(times[1:])[SAMPLES // 2])
+    return costs

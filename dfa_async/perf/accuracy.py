@@ -1,0 +1,177 @@
+"""Time to accuracy: every mode trains the same model on the same minibatches until its test accuracy
+reaches a target, and reports the training wall seconds (evaluation excluded) and the steps it took.
+DFA usually needs more steps than backprop for the same accuracy, so a samples/s speedup alone can
+mislead; this reports both sides.
+
+Modes: `backprop` (single process), `reference-dfa` (single process), `dataplane-D{d}` (the Ray
+trainer), `gpipe`, `1f1b`, `ddp` (backprop on the same N Ray workers). The test set is evaluated every
+`eval_every` steps on the driver, with the pipelines drained there."""
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .. import config as config_mod, data, optim
+from ..reference import LocalPipeline
+from ..run import Windows, step_counts
+from ..stage import Plan, keep_freed_memory
+
+
+@torch.no_grad()
+def test_accuracy(net: torch.nn.Module, ds, batch: int) -> float:
+    net.eval()
+    correct = sum(int((net(ds.x_test[a:a + batch]).argmax(1) == ds.y_test[a:a + batch]).sum())
+                  for a in range(0, len(ds.x_test), batch))
+    net.train()
+    return correct / len(ds.x_test)
+
+
+class _Backprop:
+    """Single-process backprop with the stages' optimizer kernels, stepped in windows."""
+
+    def __init__(self, plan, ds):
+        self.plan, self.ds = plan, ds
+        self.net = plan.build()
+        self.opt = optim.make(list(self.net.parameters()), plan.cfg.optim)
+        self.batches = data.Batches(len(ds.x_train), plan.cfg.train.batch_size, plan.cfg.train.seed)
+
+    def run(self, a: int, b: int) -> None:
+        cfg = self.plan.cfg
+        for t in range(a, b):
+            for g in self.opt.param_groups:
+                g["lr"] = optim.lr_at(cfg.optim, t, self.plan.total_steps, self.plan.steps_per_epoch)
+            idx = self.batches.indices(t)
+            self.opt.zero_grad(set_to_none=True)
+            F.cross_entropy(self.net(self.ds.x_train[idx]), self.ds.y_train[idx]).backward()
+            self.opt.step()
+
+    def model(self):
+        return self.net
+
+    def close(self):
+        pass
+
+
+class _Windows:
+    """A DFA pipeline (reference or Ray) driven in windows as the trainer's driver does."""
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+
+    def run(self, a: int, b: int) -> None:
+        running, windows = None, Windows(a, b, ())
+        for s, e in windows:
+            handle = self.pipe.submit(s, e)
+            if running is not None:
+                windows.measured(self.pipe.collect(running))
+            running = handle
+        self.pipe.collect(running)
+
+    def model(self):
+        return self.pipe.model()
+
+    def close(self):
+        self.pipe.close()
+
+
+def to_accuracy(make, plan, ds, target: float, eval_every: int) -> dict:
+    """Train with `make()` until the test accuracy reaches `target` or the run's steps are spent."""
+    trainer = make()
+    seconds, best, reached, t = 0.0, 0.0, None, 0
+    try:
+        while t < plan.total_steps and reached is None:
+            stop = min(t + eval_every, plan.total_steps)
+            t0 = time.perf_counter()
+            trainer.run(t, stop)
+            seconds += time.perf_counter() - t0
+            t = stop
+            acc = test_accuracy(trainer.model(), ds, plan.cfg.train.eval_batch_size)
+            best = max(best, acc)
+            if acc >= target:
+                reached = t
+    finally:
+        trainer.close()
+    return {"reached": reached is not None, "steps": t, "epochs": t / plan.steps_per_epoch,
+            "seconds": seconds, "best_accuracy": best, "last_accuracy": acc}
+
+
+def run(cfg: config_mod.Config, target: float, depths=(1, 2), eval_every: int = 0, baselines: bool = True,
+        microbatches: int = 4, out: Path | None = None) -> list[dict]:
+    import ray
+
+    from ..baselines import BackpropGroup
+    from ..runtime import RayPipeline
+
+    if not 0 < target <= 1:
+        raise ValueError(f"--to-accuracy: {target}; give a test accuracy in (0, 1], e.g. 0.97")
+    config_mod.validate(cfg)
+    keep_freed_memory()
+    torch.set_num_threads(cfg.runtime.threads)
+    ds = data.load(cfg.data, cfg.train.seed)
+    total, spe = step_counts(cfg, len(ds.x_train))
+    every = eval_every or max(spe // 4, 1)
+    cuts = list(range(every - 1, total, every))
+
+    def plan_at(depth: int) -> Plan:
+        own = copy.deepcopy(cfg)
+        own.runtime.depth = depth
+        plan = Plan(own, ds.shape, ds.classes, total, spe)
+        plan.marks = sorted(set(plan.marks) | set(cuts))  # drained at every evaluation
+        return plan
+
+    n = len(plan_at(1).partition())
+    batch = cfg.train.batch_size
+    if baselines and (batch % n or batch % microbatches or microbatches < n):
+        raise ValueError(f"--microbatches: {microbatches} with train.batch_size {batch} on {n} workers; the batch "
+                         f"must divide into the microbatches and into {n} ddp shares, and 1f1b needs at least "
+                         f"{n} microbatches (or pass --no-baselines)")
+    modes = {"backprop": lambda: _Backprop(plan_at(1), ds),
+             "reference-dfa": lambda: _Windows(LocalPipeline(plan_at(1), None, ds))}
+    for d in depths:
+        modes[f"dataplane-D{d}"] = lambda d=d: _Windows(RayPipeline(plan_at(d), ds))
+    if baselines:
+        for kind in ("gpipe", "1f1b", "ddp"):
+            modes[kind] = lambda kind=kind: BackpropGroup(kind, plan_at(1), ds, microbatches, workers=n)
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address="local", num_cpus=n, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    records = []
+    try:
+        for mode, make in modes.items():
+            rec = {"mode": mode, "workers": 1 if mode in ("backprop", "reference-dfa") else n,
+                   **to_accuracy(make, plan_at(1), ds, target, every)}
+            rec["samples_per_s"] = rec["steps"] * cfg.train.batch_size / rec["seconds"]
+            print(f"{mode:<16} {'reached' if rec['reached'] else 'NOT reached'} {target} after {rec['steps']} steps "
+                  f"({rec['epochs']:.2f} epochs) in {rec['seconds']:.1f} s; best {rec['best_accuracy']:.4f}", flush=True)
+            records.append(rec)
+    finally:
+        if started:
+            ray.shutdown()
+    table = markdown(records, cfg, target, every)
+    print(table)
+    if out:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        meta = {"target": target, "eval_every": every, "workers": n, "config": cfg.to_dict()}
+        (out / "accuracy.json").write_text(json.dumps({"meta": meta, "records": records}, indent=2))
+        (out / "accuracy.md").write_text(table + "\n")
+    return records
+
+
+def markdown(records: list[dict], cfg, target: float, every: int) -> str:
+    fastest = min((r["seconds"] for r in records if r["reached"]), default=None)
+    lines = [f"Time to {target:.2%} test accuracy on {cfg.data.name}, model widths {cfg.model.widths}, batch "
+             f"{cfg.train.batch_size}, {cfg.optim.name} lr {cfg.optim.lr}; evaluated every {every} steps "
+             "(evaluation time excluded)", "",
+             "| mode | workers | reached | steps | epochs | train seconds | samples/s | best accuracy | vs fastest |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for r in records:
+        vs = f"{r['seconds'] / fastest:.2f}x" if r["reached"] and fastest else "-"
+        lines.append(f"| {r['mode']} | {r['workers']} | {'yes' if r['reached'] else 'no'} | {r['steps']} | "
+                     f"{r['epochs']:.2f} | {r['seconds']:.1f} | {r['samples_per_s']:.0f} | {r['best_accuracy']:.4f} | {vs} |")
+    return "\n".join(lines)

@@ -1,0 +1,66 @@
+"""The link between two workers of this machine, measured: a ping-pong of a small and of a large message
+between two processes over a data-plane backend (`shm`: the stages' rings; `gloo`: what the backprop
+baselines use). One-way time of the small message is the latency; the large one's extra time gives the
+bandwidth. Between processes on CPUs both ends' cores move the bytes (`host` links)."""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from ..runtime.plane import Rendezvous, process_group
+
+SMALL, LARGE = 64, 4 << 20
+REPEATS = 30
+
+
+class PingPong:
+    def __init__(self, rank: int):
+        torch.set_num_threads(1)
+        self.rank, self.rendezvous, self.pg = rank, None, None
+
+    def open_rendezvous(self, host: str) -> int:
+        self.rendezvous = Rendezvous(host, 2, 60)
+        return self.rendezvous.port
+
+    def connect(self, host: str, port: int, backend: str) -> None:
+        import torch.distributed as dist
+        from datetime import timedelta
+
+        store = self.rendezvous.store if self.rendezvous else dist.TCPStore(
+            host, port, 2, is_master=False, timeout=timedelta(seconds=60))
+        self.pg = process_group(backend, dist.PrefixStore(backend, store), self.rank, 2, host, 60,
+                                torch.device("cpu"), ring_bytes=2 * LARGE + 4096)
+
+    def run(self, nbytes: int, repeats: int = REPEATS) -> float:
+        """Seconds of one one-way trip (rank 0's measure; both ranks must call it)."""
+        buf = torch.zeros(nbytes // 4)
+        peer = 1 - self.rank
+        for i in range(repeats + 2):
+            if i == 2:
+                t0 = time.perf_counter()
+            if self.rank == 0:
+                self.pg.send([buf], peer, i).wait()
+                self.pg.recv([buf], peer, i).wait()
+            else:
+                self.pg.recv([buf], peer, i).wait()
+                self.pg.send([buf], peer, i).wait()
+        return (time.perf_counter() - t0) / (2 * repeats)
+
+
+def measure(backend: str) -> dict:
+    """Latency, bandwidth and per-message CPU time of `backend` between two Ray actors of this node."""
+    import ray
+
+    actors = [ray.remote(num_cpus=1)(PingPong).remote(r) for r in range(2)]
+    try:
+        port = ray.get(actors[0].open_rendezvous.remote("127.0.0.1"))
+        ray.get([a.connect.remote("127.0.0.1", port, backend) for a in actors])
+        small = ray.get([a.run.remote(SMALL) for a in actors])[0]
+        large = ray.get([a.run.remote(LARGE) for a in actors])[0]
+    finally:
+        for a in actors:
+            ray.kill(a)
+    bandwidth = (LARGE - SMALL) / max(large - small, 1e-9)
+    # A one-way trip of a small message is the sender's and the receiver's software time plus the wake-up.
+    return {"latency_s": small, "bandwidth": bandwidth, "host": True, "per_message_s": small / 2}

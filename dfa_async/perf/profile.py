@@ -1,0 +1,87 @@
+"""Per-block costs for the scaling simulator, measured in one process with the workers' thread count:
+for DFA each block's forward and update (optimizer included) at the minibatch; for backprop each block's
+forward and backward at the microbatch and at the minibatch, and its optimizer step; the bytes of each
+block's output and parameters. Written by the bench as `profile.json`."""
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+
+from .. import optim
+from ..stage import Plan, Stage
+
+REPEATS = 5  # timed repetitions per cost (their median), after one warm-up
+
+
+def _median(fn, repeats: int = REPEATS) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def block_profile(plan: Plan, microbatches=(), workers: int = 1) -> list[dict]:
+    """One record per block; `bp` maps a row count (the minibatch, each microbatch size, the ddp share)
+    to [forward s, backward s]."""
+    cfg = plan.cfg
+    batch = cfg.train.batch_size
+    rows_list = sorted({batch, batch // max(workers, 1)} | {batch // m for m in microbatches} - {0})
+    g = torch.Generator().manual_seed(0)
+    shapes = [plan.in_shape] + plan.out_shapes
+    e = torch.randn(batch, plan.classes, generator=g) / batch
+    y = torch.randint(0, plan.classes, (batch,), generator=g)
+    net = plan.build()
+    out = []
+    for k in range(plan.num_blocks):
+        x = torch.randn(batch, *shapes[k], generator=g)
+        stage, t = Stage(plan, [k]), [0]
+        head = k == plan.num_blocks - 1
+
+        def dfa_forward():
+            t[0] += 1
+            stage.forward(t[0], x, y)
+
+        def dfa_update():
+            stage.forward(t[0] + 1, x, y)
+            t0 = time.perf_counter()
+            stage.update(t[0] + 1, e)
+            t[0] += 1
+            return time.perf_counter() - t0
+
+        dfa_update()
+        upd = sorted(dfa_update() for _ in range(REPEATS))[REPEATS // 2]
+        block = net[k]
+        opt = optim.make(list(block.parameters()), cfg.optim)
+
+        def bp(rows: int) -> tuple[float, float]:
+            xin = x[:rows].clone().requires_grad_(k > 0)  # the first block needs no input gradient
+            def fwd():
+                return block(xin)
+            def bwd():
+                o = block(xin)
+                loss = F.cross_entropy(o, y[:rows]) if head else None
+                t0 = time.perf_counter()
+                if head:
+                    loss.backward()
+                else:
+                    o.backward(torch.ones_like(o))
+                return time.perf_counter() - t0
+            bwd()
+            return _median(fwd), sorted(bwd() for _ in range(REPEATS))[REPEATS // 2]
+
+        for p in block.parameters():
+            p.grad = torch.zeros_like(p)
+        params = list(block.parameters())
+        opt_s = _median(opt.step) if params else 0.0
+        out.append({
+            "block": k, "dfa_forward_s": _median(dfa_forward), "dfa_update_s": upd,
+            "bp": {str(r): list(bp(r)) for r in rows_list},
+            "optimizer_s": opt_s, "out_bytes": 4 * batch * math.prod(shapes[k + 1]),
+            "param_bytes": 4 * sum(p.numel() for p in params)})
+    return out

@@ -1,0 +1,44 @@
+"""Links between workers: latency (s), bandwidth (bytes/s), and whether the workers' own cores move the
+bytes (`host`: shared memory or TCP between processes on CPUs, where a transfer also keeps the sender and
+the receiver busy) or a DMA engine / NIC does (GPUs). Presets are nominal figures of the hardware, per
+direction; "measured" comes from the bench's ping-pong on this machine."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class Link:
+    latency_s: float
+    bandwidth: float
+    host: bool = False
+    per_message_s: float = 0.0  # CPU time a worker spends per message it sends or receives (software)
+
+
+PRESETS = {
+    # NVLink 4 (H100 SXM): ~450 GB/s per direction; NCCL point-to-point latency ~10 us.
+    "nvlink": Link(10e-6, 450e9),
+    # PCIe 5.0 x16: ~64 GB/s nominal, ~50 GB/s achieved; ~15 us.
+    "pcie": Link(15e-6, 50e9),
+    # 100 Gb Ethernet between nodes: 12.5 GB/s nominal, ~11 GB/s achieved; ~30 us with TCP/RoCE.
+    "ethernet-100g": Link(30e-6, 11e9),
+}
+
+
+def get(name: str, measured: dict | None = None) -> Link:
+    if name == "measured":
+        if not measured:
+            raise ValueError("--link: measured needs a profile written by `dfa-async bench` (it holds the "
+                             "ping-pong of this machine)")
+        return Link(**measured)
+    if name not in PRESETS:
+        raise ValueError(f"--link: {name!r}; choose one of {', '.join([*PRESETS, 'measured'])}")
+    return PRESETS[name]
+
+
+def transfer_s(link: Link, nbytes: float) -> float:
+    return link.latency_s + nbytes / link.bandwidth
+
+
+def as_dict(link: Link) -> dict:
+    return asdict(link)

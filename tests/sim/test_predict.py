@@ -1,0 +1,75 @@
+"""The simulator against schedules worked out by hand (closed forms), and against a real bench run."""
+import math
+
+import pytest
+
+from dfa_async import cli, sim
+from dfa_async.perf import bench
+from dfa_async.sim import engine, predict
+from dfa_async.sim.links import Link
+
+FREE = Link(0.0, math.inf)  # no latency, infinite bandwidth, no CPU per message
+
+
+def test_engine_table_and_deadlock():
+    a = [engine.Op("a1", 1.0), engine.Op("a2", 2.0, [("b1", 0.5)])]
+    b = [engine.Op("b1", 3.0, [("a1", 0.0)])]
+    assert engine.finish_times([a, b]) == {"a1": 1.0, "b1": 4.0, "a2": 6.5}
+    with pytest.raises(ValueError, match="deadlock"):
+        engine.finish_times([[engine.Op("x", 1, [("y", 0)])], [engine.Op("y", 1, [("x", 0)])]])
+
+
+def block(f=0.0, u=0.0, bp=None, opt=0.0, out=0, params=0):
+    return {"dfa_forward_s": f, "dfa_update_s": u, "bp": bp or {}, "optimizer_s": opt, "out_bytes": out,
+            "param_bytes": params}
+
+
+def test_dfa_depth_1_waits_for_the_error_and_deeper_pipelines_run_at_the_slowest_stage():
+    blocks = [block(1, 3), block(2, 1)]
+    # D = 1: F0, then F1, then U0 (needs e from F1) before the next F0: period f0 + f1 + u0 = 6.
+    assert predict.dfa(blocks, [1, 1], 60, 10, FREE, 1) == pytest.approx(60 / 6)
+    # D >= 2: every stage busy; the slowest stage (4 s of forward + update) sets the period.
+    assert predict.dfa(blocks, [1, 1], 60, 10, FREE, 3) == pytest.approx(60 / 4)
+    # A transfer of the activation and of the error adds to D = 1's period: 2 x 0.5 s.
+    slow = Link(0.5, math.inf)
+    assert predict.dfa(blocks, [1, 1], 60, 10, slow, 1) == pytest.approx(60 / 7)
+
+
+def test_gpipe_and_1f1b_closed_forms():
+    n, m, F, B = 3, 4, 1.0, 2.0
+    blocks = [block(bp={"2": [F, B]}, opt=0.5) for _ in range(n)]
+    # GPipe: (m + n - 1) forward slots, then as many backward slots, then the optimizer on stage 0.
+    assert predict.pipeline("gpipe", blocks, [1] * n, 8, FREE, m) == pytest.approx(8 / ((m + n - 1) * (F + B) + 0.5))
+    # 1F1B has the same bubble as GPipe for one minibatch (it saves memory, not time).
+    assert predict.pipeline("1f1b", blocks, [1] * n, 8, FREE, m) == pytest.approx(8 / ((m + n - 1) * (F + B) + 0.5))
+
+
+def test_ddp_closed_form():
+    blocks = [block(bp={"4": [1.0, 2.0]}, opt=0.5, params=800)]
+    link = Link(0.1, 100.0)
+    # ring all-reduce of 800 bytes on 2 workers: 2 latencies + 800 bytes moved at 100 B/s.
+    assert predict.ddp(blocks, 2, 8, link) == pytest.approx(8 / (1 + 2 + 0.5 + 0.2 + 8))
+
+
+def test_validate_and_scaling_on_a_real_bench(tmp_path, capsys):
+    bench.run(width=16, batch=8, stages=[1, 2], depths=[2], warmup=3, steps=10, out=tmp_path, repeats=1,
+              calls=False, microbatches=[2])
+    rows, table = sim.validate(tmp_path)
+    modes = {(r["workers"], r["mode"]) for r in rows}
+    assert modes == {(1, "dataplane-D2"), (1, "gpipe-M2"), (1, "1f1b-M2"), (1, "ddp"),
+                     (2, "dataplane-D2"), (2, "gpipe-M2"), (2, "1f1b-M2"), (2, "ddp")}
+    assert all(r["predicted"] > 0 and r["measured"] > 0 for r in rows) and "| 2 | dataplane-D2 | shm |" in table
+    capsys.readouterr()
+    assert cli.main(["simulate", str(tmp_path), "--link", "nvlink", "--workers", "1,2,4,8",
+                     "--microbatches", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n| ") == 5 and "| 8 |" in out and "| 4 | " in out
+    assert cli.main(["simulate", str(tmp_path), "--link", "carrier-pigeon"]) == 2
+    assert "--link: 'carrier-pigeon'" in capsys.readouterr().err
+
+
+def test_backprop_costs_between_measured_row_counts_are_linear():
+    b = block(bp={"8": [1.0, 2.0], "32": [4.0, 5.0]})
+    assert predict.bp_cost(b, 8) == (1.0, 2.0)
+    assert predict.bp_cost(b, 16) == pytest.approx((2.0, 3.0))
+    assert predict.bp_cost(block(bp={"8": [1.0, 2.0]}), 4) == pytest.approx((0.5, 1.0))

@@ -1,0 +1,69 @@
+"""Stage balancing: the split is the best contiguous one (checked against brute force), and "auto"
+separates the heavy blocks of a deliberately unbalanced model."""
+import itertools
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from dfa_async import balance, config
+from dfa_async.stage import Plan
+
+from conftest import small_config
+
+
+def brute_force(costs, n):
+    best = None
+    for cuts in itertools.combinations(range(1, len(costs)), n - 1):
+        bounds = (0, *cuts, len(costs))
+        worst = max(sum(costs[a:b]) for a, b in zip(bounds, bounds[1:]))
+        if best is None or worst < best:
+            best = worst
+    return best
+
+
+@pytest.mark.parametrize("costs,n,want", [
+    ([1, 1, 1, 1], 2, [2, 2]),
+    ([9, 1, 1, 1], 2, [1, 3]),
+    ([1, 1, 1, 9], 2, [3, 1]),
+    ([5, 1, 1, 1, 1, 1], 2, [1, 5]),
+    ([4, 1, 1, 1, 1, 4], 3, [1, 4, 1]),
+    ([3, 3, 3], 3, [1, 1, 1]),
+    ([2, 7, 1], 1, [3]),
+])
+def test_split_table(costs, n, want):
+    assert balance.split(costs, n) == want
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(0.01, 100), min_size=1, max_size=8), st.integers(1, 8))
+def test_split_is_as_good_as_brute_force(costs, n):
+    n = min(n, len(costs))
+    sizes = balance.split(costs, n)
+    assert len(sizes) == n and all(s >= 1 for s in sizes) and sum(sizes) == len(costs)
+    bounds = [0]
+    for s in sizes:
+        bounds.append(bounds[-1] + s)
+    worst = max(sum(costs[a:b]) for a, b in zip(bounds, bounds[1:]))
+    assert worst == pytest.approx(brute_force(costs, n))
+
+
+def test_auto_separates_the_heavy_blocks_of_an_unbalanced_model():
+    """784-512-512-16-16-16-16-10: block 1 (784x512) alone costs more than everything after it, and
+    blocks 1 and 2 together far more; one block per stage in order would be [3, 4]."""
+    cfg = small_config(model={"widths": [512, 512, 16, 16, 16, 16]}, data={"shape": [1, 28, 28]},
+                       train={"batch_size": 64}, runtime={"stages": "auto", "num_stages": 2})
+    plan = Plan(cfg, (1, 28, 28), 10, 10, 10)
+    assert plan.partition() == [[0], [1, 2, 3, 4, 5, 6]]
+    costs = plan.block_costs
+    assert len(costs) == 7 and costs[0] > costs[2] and costs[1] > costs[3]
+
+
+def test_auto_in_settings_and_its_errors():
+    cfg = config.load(None, ["runtime.stages=auto", "runtime.num_stages=2"])
+    assert cfg.runtime.stages == "auto"
+    with pytest.raises(config.ConfigError, match="runtime.stages: expected a list of integers .* or 'auto'"):
+        config.load(None, ["runtime.stages=best"])
+    with pytest.raises(config.ConfigError, match="runtime.num_stages: only used with runtime.stages"):
+        config.load(None, ["runtime.num_stages=2"])
+    with pytest.raises(config.ConfigError, match="runtime.num_stages: 9 stages for a model of 3 blocks"):
+        config.load(None, ["runtime.stages=auto", "runtime.num_stages=9"])
