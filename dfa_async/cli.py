@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     be.add_argument("--microbatches", default="2,4", help="microbatches per minibatch for gpipe and 1f1b, "
                     "comma-separated (each is measured)")
     be.add_argument("--no-baselines", action="store_true", help="skip gpipe, 1f1b and ddp")
+    be.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where every worker computes")
+    be.add_argument("--gpus-per-stage", type=float, default=1.0, help="with --device cuda: share of a GPU per "
+                    "stage (0.5: two stages per GPU)")
     be.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     be.add_argument("--depths", default="1,2,3", help="pipeline depths D to measure, comma-separated")
     be.add_argument("--repeats", type=int, default=2, help="rounds over every mode; each reports its best")
@@ -105,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             bench.run(args.width, args.batch, args.threads, stages, depths, args.warmup, args.steps,
                       args.out, args.transport, args.repeats, calls=not args.no_calls,
                       baselines=not args.no_baselines, microbatches=ints("--microbatches", args.microbatches),
-                      fixed_blocks=args.fixed_blocks or None)
+                      fixed_blocks=args.fixed_blocks or None, device=args.device,
+                      gpus_per_stage=args.gpus_per_stage)
         except (ValueError, ConfigError, DataError) as err:
             print(f"dfa-async: error: {err}", file=sys.stderr)
             return 2

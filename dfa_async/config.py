@@ -132,8 +132,11 @@ class RuntimeConfig:
     peer_timeout_s: float = _opt(120.0, "Seconds a stage waits for a tensor from its peers before it reports "
                                  "them lost (a peer whose process dies is noticed at once; this catches a node "
                                  "that vanished without closing its connections).", lo=0.0, lo_open=True)
-    device: str = _opt("auto", "`auto` uses one GPU per stage where GPUs exist, else the CPU.",
-                       ("auto", "cpu", "cuda"))
+    device: str = _opt("auto", "`auto` uses GPUs where the cluster has runtime.gpus_per_stage of a GPU for every "
+                       "stage, else the CPU; `cuda` requires them.", ("auto", "cpu", "cuda"))
+    gpus_per_stage: float = _opt(1.0, "Share of a GPU each stage actor asks Ray for: 1 is a GPU per stage; "
+                                 "0.5 or 0.25 put 2 or 4 stages on one GPU (they then exchange tensors through host "
+                                 "memory, since nccl needs a GPU per rank).", lo=0.0, hi=1.0, lo_open=True)
     max_failures: int = _opt(3, "Stage failures survived (restart from the last checkpoint) before "
                              "the run stops.", lo=0)
 
@@ -343,6 +346,12 @@ def validate(cfg: Config, own_model: bool = False) -> None:
             if side < 1:
                 raise ConfigError(f"data.shape: {d.shape} is too small for {len(m.channels)} conv blocks "
                                   "with max-pool 3/2; use larger images or fewer model.channels")
+    if rt.gpus_per_stage < 1 and rt.device == "cpu":
+        raise ConfigError(f"runtime.gpus_per_stage: {rt.gpus_per_stage} needs runtime.device = cuda or auto; "
+                          "leave it at 1 on CPUs")
+    if rt.gpus_per_stage < 1 and rt.transport == "nccl":
+        raise ConfigError(f"runtime.transport: nccl needs a GPU per stage; with runtime.gpus_per_stage = "
+                          f"{rt.gpus_per_stage} use shm, gloo or auto")
     if rt.transport == "nccl" and rt.device == "cpu":
         raise ConfigError("runtime.transport: nccl moves CUDA tensors; with runtime.device = cpu use "
                           "shm, gloo or auto")

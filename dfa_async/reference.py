@@ -4,6 +4,8 @@ next op, with the minibatches the distributed stages read for themselves. The Ra
 with its weights."""
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -12,10 +14,11 @@ from .stage import Plan, Stage, Window, assemble
 
 
 class LocalPipeline:
-    def __init__(self, plan: Plan, partition: list[list[int]] | None = None, ds: data.Dataset | None = None):
+    def __init__(self, plan: Plan, partition: list[list[int]] | None = None, ds: data.Dataset | None = None,
+                 device: str = "cpu"):
         torch.set_num_threads(plan.cfg.runtime.threads)
-        self.plan, self.ds = plan, ds
-        self.stages = [Stage(plan, ids) for ids in (partition or [list(range(plan.num_blocks))])]
+        self.plan, self.ds, self.device = plan, ds, torch.device(device)
+        self.stages = [Stage(plan, ids, device=self.device) for ids in (partition or [list(range(plan.num_blocks))])]
         self.errors: dict[int, torch.Tensor] = {}
         self.staleness: dict[int, int] = {}
         if ds is not None:
@@ -40,7 +43,8 @@ class LocalPipeline:
         for kind, t in schedule.ops(start, stop, self.plan.cfg.runtime.depth, self.plan.marks):
             if kind == "forward":
                 idx = self.batches.indices(t)
-                losses.append(self.forward(t, self.ds.x_train.index_select(0, idx), self.ds.y_train.index_select(0, idx)))
+                losses.append(self.forward(t, self.ds.x_train.index_select(0, idx).to(self.device),
+                                           self.ds.y_train.index_select(0, idx).to(self.device)))
             elif kind == "update":
                 self.update(t)
         return Window(start, stop, torch.stack(losses).tolist(), [s.take_timeline() for s in self.stages])
@@ -53,10 +57,10 @@ class LocalPipeline:
         x, y, bs = self.ds.x_test, self.ds.y_test, self.plan.cfg.train.eval_batch_size
         correct, total = 0, 0.0
         for a in range(0, len(x), bs):
-            h = x[a:a + bs]
+            h = x[a:a + bs].to(self.device)
             for stage in self.stages[:-1]:
                 h = stage.evaluate(h)
-            c, s = self.stages[-1].evaluate(h, y[a:a + bs])
+            c, s = self.stages[-1].evaluate(h, y[a:a + bs].to(self.device))
             correct, total = correct + int(c), total + float(s)
         return correct / len(x), total / len(x)
 
@@ -73,7 +77,8 @@ class LocalPipeline:
         self.errors.clear()
 
     def model(self) -> nn.Sequential:
-        return assemble([stage.modules() for stage in self.stages])
+        net = assemble([stage.modules() for stage in self.stages])
+        return copy.deepcopy(net).cpu() if self.device.type != "cpu" else net
 
     def close(self) -> None:
         pass

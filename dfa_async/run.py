@@ -62,7 +62,11 @@ def make_pipeline(plan: Plan, ds: data.Dataset):
         return RayPipeline(plan, ds)
     from .reference import LocalPipeline
 
-    return LocalPipeline(plan, plan.partition(), ds)
+    # The reference runs on a GPU only when asked to (runtime.device = cuda): it is the oracle.
+    device = plan.cfg.runtime.device
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("runtime.device: cuda, but this process sees no GPU; use cpu or auto")
+    return LocalPipeline(plan, plan.partition(), ds, "cuda" if device == "cuda" else "cpu")
 
 
 WINDOW_S = 1.0  # automatic windows (runtime.window = 0) hold about this much work

@@ -35,6 +35,9 @@ class BackpropGroup:
         self.kind, self.n = kind, n
         cfg = plan.cfg
         self.device = "cuda" if cfg.runtime.device == "cuda" else "cpu"
+        if self.device == "cuda" and cfg.runtime.gpus_per_stage < 1:
+            raise ValueError("runtime.gpus_per_stage: the backprop baselines use nccl, which needs a GPU per worker; "
+                             "set it to 1")
         bundle = {"CPU": 1, "GPU": 1} if self.device == "cuda" else {"CPU": 1}
         self.placement = Placement(n, bundle, cfg.runtime.placement)
         self.actors = []

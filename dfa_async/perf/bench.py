@@ -54,7 +54,7 @@ def split(blocks: int, stages: int) -> list[int]:
 
 
 def bench_config(width: int, batch: int, threads: int, stages: int, steps: int,
-                 blocks: int | None = None) -> config_mod.Config:
+                 blocks: int | None = None, device: str = "cpu", gpus_per_stage: float = 1.0) -> config_mod.Config:
     """`stages` balanced stages of `blocks` (default: one per stage) width x width tanh blocks, the head
     with the last, SGD with momentum; one epoch of `steps` minibatches."""
     side = int(round(max(width, 0) ** 0.5))
@@ -67,13 +67,15 @@ def bench_config(width: int, batch: int, threads: int, stages: int, steps: int,
         "data": {"name": "synthetic", "shape": [1, side, side], "n_train": batch * steps, "n_test": batch},
         "optim": {"name": "sgd", "lr": 1e-3, "momentum": 0.9},
         "train": {"batch_size": batch, "epochs": 1},
-        "runtime": {"threads": threads, "stages": split(blocks or stages, stages)},
+        "runtime": {"threads": threads, "stages": split(blocks or stages, stages), "device": device,
+                    "gpus_per_stage": gpus_per_stage},
     })
 
 
-def setup(width: int, batch: int, threads: int, stages: int, warmup: int, steps: int, blocks: int | None = None):
+def setup(width: int, batch: int, threads: int, stages: int, warmup: int, steps: int, blocks: int | None = None,
+          device: str = "cpu", gpus_per_stage: float = 1.0):
     """Config, plan and dataset: warmup + steps minibatches, a drain after the warm-up and at the end."""
-    cfg = bench_config(width, batch, threads, stages, warmup + steps, blocks)
+    cfg = bench_config(width, batch, threads, stages, warmup + steps, blocks, device, gpus_per_stage)
     g = torch.Generator().manual_seed(0)
     shape = (1, *cfg.data.shape[1:])
     n = batch * (warmup + steps)
@@ -114,17 +116,19 @@ def measure_backprop(plan, ds, warmup: int, steps: int, fused: bool, threads: in
     """Steps/s of plain backprop over the same minibatches."""
     cfg = plan.cfg
     torch.set_num_threads(threads)
-    net = plan.build()
+    device = cfg.runtime.device
+    net = plan.build().to(device)
     if fused:
         opt = optim.make(list(net.parameters()), cfg.optim)
     else:
         opt = torch.optim.SGD(net.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum)
     batches = data.Batches(len(ds.x_train), cfg.train.batch_size, cfg.train.seed)
+    x, y = ds.x_train.to(device), ds.y_train.to(device)
 
     def step(t):
-        idx = batches.indices(t)
+        idx = batches.indices(t).to(device)
         opt.zero_grad(set_to_none=True)
-        F.cross_entropy(net(ds.x_train.index_select(0, idx)), ds.y_train.index_select(0, idx)).backward()
+        F.cross_entropy(net(x.index_select(0, idx)), y.index_select(0, idx)).backward()
         opt.step()
 
     for t in range(warmup):
@@ -132,6 +136,7 @@ def measure_backprop(plan, ds, warmup: int, steps: int, fused: bool, threads: in
     t0 = time.perf_counter()
     for t in range(warmup, warmup + steps):
         step(t)
+    sync(device)
     secs = time.perf_counter() - t0
     torch.set_num_threads(cfg.runtime.threads)
     return steps / secs
@@ -141,7 +146,7 @@ def measure_reference(plan, ds, warmup: int, steps: int, threads: int, window: i
     plan.cfg.runtime.depth = 1
 
     def make():
-        pipe = LocalPipeline(plan, None, ds)  # it sets runtime.threads
+        pipe = LocalPipeline(plan, None, ds, plan.cfg.runtime.device)  # it sets runtime.threads
         torch.set_num_threads(threads)
         return pipe
 
@@ -176,16 +181,22 @@ def measure_pipeline(make, warmup: int, steps: int, window: int) -> tuple[float,
     return steps / secs, busy
 
 
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
 class _OwnLoop:
     """One stage's forward + update on its own random data, with no dependency on other stages."""
 
     def __init__(self, plan, ids, in_shape, threads):
         torch.set_num_threads(threads)
-        self.stage = Stage(plan, ids)
+        self.device = plan.cfg.runtime.device
+        self.stage = Stage(plan, ids, device=self.device)
         g = torch.Generator().manual_seed(ids[0])
-        self.x = torch.randn(plan.cfg.train.batch_size, *in_shape, generator=g)
-        self.y = torch.randint(0, plan.classes, (len(self.x),), generator=g)
-        self.e = torch.randn(len(self.x), plan.classes, generator=g) / len(self.x)
+        self.x = torch.randn(plan.cfg.train.batch_size, *in_shape, generator=g).to(self.device)
+        self.y = torch.randint(0, plan.classes, (len(self.x),), generator=g).to(self.device)
+        self.e = (torch.randn(len(self.x), plan.classes, generator=g) / len(self.x)).to(self.device)
         self.t = 0
 
     def steps(self, n: int) -> float:
@@ -194,6 +205,7 @@ class _OwnLoop:
             self.stage.forward(self.t, self.x, self.y)
             self.stage.update(self.t, self.e)
             self.t += 1
+        sync(self.device)
         return time.perf_counter() - t0
 
 
@@ -203,7 +215,8 @@ def measure_ceiling(plan, warmup: int, steps: int) -> float:
     import ray
 
     shapes = [plan.in_shape] + plan.out_shapes
-    cls = ray.remote(num_cpus=1)(_OwnLoop)
+    rt = plan.cfg.runtime
+    cls = ray.remote(num_cpus=1, num_gpus=rt.gpus_per_stage if rt.device == "cuda" else 0)(_OwnLoop)
     loops = [cls.remote(plan, ids, shapes[ids[0]], plan.cfg.runtime.threads) for ids in plan.partition()]
     try:
         ray.get([lp.steps.remote(warmup) for lp in loops])
@@ -216,14 +229,14 @@ def measure_ceiling(plan, warmup: int, steps: int) -> float:
 
 def measure(width: int, batch: int, threads: int, stages: int, depths, warmup: int, steps: int,
             transport: str, repeats: int, calls: bool, baselines: bool, microbatches: list[int],
-            blocks: int | None = None) -> tuple[list[dict], dict]:
+            blocks: int | None = None, device: str = "cpu", gpus_per_stage: float = 1.0):
     """Every mode on N = `stages` workers, side by side in rounds; records and meta for this N."""
     import ray
 
     from ..runtime import RayPipeline
     from .calls import CallsPipeline
 
-    cfg, plan, ds = setup(width, batch, threads, stages, warmup, steps, blocks)
+    cfg, plan, ds = setup(width, batch, threads, stages, warmup, steps, blocks, device, gpus_per_stage)
     cfg.runtime.transport = transport
     window = cfg.runtime.window
 
@@ -281,30 +294,38 @@ def measure(width: int, batch: int, threads: int, stages: int, depths, warmup: i
         r["efficiency"] = r["speedup"] / stages
         if "-D" in r["mode"]:  # what the transfers and the waiting add to a step, beyond the stages' compute
             r["overhead_ms_per_step"] = r["ms_per_step"] - 1e3 / ceiling
-    # For the simulator: per-block costs, measured alone, and how much slower N stages compute at once.
-    blocks = block_profile(plan, microbatches, stages)
-    alone = max(sum(blocks[k]["dfa_forward_s"] + blocks[k]["dfa_update_s"] for k in ids) for ids in plan.partition())
-    profile = {"blocks": blocks, "partition": plan.stage_sizes, "slowdown": (1 / ceiling) / alone,
-               "transport": "shm" if transport in ("auto", "shm") and shm.available() and stages > 1 else "gloo"}
     meta = {"width": width, "batch": batch, "threads": threads, "stages": stages, "blocks": plan.num_blocks,
+            "device": device, "gpus_per_stage": gpus_per_stage,
             "partition": cfg.runtime.stages, "steps": steps, "warmup": warmup, "repeats": repeats,
             "window": window, "transport": transport, "microbatches": microbatches,
             # Time of a single-process DFA step over a backprop step of the same model and batch.
             "dfa_step_over_backprop_step": bp / base,
             "dfa_step_over_plain_backprop_step": by["pytorch-backprop"]["steps_per_s"] / base}
+    if device != "cpu":  # the simulator's profile is of CPU workers
+        return records, meta, None
+    # For the simulator: per-block costs, measured alone, and how much slower N stages compute at once.
+    blocks = block_profile(plan, microbatches, stages)
+    alone = max(sum(blocks[k]["dfa_forward_s"] + blocks[k]["dfa_update_s"] for k in ids) for ids in plan.partition())
+    profile = {"blocks": blocks, "partition": plan.stage_sizes, "slowdown": (1 / ceiling) / alone,
+               "transport": "shm" if transport in ("auto", "shm") and shm.available() and stages > 1 else "gloo"}
     return records, meta, profile
 
 
 def run(width: int = 4096, batch: int = 256, threads: int = 1, stages=(2,), depths=(1, 2, 3),
         warmup: int = 5, steps: int = 30, out: Path | None = None, transport: str = "auto",
         repeats: int = 2, calls: bool = True, baselines: bool = True, microbatches=(2, 4),
-        fixed_blocks: int | None = None) -> list[dict]:
+        fixed_blocks: int | None = None, device: str = "cpu", gpus_per_stage: float = 1.0) -> list[dict]:
     """The bench over every N in `stages`; all records (each with its `workers` = N)."""
     import ray
 
     stages = [stages] if isinstance(stages, int) else list(stages)
     for n in stages:  # every setting checked before anything runs
-        bench_config(width, batch, threads, n, warmup + steps, fixed_blocks)
+        bench_config(width, batch, threads, n, warmup + steps, fixed_blocks, device, gpus_per_stage)
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device: cuda, but this process sees no GPU; use cpu")
+    if device == "cuda":
+        calls = False  # the per-op Ray-call baseline runs on CPUs only
+        baselines = baselines and gpus_per_stage == 1  # torch's pipelines and DDP use nccl: a GPU per worker
     if not depths or min(depths) < 1:
         raise ValueError(f"--depths: {depths}; give pipeline depths >= 1, e.g. 1,2,3")
     if repeats < 1 or warmup < 1:
@@ -319,14 +340,18 @@ def run(width: int = 4096, batch: int = 256, threads: int = 1, stages=(2,), dept
     if started:
         ray.init(address="local", num_cpus=max(stages), include_dashboard=False, log_to_driver=False,
                  configure_logging=False)
+    if device == "cuda" and baselines and ray.cluster_resources().get("GPU", 0) < max(stages):
+        print("gpipe, 1f1b and ddp skipped: they need a GPU per worker", flush=True)
+        baselines = False
     records, metas, profiles = [], {}, {}
     try:
         for n in stages:
             recs, meta, prof = measure(width, batch, threads, n, depths, warmup, steps, transport, repeats, calls,
-                                       baselines, microbatches, fixed_blocks)
+                                       baselines, microbatches, fixed_blocks, device, gpus_per_stage)
             records += recs
             metas[n], profiles[n] = meta, prof
-        wires = {w: link.measure(w) for w in ("shm", "gloo") if w == "gloo" or shm.available()}
+        wires = {w: link.measure(w) for w in ("shm", "gloo") if w == "gloo" or shm.available()} \
+            if device == "cpu" else {}
     finally:
         if started:
             ray.shutdown()
@@ -340,9 +365,10 @@ def run(width: int = 4096, batch: int = 256, threads: int = 1, stages=(2,), dept
         out.mkdir(parents=True, exist_ok=True)
         (out / "bench.json").write_text(json.dumps({"meta": meta, "records": records}, indent=2))
         (out / "bench.md").write_text(table + "\n")
-        (out / "profile.json").write_text(json.dumps({
-            "batch": batch, "classes": 10, "threads": threads, "cpus": os.cpu_count(), "cpu": meta["cpu"],
-            "fixed_blocks": fixed_blocks, "links": wires, "per_workers": profiles}, indent=1))
+        if device == "cpu":
+            (out / "profile.json").write_text(json.dumps({
+                "batch": batch, "classes": 10, "threads": threads, "cpus": os.cpu_count(), "cpu": meta["cpu"],
+                "fixed_blocks": fixed_blocks, "links": wires, "per_workers": profiles}, indent=1))
         if len(stages) > 1:
             plot(records, meta, out / "scaling.png")
     return records
@@ -350,8 +376,11 @@ def run(width: int = 4096, batch: int = 256, threads: int = 1, stages=(2,), dept
 
 def plot(records: list[dict], meta: dict, path: Path) -> None:
     """Samples/s against N, one line per mode (modes measured at more than one N)."""
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:  # e.g. a bare GPU image running examples/device_check.sh: the JSON has it all
+        print(f"{path.name} not drawn: matplotlib is not installed", flush=True)
+        return
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

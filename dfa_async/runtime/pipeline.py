@@ -42,16 +42,18 @@ class RayPipeline:
 
     def _setup(self, ds) -> None:
         cfg, n = self.cfg, len(self.partition)
-        gpus = ray.cluster_resources().get("GPU", 0)
-        use_gpu = cfg.runtime.device == "cuda" or (cfg.runtime.device == "auto" and gpus >= n)
-        if cfg.runtime.device == "cuda" and gpus < n:
-            raise ConfigError(f"runtime.device: cuda needs one GPU per stage ({n}); the cluster has {gpus:g}. "
-                              "Use runtime.device = cpu or fewer runtime.stages")
+        gpus, share = ray.cluster_resources().get("GPU", 0), cfg.runtime.gpus_per_stage
+        use_gpu = cfg.runtime.device == "cuda" or (cfg.runtime.device == "auto" and gpus >= n * share)
+        if cfg.runtime.device == "cuda" and gpus < n * share:
+            raise ConfigError(f"runtime.device: cuda needs {share:g} GPU per stage ({n} stages: {n * share:g}); the "
+                              f"cluster has {gpus:g}. Use runtime.gpus_per_stage = {max(gpus, 1) / n:g} to share, "
+                              "runtime.device = cpu, or fewer runtime.stages")
         if cfg.runtime.transport == "nccl" and not use_gpu:
             raise ConfigError("runtime.transport: nccl needs a GPU per stage; use shm, gloo or auto")
         self.device = "cuda" if use_gpu else "cpu"
         self.transport = cfg.runtime.transport
-        self.bundle = {"GPU": 1, "CPU": 1} if use_gpu else {"CPU": 1}
+        self.own_gpu = use_gpu and share == 1  # nccl needs a GPU per rank
+        self.bundle = {"GPU": share, "CPU": 1} if use_gpu else {"CPU": 1}
         # Into the object store once per run; the first stage reads the inputs, the head the labels.
         arrays = {k: getattr(ds, k).numpy() for k in ("x_train", "y_train", "x_test", "y_test")}
         self.data = {k: ray.put(v) for k, v in arrays.items()}
@@ -77,7 +79,7 @@ class RayPipeline:
             one_node = len(set(ips)) == 1
             self.backend = self.transport
             if self.transport == "auto":
-                self.backend = "nccl" if self.device == "cuda" else "shm" if one_node and shm.available() else "gloo"
+                self.backend = "nccl" if self.own_gpu else "shm" if one_node and shm.available() else "gloo"
             if self.backend == "shm" and not one_node:
                 raise ConfigError(f"runtime.transport: shm needs every stage on one node; the stages are on "
                                   f"{len(set(ips))} nodes. Use gloo or auto")

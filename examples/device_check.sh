@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Everything GPU-related in one call (under 8 minutes on one NVIDIA GPU and 16 cores, offline):
+#   1. the equivalence test on the device: the Ray trainer's final weights against the single-process
+#      reference, D = 1 and 3 (two stages sharing the one GPU: runtime.gpus_per_stage = 0.5, tensors
+#      staged through host memory over shm, since nccl needs a GPU per rank);
+#   2. the bench with N = 1, 2, 4, 8 CPU stages (every mode, baselines included);
+#   3. the bench with 2 and 4 stages sharing the GPU (gpus_per_stage 0.5 and 0.25).
+# JSON and Markdown land in OUT (default device-check/), at most two folders down.
+#
+# Usage, from the project root:  examples/device_check.sh [OUT]
+#   DEVICE=cpu  stands the CPU in for the GPU (what CI runs, with QUICK=1: tiny sizes)
+#   WHEELS=DIR  wheels to install where Ray is missing (default .whl). Build them here with
+#               ../shared/tools/device-wheels.sh .whl, then add the package's own needs:
+#               pip download -d .whl --no-deps --only-binary=:all: --python-version 3.12 \
+#                 --platform manylinux2014_x86_64 msgpack tqdm prometheus-client
+set -euo pipefail
+out=${1:-device-check}
+device=${DEVICE:-cuda}
+py=${PYTHON:-python3}
+mkdir -p "$out"
+if ! "$py" -c "import ray, msgpack" 2>/dev/null; then
+  site=$(mktemp -d)
+  "$py" -m pip install -q --no-index --no-deps --no-compile --target "$site" "${WHEELS:-.whl}"/*.whl
+  export PYTHONPATH="$site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+else
+  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fi
+"$py" - <<'PY' | tee "$out/machine.txt"
+import os, platform, torch, ray
+print("python", platform.python_version(), "torch", torch.__version__, "ray", ray.__version__, "cpus", os.cpu_count())
+print("cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
+PY
+
+share2=0.5 share4=0.25
+if [ "$device" = cpu ]; then share2=1 share4=1; fi
+if [ -n "${QUICK:-}" ]; then
+  cpu=(--width 16 --batch 8 --stages 1,2 --depths 1,3 --steps 20 --warmup 3 --repeats 1 --microbatches 2)
+  gpu=(--width 16 --batch 8 --depths 3 --steps 20 --warmup 3 --repeats 1 --no-baselines)
+else
+  cpu=(--width 1024 --batch 256 --stages 1,2,4,8 --depths 1,3 --steps 60 --warmup 10 --repeats 1 --microbatches 8)
+  gpu=(--width 4096 --batch 1024 --depths 1,3 --steps 200 --warmup 20 --repeats 2 --no-baselines)
+fi
+
+echo "== 1. equivalence on $device"
+DFA_ASYNC_TEST_DEVICE=$device DFA_ASYNC_TEST_GPUS_PER_STAGE=$share2 \
+  "$py" -m pytest -q -p no:cacheprovider tests/runtime/test_device.py 2>&1 | tee "$out/equivalence.txt"
+echo "== 2. bench, CPU stages"
+"$py" -m dfa_async.cli bench "${cpu[@]}" --no-calls --out "$out/cpu"
+echo "== 3. bench, stages sharing the $device"
+"$py" -m dfa_async.cli bench "${gpu[@]}" --stages 2 --device "$device" --gpus-per-stage "$share2" --out "$out/share2"
+"$py" -m dfa_async.cli bench "${gpu[@]}" --stages 4 --device "$device" --gpus-per-stage "$share4" --out "$out/share4"
+echo "device check passed; results in $out"
