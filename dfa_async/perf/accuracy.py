@@ -135,8 +135,9 @@ def run(cfg: config_mod.Config, target: float, depths=(1, 2), eval_every: int = 
     for d in depths:
         modes[f"dataplane-D{d}"] = lambda d=d: _Windows(RayPipeline(plan_at(d), ds))
     if baselines:
-        for kind in ("gpipe", "1f1b", "ddp"):
-            modes[kind] = lambda kind=kind: BackpropGroup(kind, plan_at(1), ds, microbatches, workers=n)
+        for kind in ("gpipe", "1f1b"):
+            modes[f"{kind}-M{microbatches}"] = lambda kind=kind: BackpropGroup(kind, plan_at(1), ds, microbatches)
+        modes["ddp"] = lambda: BackpropGroup("ddp", plan_at(1), ds, 1, workers=n)
     started = not ray.is_initialized()
     if started:
         ray.init(address="local", num_cpus=n, include_dashboard=False, log_to_driver=False, configure_logging=False)

@@ -1,6 +1,6 @@
 """The link between two workers of this machine, measured: a ping-pong of a small and of a large message
 between two processes over a data-plane backend (`shm`: the stages' rings; `gloo`: what the backprop
-baselines use). One-way time of the small message is the latency; the large one's extra time gives the
+baselines use), and for gloo the rate of a 16 MB all-reduce (what DDP does with the gradients). One-way time of the small message is the latency; the large one's extra time gives the
 bandwidth. Between processes on CPUs both ends' cores move the bytes (`host` links)."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 
 from ..runtime.plane import Rendezvous, process_group
 
-SMALL, LARGE = 64, 4 << 20
+SMALL, LARGE, REDUCE = 64, 4 << 20, 16 << 20
 REPEATS = 30
 
 
@@ -31,6 +31,18 @@ class PingPong:
             host, port, 2, is_master=False, timeout=timedelta(seconds=60))
         self.pg = process_group(backend, dist.PrefixStore(backend, store), self.rank, 2, host, 60,
                                 torch.device("cpu"), ring_bytes=2 * LARGE + 4096)
+
+    def allreduce(self, nbytes: int, repeats: int = 5) -> float:
+        """Seconds of one all-reduce (sum) of nbytes between the two ranks."""
+        import torch.distributed as dist
+
+        buf = torch.ones(nbytes // 4)
+        opts = dist.AllreduceOptions()
+        for i in range(repeats + 1):
+            if i == 1:
+                t0 = time.perf_counter()
+            self.pg.allreduce([buf], opts).wait()
+        return (time.perf_counter() - t0) / repeats
 
     def run(self, nbytes: int, repeats: int = REPEATS) -> float:
         """Seconds of one one-way trip (rank 0's measure; both ranks must call it)."""
@@ -58,9 +70,13 @@ def measure(backend: str) -> dict:
         ray.get([a.connect.remote("127.0.0.1", port, backend) for a in actors])
         small = ray.get([a.run.remote(SMALL) for a in actors])[0]
         large = ray.get([a.run.remote(LARGE) for a in actors])[0]
+        reduce_s = ray.get([a.allreduce.remote(REDUCE) for a in actors])[0] if backend == "gloo" else 0.0
     finally:
         for a in actors:
             ray.kill(a)
     bandwidth = (LARGE - SMALL) / max(large - small, 1e-9)
     # A one-way trip of a small message is the sender's and the receiver's software time plus the wake-up.
-    return {"latency_s": small, "bandwidth": bandwidth, "host": True, "per_message_s": small / 2}
+    out = {"latency_s": small, "bandwidth": bandwidth, "host": True, "per_message_s": small / 2}
+    if reduce_s:
+        out["allreduce_rate"] = REDUCE / reduce_s
+    return out

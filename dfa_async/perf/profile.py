@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from .. import optim
 from ..stage import Plan, Stage
 
-REPEATS = 5  # timed repetitions per cost (their median), after one warm-up
+REPEATS = 11  # timed repetitions per cost (their median), after one warm-up
 
 
 def _median(fn, repeats: int = REPEATS) -> float:

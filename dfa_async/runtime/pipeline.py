@@ -62,7 +62,7 @@ class RayPipeline:
 
     def _spawn(self) -> None:
         n = len(self.partition)
-        self.placement = Placement(n, self.bundle, self.cfg.runtime.placement)
+        self.placement = Placement(n, self.bundle, self.cfg.runtime.placement, fixed=self.started_ray)
         self.actors = []
         for i, ids in enumerate(self.partition):
             held = {}

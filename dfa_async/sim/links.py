@@ -13,6 +13,7 @@ class Link:
     bandwidth: float
     host: bool = False
     per_message_s: float = 0.0  # CPU time a worker spends per message it sends or receives (software)
+    allreduce_rate: float = 0.0  # bytes/s of a measured 2-worker all-reduce (0: from bandwidth and latency)
 
 
 PRESETS = {

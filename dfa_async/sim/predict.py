@@ -2,11 +2,13 @@
 and a link: the asynchronous DFA pipeline (the stages' own schedule, depth D), GPipe and 1F1B backprop
 (m microbatches) and DDP.
 
-Each worker's compute is the sum of its blocks' costs times `slowdown`: how much slower a worker computes
-while N workers compute at once on this machine (time-sharing when N exceeds the cores, shared caches
-and memory bandwidth), taken from the bench's ceiling, which is exactly N stages computing alone at
-once. On a `host` link the sender's and the receiver's cores move the bytes, so a transfer also keeps
-both busy; on GPU links a DMA engine does."""
+Each worker's compute is the sum of its blocks' costs (measured alone) times `contention`: how much
+slower a worker computes while others compute at once (shared caches and memory bandwidth), taken from
+the bench's ceiling, which is exactly N stages computing at once. With `cores` fewer than the workers,
+the engine also time-shares the cores among the ops that are running (processor sharing), so a stage
+that waits costs no core. On a `host` link the sender's and the receiver's cores move the bytes, so a
+transfer also keeps both busy; on GPU links a DMA engine does. `per_action_s` is a pipeline library's
+software time per forward or backward action (calibrated on one worker: see sim.validate)."""
 from __future__ import annotations
 
 from .. import schedule
@@ -35,11 +37,11 @@ def _rate(done: dict, key, batch: int) -> float:
 
 
 def dfa(blocks: list[dict], sizes: list[int], batch: int, classes: int, link: Link, depth: int,
-        slowdown: float = 1.0) -> float:
+        contention: float = 1.0, cores: float = float("inf")) -> float:
     st = stages_of(sizes)
     n = len(st)
-    fwd = [slowdown * sum(blocks[k]["dfa_forward_s"] for k in s) for s in st]
-    upd = [slowdown * sum(blocks[k]["dfa_update_s"] for k in s) for s in st]
+    fwd = [contention * sum(blocks[k]["dfa_forward_s"] for k in s) for s in st]
+    upd = [contention * sum(blocks[k]["dfa_update_s"] for k in s) for s in st]
     act = [blocks[s[-1]]["out_bytes"] for s in st]
     err = 4 * batch * classes
     workers = []
@@ -57,7 +59,7 @@ def dfa(blocks: list[dict], sizes: list[int], batch: int, classes: int, link: Li
                 after = [] if head else [(("F", t, n - 1), transfer_s(link, err))]
                 ops.append(Op(("U", t, s), upd[s] + (0 if head else _host(link, err)), after))
         workers.append(ops)
-    done = finish_times(workers)
+    done = finish_times(workers, cores)
     return _rate(done, lambda t: ("F", t, n - 1), batch)  # forwards: the final drain holds no forward
 
 
@@ -74,21 +76,23 @@ def bp_cost(block: dict, rows: int) -> tuple[float, float]:
     return tuple(max(x + (y - x) * (rows - r1) / (r2 - r1), 0.0) for x, y in zip(a, b))
 
 
-def _bp_costs(blocks, st, rows, slowdown):
-    f = [slowdown * sum(bp_cost(blocks[k], rows)[0] for k in s) for s in st]
-    b = [slowdown * sum(bp_cost(blocks[k], rows)[1] for k in s) for s in st]
-    o = [slowdown * sum(blocks[k]["optimizer_s"] for k in s) for s in st]
+def _bp_costs(blocks, st, rows, contention):
+    f = [contention * sum(bp_cost(blocks[k], rows)[0] for k in s) for s in st]
+    b = [contention * sum(bp_cost(blocks[k], rows)[1] for k in s) for s in st]
+    o = [contention * sum(blocks[k]["optimizer_s"] for k in s) for s in st]
     return f, b, o
 
 
 def pipeline(kind: str, blocks: list[dict], sizes: list[int], batch: int, link: Link, microbatches: int,
-             slowdown: float = 1.0) -> float:
+             contention: float = 1.0, cores: float = float("inf"), per_action_s: float = 0.0) -> float:
     """GPipe (every forward, then every backward) or 1F1B (N - s - 1 forwards, then a backward after each
     forward, then the rest of the backwards) with an optimizer step per minibatch on every stage."""
     st = stages_of(sizes)
     n, m = len(st), microbatches
     rows = batch // m
-    f, b, o = _bp_costs(blocks, st, rows, slowdown)
+    f, b, o = _bp_costs(blocks, st, rows, contention)
+    f = [v + per_action_s for v in f]
+    b = [v + per_action_s for v in b]
     act = [blocks[s[-1]]["out_bytes"] * rows / batch for s in st]
     workers = []
     for s in range(n):
@@ -113,20 +117,26 @@ def pipeline(kind: str, blocks: list[dict], sizes: list[int], batch: int, link: 
                 ops.append(Op((op, t, i, s), busy, after))
             ops.append(Op(("O", t, s), o[s]))
         workers.append(ops)
-    done = finish_times(workers)
+    done = finish_times(workers, cores)
     return _rate(done, lambda t: ("O", t, 0), batch)
 
 
-def ddp(blocks: list[dict], workers: int, batch: int, link: Link, slowdown: float = 1.0) -> float:
+def ddp(blocks: list[dict], workers: int, batch: int, link: Link, contention: float = 1.0,
+        cores: float = float("inf"), allreduce_rate: float = 0.0, per_step_s: float = 0.0) -> float:
     """Every worker: forward and backward of the whole model on batch / N samples, a ring all-reduce of
-    the gradients (not overlapped with the backward), the optimizer step."""
+    the gradients (not overlapped with the backward), the optimizer step; all workers alike, so the
+    cores are time-shared when N exceeds them. `allreduce_rate`: bytes/s of a measured 2-worker
+    all-reduce (else the ring's transfers at the link's bandwidth); `per_step_s`: DDP's own software time
+    per step (its bucket hooks; calibrated on one worker)."""
     rows = batch // workers
-    f, b, o = _bp_costs(blocks, [list(range(len(blocks)))], rows, slowdown)
+    f, b, o = _bp_costs(blocks, [list(range(len(blocks)))], rows, contention)
     params = sum(blk["param_bytes"] for blk in blocks)
     reduce_s = 0.0
     if workers > 1:
-        moved = 2 * (workers - 1) / workers * params
-        reduce_s = 2 * (workers - 1) * link.latency_s + moved / link.bandwidth
-        if link.host:  # the cores also add the chunks
-            reduce_s += (workers - 1) / workers * params / link.bandwidth
-    return batch / (f[0] + b[0] + o[0] + reduce_s)
+        ring = 2 * (workers - 1) / workers  # a ring moves this many times the gradients through each worker
+        if allreduce_rate:  # a 2-worker ring moves ring = 1 times the gradients
+            reduce_s = ring * params / allreduce_rate
+        else:
+            reduce_s = 2 * (workers - 1) * link.latency_s + ring * params / link.bandwidth
+    share = max(1.0, workers / cores)
+    return batch / (share * (f[0] + b[0] + o[0] + per_step_s) + (share if link.host else 1.0) * reduce_s)
