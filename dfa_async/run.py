@@ -45,7 +45,20 @@ def step_counts(cfg: Config, n_train: int) -> tuple[int, int]:
     return total, spe
 
 
+def in_ray_job_copy(path: Path) -> bool:
+    """True for a path inside the copy of a working dir that Ray made for a job (deleted with the job)."""
+    parts = Path(path).resolve().parts
+    return "runtime_resources" in parts and any(p.startswith("_ray_pkg_") for p in parts)
+
+
 def prepare_run_dir(cfg: Config, run_dir: str | Path | None) -> Path:
+    if run_dir is None and in_ray_job_copy(Path(cfg.train.root)):
+        raise ConfigError(f"train.root: {cfg.train.root!r} is inside the copy of the working dir that Ray made for "
+                          f"this job ({Path(cfg.train.root).resolve()}), which Ray deletes; give an absolute path on "
+                          "storage every node shares, e.g. --set train.root=/mnt/shared/runs")
+    if run_dir is not None and in_ray_job_copy(Path(run_dir)):
+        raise ConfigError(f"--run-dir {run_dir}: inside the copy of the working dir that Ray made for this job, "
+                          "which Ray deletes; give an absolute path on storage every node shares")
     if run_dir is None:
         name = cfg.train.name or (f"{cfg.data.name}-{cfg.model.kind}-{cfg.feedback.rule}-"
                                   f"{datetime.now().strftime('%Y%m%d-%H%M%S-%f')}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ray
 import torch
 
-from ..runtime.cluster import Placement
+from ..runtime.cluster import Placement, release
 from ..stage import Plan, assemble
 from .worker import KINDS, BackpropWorker
 
@@ -80,9 +80,5 @@ class BackpropGroup:
         return assemble(parts[:1] if self.kind == "ddp" else parts)
 
     def close(self) -> None:
-        for a in self.actors:
-            ray.kill(a, no_restart=True)
-        self.actors = []
-        if self.placement is not None:
-            self.placement.remove()
-            self.placement = None
+        release(self.actors, self.placement)
+        self.actors, self.placement = [], None

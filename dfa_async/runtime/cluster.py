@@ -82,3 +82,11 @@ class Placement:
         if self.pg is not None:
             remove_placement_group(self.pg)
             self.pg = None
+
+
+def release(actors: list, placement: Placement | None) -> None:
+    """Kill the actors (no restarts) and remove their placement group."""
+    for a in actors:
+        ray.kill(a, no_restart=True)
+    if placement is not None:
+        placement.remove()

@@ -11,7 +11,7 @@ import torch
 from ..config import ConfigError
 from ..stage import Plan, StageFailure, Window, assemble
 from . import shm
-from .cluster import Placement, start_ray
+from .cluster import Placement, release, start_ray
 from .plane import PeerLost
 from .worker import StageWorker
 
@@ -91,12 +91,8 @@ class RayPipeline:
             self._get([a.connect.remote(host, port, self.backend) for a in self.actors])
 
     def _kill(self) -> None:
-        for a in self.actors:
-            ray.kill(a, no_restart=True)
-        self.actors = []
-        if self.placement is not None:
-            self.placement.remove()
-            self.placement = None
+        release(self.actors, self.placement)
+        self.actors, self.placement = [], None
 
     def restart(self) -> None:
         """Replace every stage (a dead one, and the others, whose process group lost a member)."""

@@ -36,7 +36,7 @@ def _load(folder: Path) -> tuple[dict, dict]:
     folder = Path(folder)
     for name in ("bench.json", "profile.json"):
         if not (folder / name).is_file():
-            raise FileNotFoundError(f"--profile: {folder / name} does not exist; pass the --out folder of "
+            raise FileNotFoundError(f"BENCH_DIR: {folder / name} does not exist; pass the --out folder of "
                                     "`dfa-async bench`")
     return json.loads((folder / "bench.json").read_text()), json.loads((folder / "profile.json").read_text())
 
