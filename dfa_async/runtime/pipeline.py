@@ -5,6 +5,8 @@ losses and timestamps at the end of each window, gathers state at drained bounda
 stage when one dies (the run then resumes from the last checkpoint)."""
 from __future__ import annotations
 
+import uuid
+
 import ray
 import torch
 
@@ -34,6 +36,7 @@ class RayPipeline:
         self.partition = plan.partition()
         self.started_ray = start_ray(cfg, len(self.partition))
         self.placement, self.actors, self.restarts = None, [], 0
+        self.namespace = f"dfa-async-{uuid.uuid4().hex[:8]}"
         try:
             self._setup(ds)
         except BaseException:
@@ -70,7 +73,11 @@ class RayPipeline:
                 held.update(x_train=self.data["x_train"], x_test=self.data["x_test"])
             if i == n - 1:
                 held.update(y_train=self.data["y_train"], y_test=self.data["y_test"])
-            self.actors.append(RemoteWorker.options(**self.placement.options(i)).remote(
+            # Readable in `ray list actors` and the dashboard; a namespace of the run's own keeps two runs
+            # on one cluster apart, and a replaced stage gets a new name (the old one may not be freed yet).
+            name = f"dfa-stage-{i}" + (f"-restart{self.restarts}" if self.restarts else "")
+            self.actors.append(RemoteWorker.options(name=name, namespace=self.namespace,
+                                                    **self.placement.options(i)).remote(
                 self.plan, ids, i, n, self.n_test, self.cfg.runtime.threads, self.device, **held))
         self.pids = self._get([a.pid.remote() for a in self.actors])
         self.backend = "none"  # one stage: nothing to exchange

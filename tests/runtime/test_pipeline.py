@@ -152,3 +152,23 @@ def test_windows_and_probes_never_change_what_is_learned(tmp_path):
     assert train_losses[0] == train_losses[1] and len(train_losses[0]) == 22
     assert [a["step"] for a in ray_run.alignment] == [4, 9, 14, 19, 21]
     assert ray_run.alignment == ref.alignment
+
+
+def test_stage_actors_carry_readable_names(tmp_path):
+    """`ray list actors` and the dashboard show dfa-stage-<i>, in a namespace of the run's own."""
+    from dfa_async import data
+    from dfa_async.runtime import RayPipeline
+    from dfa_async.stage import Plan
+
+    cfg = cfg_for(MLP, 2, [1, 2], "ray")
+    ds = data.load(cfg.data, cfg.train.seed)
+    pipe = RayPipeline(Plan(cfg, ds.shape, ds.classes, 22, 22), ds)
+    try:
+        named = ray.util.list_named_actors(all_namespaces=True)
+        assert sorted(a["name"] for a in named if a["namespace"] == pipe.namespace) == ["dfa-stage-0", "dfa-stage-1"]
+        pipe.restart()
+        named = ray.util.list_named_actors(all_namespaces=True)
+        assert sorted(a["name"] for a in named if a["namespace"] == pipe.namespace) == [
+            "dfa-stage-0-restart1", "dfa-stage-1-restart1"]
+    finally:
+        pipe.close()
