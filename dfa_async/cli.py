@@ -131,10 +131,15 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_mod.load(args.config, args.set)
 
         metrics = None
-        if cfg.metrics.port:
+        if cfg.metrics.enabled or cfg.metrics.port:
             from .metrics import Exporter
 
-            metrics = Exporter(cfg.metrics.port, cfg.metrics.host)
+            try:
+                metrics = Exporter(cfg.metrics.port, cfg.metrics.host)
+            except OSError as err:
+                raise ConfigError(f"metrics.port: cannot serve on {cfg.metrics.host}:{cfg.metrics.port} ({err.strerror}); "
+                                  "choose another port, or 0 for any free one") from None
+            print(f"dfa-async: metrics on http://{cfg.metrics.host}:{metrics.port}/metrics", flush=True)
         try:
             result = train(cfg, args.run_dir, progress=not args.no_progress, metrics=metrics)
         finally:

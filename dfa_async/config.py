@@ -156,8 +156,10 @@ class CheckpointConfig:
 
 @dataclass
 class MetricsConfig:
-    port: int = _opt(0, "Serve Prometheus metrics on this port; 0 turns the exporter off.", lo=0, hi=65535)
-    host: str = _opt("127.0.0.1", "Address the exporter binds.")
+    enabled: bool = _opt(False, "Serve Prometheus metrics (also on whenever port > 0); the address in use is "
+                         "printed and written to the event log (a `metrics` record).")
+    port: int = _opt(0, "Port of the exporter; 0 picks any free port when metrics.enabled.", lo=0, hi=65535)
+    host: str = _opt("127.0.0.1", "Address the exporter binds (0.0.0.0 to be scraped from other machines).")
 
 
 @dataclass

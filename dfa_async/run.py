@@ -168,6 +168,8 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, model=None, progres
         if found is None:
             log.write("config", 0, config=cfg.to_dict(), blocks=plan.num_blocks, steps=total,
                       steps_per_epoch=spe, partition=plan.partition(), backend=cfg.runtime.backend)
+        if metrics:
+            log.write("metrics", 0, host=metrics.host, port=metrics.port)
         if hasattr(pipe, "pids"):
             log.write("stages", 0, pids=pipe.pids, partition=plan.partition(), device=pipe.device,
                       transport=pipe.backend)
@@ -195,6 +197,8 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, model=None, progres
                     raise TrainingStopped(f"{err}; stopped after {failures} failures (runtime.max_failures = "
                                        f"{cfg.runtime.max_failures}); last good checkpoint: {where}") from err
                 pipe.restart()
+                if metrics:
+                    metrics.restart()
         return driver.finish()
     finally:
         if bar:
@@ -284,6 +288,8 @@ class _Driver:
                 if self.metrics:
                     self.metrics.train(t, loss, sps)
         self.timelines.write(win.timelines, self.log, win.stop - 1)
+        if self.metrics:
+            self.metrics.window(win.stop - win.start, (win.stop - win.start) * tr.batch_size, win.timelines)
         if self.bar:
             self.bar.set_postfix(loss=f"{win.losses[-1]:.4f}", refresh=False)
             self.bar.update(win.stop - win.start)
