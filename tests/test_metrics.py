@@ -6,6 +6,8 @@ import pytest
 
 from dfa_async.metrics import Exporter
 
+from conftest import free_port
+
 
 def scrape(port):
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
@@ -151,11 +153,3 @@ def test_a_real_prometheus_scrapes_a_run(tmp_path):
         prom.terminate()
         prom.wait(timeout=30)
         ex.close()
-
-
-def free_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

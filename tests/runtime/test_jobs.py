@@ -4,7 +4,6 @@ by it, and the README's job command goes through the Ray Jobs SDK and leaves its
 storage."""
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,15 +17,9 @@ from dfa_async import runlog, train
 from dfa_async.config import ConfigError
 from dfa_async.run import in_ray_job_copy
 
-from conftest import small_config
+from conftest import free_port, small_config
 
 RAY = str(Path(sys.executable).parent / "ray")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
