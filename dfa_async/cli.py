@@ -25,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("config", nargs="?", help="settings file (TOML); the built-in default when omitted")
     tr.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="override one setting, e.g. --set optim.lr=0.01 (repeatable)")
-    tr.add_argument("--run-dir", help="run directory (default runs/<name>); resumes from its checkpoint")
+    tr.add_argument("--run-dir", help="run directory, a path or an fsspec URI (default train.root/<name>); resumes from "
+                    "its checkpoint")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
     sub.add_parser("settings", help="list every setting with its default and meaning")
     rep = sub.add_parser("report", help="tables and plots of a run, from its event log")

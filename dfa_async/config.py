@@ -101,7 +101,8 @@ class TrainConfig:
     eval_batch_size: int = _opt(1000, "Batch size of evaluation.", lo=1)
     seed: int = _opt(0, "Seed of initialization, feedback matrices, shuffling and dropout.", lo=0)
     name: str = _opt("", "Run name (directory under `root`); empty derives one from the settings and time.")
-    root: str = _opt("runs", "Directory that holds run directories.")
+    root: str = _opt("runs", "Directory that holds run directories: a path (shared by every node on a cluster) "
+                     "or an fsspec URI such as s3://bucket/runs, staged locally and pushed at every checkpoint.")
     log_every: int = _opt(10, "Write a `train` record every this many steps.", lo=1)
 
 

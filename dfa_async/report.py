@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import runlog
+from . import runlog, storage
 
 
 def load(run_dir: Path) -> dict[str, list[dict]]:
@@ -140,8 +140,18 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def write(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Write `report.md` and its plots into `out` (default RUN_DIR/report); return the Markdown path."""
+def write(run_dir: str | Path, out: str | Path | None = None) -> Path | str:
+    """Write `report.md` and its plots into `out` (default RUN_DIR/report); return the Markdown path.
+    RUN_DIR may be a URI (see storage): the default report is then written back under it."""
+    if storage.is_uri(run_dir):
+        store = storage.open_run(run_dir)
+        try:
+            written = write(store.local, out)
+        except BaseException:
+            store.discard()
+            raise
+        store.close()
+        return written if out else f"{store.name.rstrip('/')}/report/report.md"
     ev = load(Path(run_dir))
     out = Path(out) if out else Path(run_dir) / "report"
     out.mkdir(parents=True, exist_ok=True)

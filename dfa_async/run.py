@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint, config as config_mod, data, feedback, optim, rules, runlog, schedule
+from . import checkpoint, config as config_mod, data, feedback, optim, rules, runlog, schedule, storage
 from .config import Config, ConfigError
 from .runlog import EventLog
 from .stage import Plan, StageFailure
@@ -18,7 +18,7 @@ from .stage import Plan, StageFailure
 
 @dataclass
 class Result:
-    run_dir: Path
+    run_dir: Path | str  # a str for a URI
     steps: int
     test_accuracy: float
     test_loss: float
@@ -51,21 +51,22 @@ def in_ray_job_copy(path: Path) -> bool:
     return "runtime_resources" in parts and any(p.startswith("_ray_pkg_") for p in parts)
 
 
-def prepare_run_dir(cfg: Config, run_dir: str | Path | None) -> Path:
-    if run_dir is None and in_ray_job_copy(Path(cfg.train.root)):
-        raise ConfigError(f"train.root: {cfg.train.root!r} is inside the copy of the working dir that Ray made for "
-                          f"this job ({Path(cfg.train.root).resolve()}), which Ray deletes; give an absolute path on "
-                          "storage every node shares, e.g. --set train.root=/mnt/shared/runs")
-    if run_dir is not None and in_ray_job_copy(Path(run_dir)):
+def prepare_run_dir(cfg: Config, run_dir: str | Path | None) -> storage.RunStore:
+    """The run's store: `run_dir`, or a new directory under train.root (a path or an fsspec URI)."""
+    root = cfg.train.root
+    if run_dir is None and not storage.is_uri(root) and in_ray_job_copy(storage.local_path(root)):
+        raise ConfigError(f"train.root: {root!r} is inside the copy of the working dir that Ray made for "
+                          f"this job ({storage.local_path(root).resolve()}), which Ray deletes; give an absolute "
+                          "path on storage every node shares, e.g. --set train.root=/mnt/shared/runs, or a URI "
+                          "such as s3://bucket/runs")
+    if run_dir is not None and not storage.is_uri(run_dir) and in_ray_job_copy(storage.local_path(run_dir)):
         raise ConfigError(f"--run-dir {run_dir}: inside the copy of the working dir that Ray made for this job, "
-                          "which Ray deletes; give an absolute path on storage every node shares")
+                          "which Ray deletes; give an absolute path on storage every node shares, or a URI")
     if run_dir is None:
         name = cfg.train.name or (f"{cfg.data.name}-{cfg.model.kind}-{cfg.feedback.rule}-"
                                   f"{datetime.now().strftime('%Y%m%d-%H%M%S-%f')}")
-        run_dir = Path(cfg.train.root) / name
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
+        return storage.open_run(storage.join(root, name), "train.root")
+    return storage.open_run(run_dir)
 
 
 def make_pipeline(plan: Plan, ds: data.Dataset):
@@ -136,6 +137,25 @@ class Timelines:
         return out
 
 
+def check_run_dir(store: storage.RunStore, cfg: Config, total: int):
+    """The checkpoint to resume from (None for a new run); refuses a directory that holds another run."""
+    run_dir, shown = store.local, store.name
+    saved = config_mod.to_toml(cfg)
+    cfg_path = run_dir / "config.toml"
+    found = checkpoint.latest(run_dir)
+    if found is None and (run_dir / "events.msgpack").exists():
+        raise ConfigError(f"--run-dir {shown}: holds a run's log but no checkpoint to resume from; "
+                          "choose another directory")
+    if found is not None and cfg_path.exists() and cfg_path.read_text() != saved:
+        raise ConfigError(f"--run-dir {shown}: holds a run with other settings (its config.toml); resume it with "
+                          "the same settings or choose another directory")
+    if found is not None and int(found[1]["step"]) >= total - 1 and runlog.read(run_dir / "events.msgpack", "done"):
+        raise ConfigError(f"--run-dir {shown}: holds a finished run; choose another directory")
+    if not cfg_path.exists():
+        write_text(cfg_path, saved)
+    return found
+
+
 def train(cfg: Config, run_dir: str | Path | None = None, *, model=None, progress: bool = False,
           metrics=None) -> Result:
     """Train as `cfg` says; resume when `run_dir` already holds a checkpoint of this config.
@@ -145,20 +165,13 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, model=None, progres
     ds = data.load(cfg.data, tr.seed)
     total, spe = step_counts(cfg, len(ds.x_train))
     plan = Plan(cfg, ds.shape, ds.classes, total, spe, net=model)
-    run_dir = prepare_run_dir(cfg, run_dir)
-    saved = config_mod.to_toml(cfg)
-    cfg_path = run_dir / "config.toml"
-    found = checkpoint.latest(run_dir)
-    if found is None and (run_dir / "events.msgpack").exists():
-        raise ConfigError(f"--run-dir {run_dir}: holds a run's log but no checkpoint to resume from; "
-                          "choose another directory")
-    if found is not None and cfg_path.exists() and cfg_path.read_text() != saved:
-        raise ConfigError(f"--run-dir {run_dir}: holds a run with other settings ({cfg_path}); resume it with "
-                          "the same settings or choose another directory")
-    if found is not None and int(found[1]["step"]) >= total - 1 and runlog.read(run_dir / "events.msgpack", "done"):
-        raise ConfigError(f"--run-dir {run_dir}: holds a finished run; choose another directory")
-    if not cfg_path.exists():
-        write_text(cfg_path, saved)
+    store = prepare_run_dir(cfg, run_dir)
+    try:
+        found = check_run_dir(store, cfg, total)
+    except BaseException:
+        store.discard()
+        raise
+    run_dir = store.local
 
     log = EventLog(run_dir / "events.msgpack")
     pipe = None
@@ -181,7 +194,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, model=None, progres
             from tqdm import tqdm
 
             bar = tqdm(total=total, unit="step", dynamic_ncols=True)
-        driver = _Driver(cfg, plan, ds, pipe, log, run_dir, probe, metrics, bar, total, spe)
+        driver = _Driver(cfg, plan, ds, pipe, log, store, probe, metrics, bar, total, spe)
         failures = 0
         while True:
             start = driver.restore(found)
@@ -206,6 +219,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, model=None, progres
         log.close()
         if pipe is not None:
             pipe.close()
+        store.close()
 
 
 class TrainingStopped(RuntimeError):
@@ -215,9 +229,10 @@ class TrainingStopped(RuntimeError):
 class _Driver:
     """Carries out the schedule on a pipeline and records what happens."""
 
-    def __init__(self, cfg, plan, ds, pipe, log, run_dir, probe, metrics, bar, total, spe):
+    def __init__(self, cfg, plan, ds, pipe, log, store, probe, metrics, bar, total, spe):
         self.cfg, self.plan, self.ds, self.pipe, self.log = cfg, plan, ds, pipe, log
-        self.run_dir, self.probe, self.metrics, self.bar = run_dir, probe, metrics, bar
+        self.store, self.run_dir = store, store.local
+        self.probe, self.metrics, self.bar = probe, metrics, bar
         self.total, self.spe = total, spe
         self.timelines = Timelines()
         self.last = {"test_accuracy": float("nan"), "test_loss": float("nan")}
@@ -303,6 +318,7 @@ class _Driver:
             path = checkpoint.save(self.run_dir, t, {"step": t, "blocks": self.pipe.state(),
                                                      "rng": torch.get_rng_state()}, cfg.checkpoint.keep)
             self.log.write("checkpoint", t, path=path.name)
+            self.store.push()
 
     def _evaluate(self, t: int) -> None:
         acc, tl = self.pipe.evaluate()
@@ -320,7 +336,8 @@ class _Driver:
                                                     self.metrics))
         checkpoint.export(self.pipe.model(), self.run_dir / "final_model.pt")
         stages = self.timelines.summary(self.log, total)
-        result = Result(self.run_dir, total, self.last["test_accuracy"], self.last["test_loss"], self.seconds,
+        shown = self.store.name if self.store.remote else self.run_dir
+        result = Result(shown, total, self.last["test_accuracy"], self.last["test_loss"], self.seconds,
                         self.samples / max(self.seconds, 1e-9), self.align_log, self.pipe.restarts, stages)
         self.log.write("done", total, test_accuracy=result.test_accuracy, test_loss=result.test_loss,
                        seconds=self.seconds, samples_per_s=result.samples_per_s, restarts=result.restarts)
