@@ -64,6 +64,19 @@ class LocalPipeline:
             correct, total = correct + int(c), total + float(s)
         return correct / len(x), total / len(x)
 
+    def align(self, n: int) -> list[dict]:
+        """Alignment of every hidden block on the first n training samples (see probe.py)."""
+        probes = [stage.probe() for stage in self.stages]
+        h = self.ds.x_train[:n].to(self.device)
+        for p in probes[:-1]:
+            h = p.forward(h)
+        e = probes[-1].forward(h, self.ds.y_train[:n].to(self.device))
+        g, out = None, []
+        for p in reversed(probes):
+            blocks, g = p.backward(g, e)
+            out = blocks + out
+        return out
+
     # -- state -------------------------------------------------------------------------------------------
     def state(self) -> dict:
         out = {}

@@ -194,15 +194,15 @@ def alignment(model: nn.Sequential, Bs: list[torch.Tensor | None], x: torch.Tens
     dL/dh_k (mean and std over the probe batch, the paper's measure) and the angle in degrees between the
     DFA and the BP weight update of the block. A None in `Bs` puts the true gradient in place of B_k e
     (BP against itself: cosine 1, angle 0). The model is not changed (it runs on a copy, in train mode,
-    with dropout drawn from `seed`)."""
+    with block k's dropout drawn from the stream ("probe", k) of `seed`)."""
     model = copy.deepcopy(model).train()
-    with torch.random.fork_rng():
-        torch.manual_seed(seeding.derive(seed, "probe"))
-        hs, h = [], x
-        for block in model:
+    hs, h = [], x
+    for k, block in enumerate(model):
+        with torch.random.fork_rng():
+            torch.manual_seed(seeding.derive(seed, "probe", k))
             h = block(h)
-            h.retain_grad()
-            hs.append(h)
+        h.retain_grad()
+        hs.append(h)
     loss = F.cross_entropy(hs[-1], y, reduction="sum" if error_scale == "sum" else "mean")
     _, e = head_error(hs[-1].detach(), y, error_scale)
     params = [list(b.parameters()) for b in model]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint, config as config_mod, data, feedback, optim, rules, runlog, schedule, storage
+from . import checkpoint, config as config_mod, data, optim, runlog, schedule, storage
 from .config import Config, ConfigError
 from .runlog import EventLog
 from .stage import Plan, StageFailure
@@ -188,8 +188,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, model=None, progres
                       transport=pipe.backend)
         probe = None
         if cfg.alignment.every:
-            n = min(cfg.alignment.probe_size, len(ds.x_train))
-            probe = (ds.x_train[:n], ds.y_train[:n])
+            probe = min(cfg.alignment.probe_size, len(ds.x_train))  # the first samples of the training set
         if progress:
             from tqdm import tqdm
 
@@ -280,7 +279,7 @@ class _Driver:
                 windows.measured(self._record(self.pipe.collect(running), t0))
                 running = None
                 if t in probes:
-                    self.align_log.append(measure_alignment(cfg, self.plan, self.pipe, self.probe, t, self.log,
+                    self.align_log.append(measure_alignment(self.pipe, self.probe, t, self.log,
                                                             self.metrics))
                 if t in marks:
                     self._boundary(t)
@@ -332,7 +331,7 @@ class _Driver:
     def finish(self) -> Result:
         cfg, total = self.cfg, self.total
         if self.probe is not None and total % cfg.alignment.every:
-            self.align_log.append(measure_alignment(cfg, self.plan, self.pipe, self.probe, total - 1, self.log,
+            self.align_log.append(measure_alignment(self.pipe, self.probe, total - 1, self.log,
                                                     self.metrics))
         checkpoint.export(self.pipe.model(), self.run_dir / "final_model.pt")
         stages = self.timelines.summary(self.log, total)
@@ -350,13 +349,10 @@ def write_text(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def measure_alignment(cfg: Config, plan: Plan, pipe, probe, t: int, log: EventLog, metrics=None) -> dict:
-    """Alignment of every hidden block on the weights in effect at the forward of step t."""
-    model = pipe.model()
-    dims = [math.prod(s) for s in plan.out_shapes[:-1]]
-    Bs = [feedback.matrix(k, dims, plan.classes, cfg.feedback.init, cfg.feedback.normalization, cfg.train.seed)
-          for k in range(len(dims))]
-    blocks = rules.alignment(model, Bs, probe[0], probe[1], cfg.feedback.error_scale, seed=cfg.train.seed)
+def measure_alignment(pipe, n: int, t: int, log: EventLog, metrics=None) -> dict:
+    """Alignment of every hidden block on the weights in effect at the forward of step t, measured by the
+    stages themselves on the first n training samples."""
+    blocks = pipe.align(n)
     log.write("align", t, blocks=blocks)
     if metrics:
         metrics.alignment(t, blocks)

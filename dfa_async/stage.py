@@ -201,5 +201,19 @@ class Stage:
         if self.opt is not None:
             optim.load_part_states(self.opt, [state[str(learner.index)]["optim"] for learner in self.learning])
 
+    def probe(self):
+        """The stage's side of an alignment probe on its blocks as they are now (see probe.py)."""
+        from .probe import StageProbe
+
+        plan, cfg = self.plan, self.cfg
+        last = plan.num_blocks - 1
+        if not hasattr(self, "_probe_Bs"):
+            dims = [math.prod(s) for s in plan.out_shapes[:-1]]
+            device = next(self.learners[0].block.parameters()).device
+            self._probe_Bs = {k: feedback.matrix(k, dims, plan.classes, cfg.feedback.init,
+                                                 cfg.feedback.normalization, cfg.train.seed).to(device)
+                              for k in self.ids if k != last}
+        return StageProbe(self.modules(), self._probe_Bs, last, cfg.feedback.error_scale, cfg.train.seed)
+
     def modules(self) -> dict[int, torch.nn.Module]:
         return {k: learner.block for k, learner in zip(self.ids, self.learners)}

@@ -147,6 +147,19 @@ class RayPipeline:
         self._get([a.load_state.remote({k: state[k] for k in map(str, ids)})
                    for a, ids in zip(self.actors, self.partition)])
 
+    def align(self, n: int) -> list[dict]:
+        """Alignment of every hidden block on the first n training samples: a forward through the stages,
+        then a backprop chain back through them (see probe.py); only activations and gradients of the
+        probe batch pass between the actors, as Ray objects."""
+        ref = None
+        for a in self.actors:
+            ref = a.probe_forward.remote(n, ref)
+        e, g, parts = ref, None, []
+        for a in reversed(self.actors):
+            blocks, g = a.probe_backward.options(num_returns=2).remote(g, e)
+            parts.insert(0, blocks)
+        return [b for part in self._get(parts) for b in part]
+
     def model(self) -> torch.nn.Sequential:
         return assemble(self._get([a.modules.remote() for a in self.actors]))
 

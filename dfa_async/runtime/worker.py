@@ -118,6 +118,21 @@ class StageWorker:
             link.flush()
         return (correct, total, self.n_test) if self.head else None
 
+    # -- the alignment probe (at a drained boundary; tensors pass stage to stage as Ray objects) ---------
+    def probe_forward(self, n: int, x=None):
+        """Forward of the probe on the first n training samples; the head returns the error e."""
+        self.probe = self.stage.probe()
+        x = self.x_train[:n] if self.first else x
+        y = self.y_train[:n].to(self.device) if self.head else None
+        return self.probe.forward(x.to(self.device), y).cpu()
+
+    def probe_backward(self, g, e):
+        """The stage's measures and dL/d(input) for the stage before (see probe.py)."""
+        g = g.to(self.device) if g is not None else None
+        blocks, g_in = self.probe.backward(g, e.to(self.device))
+        self.probe = None
+        return blocks, (g_in.cpu() if g_in is not None else None)
+
     # -- inspection ----------------------------------------------------------------------------------------
     def state(self) -> dict:
         return self.stage.state()

@@ -172,3 +172,32 @@ def test_stage_actors_carry_readable_names(tmp_path):
             "dfa-stage-0-restart1", "dfa-stage-1-restart1"]
     finally:
         pipe.close()
+
+
+@pytest.mark.parametrize("net,stages", [(MLP, [1, 1, 1]), (CNN, [1, 2, 1])], ids=["mlp", "cnn"])
+def test_live_probe_through_the_actors_equals_the_single_process_measure(net, stages):
+    """The probe runs stage by stage (a backprop chain through the actors); on the same weights it
+    equals rules.alignment on the assembled model."""
+    import math
+
+    from dfa_async import data, feedback, rules
+    from dfa_async.runtime import RayPipeline
+    from dfa_async.stage import Plan
+
+    cfg = cfg_for(net, 2, stages, "ray")
+    ds = data.load(cfg.data, cfg.train.seed)
+    plan = Plan(cfg, ds.shape, ds.classes, 22, 22)
+    pipe = RayPipeline(plan, ds)
+    try:
+        pipe.collect(pipe.submit(0, 7))
+        got = pipe.align(48)
+        dims = [math.prod(s) for s in plan.out_shapes[:-1]]
+        Bs = [feedback.matrix(k, dims, plan.classes, cfg.feedback.init, cfg.feedback.normalization, cfg.train.seed)
+              for k in range(len(dims))]
+        want = rules.alignment(pipe.model(), Bs, ds.x_train[:48], ds.y_train[:48], seed=cfg.train.seed)
+    finally:
+        pipe.close()
+    assert [b["block"] for b in got] == list(range(plan.num_blocks - 1))
+    for g, w in zip(got, want):
+        for key in ("cos_mean", "cos_std", "update_angle"):
+            assert g[key] == pytest.approx(w[key], abs=1e-5), (g["block"], key)
