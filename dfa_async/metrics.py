@@ -29,6 +29,12 @@ class Exporter:
         self.idle = g("dfa_stage_idle_fraction", "Share of the last window a stage spent waiting.", ["stage"])
         self.staleness = g("dfa_stage_staleness", "Staleness of the stage's last update (D - 1 in steady "
                            "state).", ["stage"])
+        self.in_flight = g("dfa_stage_in_flight_steps", "Most steps forwarded but not yet updated during the "
+                           "last window (D at most).", ["stage"])
+        self.stash = g("dfa_stage_stash_bytes", "Most bytes of activations held for in-flight updates during the "
+                       "last window.", ["stage"])
+        self.memory = g("dfa_stage_peak_memory_bytes", "Peak memory of the stage's process: host (RSS) and, on a "
+                        "GPU, device (allocated).", ["stage", "memory"])
         self.server, self.thread = start_http_server(port, addr=host, registry=self.registry)
         self.host = host
         self.port = self.server.server_port
@@ -38,8 +44,16 @@ class Exporter:
         self.loss.set(loss)
         self.throughput.set(samples_per_s)
 
-    def window(self, steps: int, samples: int, timelines: list[list]) -> None:
-        """A finished window: its steps and each stage's ops (op, step, start, end, staleness)."""
+    def window(self, steps: int, samples: int, timelines: list[list], stats: list[dict] | None = None) -> None:
+        """A finished window: its steps, each stage's ops (op, step, start, end, staleness) and peaks
+        (Stage.take_stats)."""
+        for s, st in enumerate(stats or []):
+            label = str(s)
+            self.in_flight.labels(stage=label).set(st["in_flight"])
+            self.stash.labels(stage=label).set(st["stash_bytes"])
+            self.memory.labels(stage=label, memory="host").set(st["peak_rss_bytes"])
+            if "peak_device_bytes" in st:
+                self.memory.labels(stage=label, memory="device").set(st["peak_device_bytes"])
         self.steps.inc(steps)
         self.samples.inc(samples)
         for s, ops in enumerate(timelines):

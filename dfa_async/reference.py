@@ -47,7 +47,8 @@ class LocalPipeline:
                                            self.ds.y_train.index_select(0, idx).to(self.device)))
             elif kind == "update":
                 self.update(t)
-        return Window(start, stop, torch.stack(losses).tolist(), [s.take_timeline() for s in self.stages])
+        return Window(start, stop, torch.stack(losses).tolist(), [s.take_timeline() for s in self.stages],
+                      [s.take_stats() for s in self.stages])
 
     def collect(self, window: Window) -> Window:
         return window

@@ -41,6 +41,7 @@ class stash_hooks(torch.autograd.graph.saved_tensors_hooks):
     entered at every forward: parameters are updated in place, so their storages never change."""
 
     def __init__(self, module: nn.Module):
+        self.saved_bytes = 0  # bytes of the tensors saved for backward so far (the stash's weight)
         live = {}
         for t in list(module.parameters()) + list(module.buffers()):
             live[t.untyped_storage().data_ptr()] = t
@@ -52,6 +53,7 @@ class stash_hooks(torch.autograd.graph.saved_tensors_hooks):
                     ref = _Live()
                     ref.base, ref.size, ref.stride, ref.offset = base, t.size(), t.stride(), t.storage_offset()
                     return ref
+            self.saved_bytes += t.numel() * t.element_size()
             return t
 
         def unpack(obj):
@@ -79,6 +81,7 @@ class Learner:
         self.stash: dict[int, torch.Tensor] = {}
         self.updates = 0  # own updates applied so far (for staleness)
         self.updates_at_forward: dict[int, int] = {}
+        self.stash_bytes: dict[int, int] = {}  # per in-flight step: bytes saved for its update
 
     @property
     def learns(self) -> bool:
@@ -98,8 +101,10 @@ class Learner:
                 return self.block(x)
         if self.rule != "bp":
             x = x.detach()
+        before = self.hooks.saved_bytes
         with self.hooks:
             out = self.block(x)
+        self.stash_bytes[step] = self.hooks.saved_bytes - before
         self.stash[step] = out
         self.updates_at_forward[step] = self.updates
         return out if self.rule == "bp" else out.detach()
@@ -115,6 +120,7 @@ class Learner:
         """Step's stashed output, its signal (None: nothing to back-propagate from here) and staleness
         (own updates applied since its forward); counts the update."""
         out = self.stash.pop(step)
+        self.stash_bytes.pop(step, None)
         staleness = self.updates - self.updates_at_forward.pop(step)
         self.updates += 1
         return out, (self.signal(e) if e is not None else None), staleness
@@ -144,6 +150,7 @@ class Learner:
         self.block.load_state_dict(state["block"])
         self.updates = int(state["updates"])
         self.stash.clear()
+        self.stash_bytes.clear()
         self.updates_at_forward.clear()
 
 

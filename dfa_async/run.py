@@ -116,12 +116,13 @@ class Timelines:
     def __init__(self):
         self.busy, self.first, self.last = {}, {}, {}
 
-    def write(self, timelines: list[list], log: EventLog, step: int) -> None:
+    def write(self, timelines: list[list], log: EventLog, step: int, stats: list[dict] | None = None) -> None:
         for s, tl in enumerate(timelines):
             if not tl:
                 continue
             op, steps, start, end, stale = (list(c) for c in zip(*tl))
-            log.write("timeline", step, stage=s, op=op, steps=steps, start=start, end=end, staleness=stale)
+            log.write("timeline", step, stage=s, op=op, steps=steps, start=start, end=end, staleness=stale,
+                      **(stats[s] if stats else {}))
             self.busy[s] = self.busy.get(s, 0.0) + sum(b - a for a, b in zip(start, end))
             self.first.setdefault(s, start[0])
             self.last[s] = end[-1]
@@ -301,9 +302,10 @@ class _Driver:
                                lr=optim.lr_at(self.cfg.optim, t, self.total, self.spe))
                 if self.metrics:
                     self.metrics.train(t, loss, sps)
-        self.timelines.write(win.timelines, self.log, win.stop - 1)
+        self.timelines.write(win.timelines, self.log, win.stop - 1, win.stats)
         if self.metrics:
-            self.metrics.window(win.stop - win.start, (win.stop - win.start) * tr.batch_size, win.timelines)
+            self.metrics.window(win.stop - win.start, (win.stop - win.start) * tr.batch_size, win.timelines,
+                                win.stats)
         if self.bar:
             self.bar.set_postfix(loss=f"{win.losses[-1]:.4f}", refresh=False)
             self.bar.update(win.stop - win.start)

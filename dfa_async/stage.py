@@ -45,6 +45,7 @@ class Window:
     stop: int
     losses: list[float]
     timelines: list[list]
+    stats: list[dict] | None = None  # per stage: Stage.take_stats()
 
 
 def assemble(parts: list[dict]) -> torch.nn.Sequential:
@@ -146,6 +147,7 @@ class Stage:
         self.is_head = self.ids[-1] == last
         # Host timestamps of every op: (op, step, start, end, staleness); bubbles show as gaps.
         self.timeline: list[tuple[str, int, float, float, int]] = []
+        self.peaks = {"in_flight": 0, "stash_bytes": 0}  # since the last take_timeline
 
     def forward(self, step: int, x, y=None):
         """Run the stage's blocks on x; the head stage also takes the labels and returns (loss, e), the
@@ -158,6 +160,11 @@ class Stage:
         if self.is_head:
             out = rules.head_error(h.detach(), y, self.cfg.feedback.error_scale)
         self.timeline.append(("forward", step, t0, time.time(), 0))
+        if self.learning:
+            peaks = self.peaks
+            peaks["in_flight"] = max(peaks["in_flight"], max(len(learner.stash) for learner in self.learning))
+            peaks["stash_bytes"] = max(peaks["stash_bytes"],
+                                       sum(sum(learner.stash_bytes.values()) for learner in self.learning))
         return out
 
     def update(self, step: int, e: torch.Tensor) -> list[int]:
@@ -170,6 +177,18 @@ class Stage:
 
     def take_timeline(self) -> list:
         out, self.timeline = self.timeline, []
+        return out
+
+    def take_stats(self) -> dict:
+        """Peaks since the last call: steps in flight (forwarded, not yet updated), bytes their stash holds,
+        and the process's peak memory (host RSS; on a GPU also the device's allocated peak)."""
+        import resource
+
+        out = dict(self.peaks, peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        device = next(self.learners[0].block.parameters()).device
+        if device.type == "cuda":
+            out["peak_device_bytes"] = torch.cuda.max_memory_allocated(device)
+        self.peaks = {"in_flight": 0, "stash_bytes": 0}
         return out
 
     @torch.no_grad()

@@ -199,3 +199,15 @@ def test_feedback_projection_shape():
     B = torch.randn(10, 2 * 3 * 3)
     g = feedback.project(B, torch.randn(4, 10), (2, 3, 3))
     assert g.shape == (4, 2, 3, 3)
+
+
+def test_stash_bytes_count_the_activations_saved_for_each_in_flight_update():
+    """Linear + tanh saves its input and its output (the weight is live, not copied): per step
+    batch * (in + out) * 4 bytes, released by the update."""
+    block = nn.Sequential(nn.Linear(20, 12), nn.Tanh())
+    learner = rules.Learner(block, 0, rule="dfa", is_head=False, B=torch.randn(5, 12), out_shape=(12,), seed=0)
+    for t in range(3):
+        learner.forward(t, torch.randn(16, 20))
+    assert learner.stash_bytes == {t: 16 * (20 + 12) * 4 for t in range(3)}
+    learner.take(0, torch.randn(16, 5))
+    assert sorted(learner.stash_bytes) == [1, 2]

@@ -131,7 +131,8 @@ class RayPipeline:
     def collect(self, handle) -> Window:
         start, stop, refs = handle
         results = self._get(refs)
-        return Window(start, stop, results[-1]["losses"], [r["timeline"] for r in results])
+        return Window(start, stop, results[-1]["losses"], [r["timeline"] for r in results],
+                      [r["stats"] for r in results])
 
     def evaluate(self) -> tuple[float, float]:
         correct, total, n = self._get([a.evaluate.remote() for a in self.actors])[-1]

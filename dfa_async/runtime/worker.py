@@ -94,7 +94,7 @@ class StageWorker:
                 stage.update(t, link.error(t))
         if not self.head:
             link.flush()
-        out = {"timeline": stage.take_timeline()}
+        out = {"timeline": stage.take_timeline(), "stats": stage.take_stats()}
         if self.head:
             out["losses"] = torch.stack(losses).tolist() if losses else []  # one device sync per window
         return out

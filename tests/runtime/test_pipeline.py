@@ -66,6 +66,8 @@ def test_log_records_staleness_timestamps_and_throughput(tmp_path):
         assert [t for op, t, *_ in ops if op == "forward"] == list(range(22))
         stale = [st for op, *_, st in ops if op == "update"]
         assert stale == [0, 1] + [2] * 20  # D - 1 once the pipeline is full (one epoch, drained at its end)
+        assert max(r["in_flight"] for r in tl if r["stage"] == s) == 3  # D steps in flight, never more
+        assert all(r["stash_bytes"] > 0 and r["peak_rss_bytes"] > 1e6 for r in tl if r["stage"] == s)
     summary = [r for r in recs if r["kind"] == "stage"]
     assert len(summary) == 3 and all(0 <= r["idle_fraction"] <= 1 for r in summary)
     assert all(r["samples_per_s"] > 0 for r in recs if r["kind"] == "train")
