@@ -1,6 +1,7 @@
 """Checkpoints: written atomically (temporary file, fsync, rename), read with ``weights_only=True`` so
 loading never unpickles arbitrary objects; the newest `keep` are kept. A checkpoint that fails to load
-is skipped in favour of the one before it."""
+is skipped in favour of the one before it (and the driver says so); a state that is not finite is never
+written."""
 from __future__ import annotations
 
 import os
@@ -22,12 +23,32 @@ def atomic_save(obj, path: Path) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        raise OSError(err.errno, err.strerror, str(path)) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
+def nonfinite(blocks: dict) -> str | None:
+    """The first block (key) whose weights or optimizer state hold a NaN or an infinity; None if none does."""
+    def bad(obj) -> bool:
+        if isinstance(obj, torch.Tensor):
+            return obj.is_floating_point() and not bool(torch.isfinite(obj).all())
+        if isinstance(obj, dict):
+            return any(bad(v) for v in obj.values())
+        if isinstance(obj, (list, tuple)):
+            return any(bad(v) for v in obj)
+        return False
+    return next((k for k, v in blocks.items() if bad(v)), None)
+
+
 def save(run_dir: Path, step: int, state: dict, keep: int) -> Path:
+    """Write step's checkpoint and drop all but the newest `keep`; refuses state that is not finite."""
+    block = nonfinite(state["blocks"])
+    if block is not None:
+        raise FloatingPointError(f"training diverged: block {block}'s weights are not finite after step {step}; "
+                                 "no checkpoint was written (lower optim.lr, or train.on_nonfinite = skip)")
     folder = Path(run_dir) / "checkpoints"
     path = folder / f"step-{step:08d}.pt"
     atomic_save(state, path)
@@ -45,14 +66,61 @@ def load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def latest(run_dir: Path) -> tuple[Path, dict] | None:
-    """The newest checkpoint that loads, with its contents; None when there is none."""
+def first_line(err: BaseException, limit: int = 120) -> str:
+    return ((str(err).splitlines() or [""])[0] or type(err).__name__)[:limit]
+
+
+def newest(run_dir: Path) -> tuple[tuple[Path, dict] | None, list[tuple[str, str]]]:
+    """The newest checkpoint that loads and is well formed, with its contents (None when there is none),
+    and the newer ones passed over, each with the reason."""
+    skipped = []
     for path in sorted(Path(run_dir, "checkpoints").glob("step-*.pt"), key=_step, reverse=True):
         try:
-            return path, load(path)
-        except Exception:  # a corrupt file: fall back to the one before it
+            state = load(path)
+        except Exception as err:  # truncated, or not a checkpoint at all
+            skipped.append((path.name, f"does not load: {first_line(err)}"))
             continue
+        if not (isinstance(state, dict) and isinstance(state.get("step"), int) and isinstance(state.get("blocks"), dict)):
+            skipped.append((path.name, "is not a dfa-async checkpoint (no step and blocks)"))
+            continue
+        return (path, state), skipped
+    return None, skipped
+
+
+def mismatch(state: dict, model: torch.nn.Sequential) -> str | None:
+    """How `state` (a checkpoint's) does not fit `model`: the first missing block or tensor, or shape that
+    differs; None when it fits."""
+    for k, block in enumerate(model):
+        saved = state["blocks"].get(str(k))
+        if not isinstance(saved, dict) or not isinstance(saved.get("block"), dict):
+            return f"block {k} is missing"
+        for name, tensor in block.state_dict().items():
+            other = saved["block"].get(name)
+            if not isinstance(other, torch.Tensor):
+                return f"block {k} has no {name}"
+            if other.shape != tensor.shape:
+                return (f"block {k} {name} is {'x'.join(map(str, other.shape))} there, "
+                        f"{'x'.join(map(str, tensor.shape))} in this model")
+    if len(state["blocks"]) != len(model):
+        return f"{len(state['blocks'])} blocks there, {len(model)} in this model"
     return None
+
+
+def latest(run_dir: Path) -> tuple[Path, dict] | None:
+    """The newest checkpoint that loads, with its contents; None when there is none."""
+    return newest(run_dir)[0]
+
+
+def clean(run_dir: Path) -> list[str]:
+    """Remove the temporary files of interrupted writes (checkpoints, config, log); call it holding the
+    run's lock, so that no live write is touched. Returns what was removed."""
+    run_dir = Path(run_dir)
+    gone = []
+    for path in [*run_dir.glob("checkpoints/.step-*"), *run_dir.glob(".*.tmp")]:
+        if path.is_file():
+            path.unlink()
+            gone.append(str(path.relative_to(run_dir)))
+    return gone
 
 
 def export(model: torch.nn.Module, path: Path) -> None:

@@ -8,19 +8,42 @@ from pathlib import Path
 from . import config as config_mod
 from .config import ConfigError
 from .data import DataError
-from .run import TrainingStopped, train
+from .run import Interrupted, StorageFull, TrainingStopped, train
 
 
-def ints(flag: str, text: str) -> list[int]:
+def ints(flag: str, text: str, lo: int = 1) -> list[int]:
     try:
-        return [int(v) for v in text.split(",")]
+        values = [int(v) for v in text.split(",")]
     except ValueError:
         raise ValueError(f"{flag}: {text!r} is not a comma-separated list of integers, e.g. 1,2,4") from None
+    if min(values) < lo:
+        raise ValueError(f"{flag}: {text}; each must be >= {lo}")
+    return values
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line in one line (and says where the help is)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def positive(flag: str, value, lo=1) -> None:
+    if value < lo:
+        raise ValueError(f"{flag}: {value}; it must be >= {lo}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="dfa-async", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # outside a run (a run reports its own step)
+        print("dfa-async: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None = None) -> int:
+    parser = Parser(prog="dfa-async", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     tr = sub.add_parser("train", help="train a model (with no config: an MLP on MNIST)")
     tr.add_argument("config", nargs="?", help="settings file (TOML); the built-in default when omitted")
     tr.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -80,39 +103,54 @@ def main(argv: list[str] | None = None) -> int:
             if args.validate:
                 table = sim.validate(args.bench_dir)[1]
             else:
-                if args.depth < 1 or args.microbatches < 1:
-                    raise ValueError(f"--depth, --microbatches: {args.depth}, {args.microbatches}; both must be >= 1")
+                positive("--depth", args.depth)
+                positive("--microbatches", args.microbatches)
                 workers = ints("--workers", args.workers)
-                if min(workers) < 1:
-                    raise ValueError(f"--workers: {args.workers}; each must be >= 1")
                 table = sim.scaling(args.bench_dir, args.link, workers, args.depth, args.microbatches)
-        except (ValueError, FileNotFoundError) as err:
+            if args.out:
+                Path(args.out).write_text(table + "\n")
+        except (ValueError, OSError) as err:
             print(f"dfa-async: error: {err}", file=sys.stderr)
             return 2
         print(table)
-        if args.out:
-            Path(args.out).write_text(table + "\n")
         return 0
 
     if args.command == "bench":
         from .perf import bench
 
         try:
+            # Every argument is checked before any work (a bad one used to surface after minutes).
             depths, stages = ints("--depths", args.depths), ints("--stages", args.stages)
+            microbatches = ints("--microbatches", args.microbatches)
+            for flag, value, lo in (("--width", args.width, 1), ("--batch", args.batch, 2), ("--steps", args.steps, 1),
+                                    ("--warmup", args.warmup, 0), ("--repeats", args.repeats, 1),
+                                    ("--threads", args.threads, 1), ("--fixed-blocks", args.fixed_blocks, 0),
+                                    ("--eval-every", args.eval_every, 0)):
+                positive(flag, value, lo)
+            if not 0 < args.gpus_per_stage <= 1:
+                raise ValueError(f"--gpus-per-stage: {args.gpus_per_stage}; it must be > 0 and <= 1")
+            if args.to_accuracy is not None and not 0 < args.to_accuracy <= 1:
+                raise ValueError(f"--to-accuracy: {args.to_accuracy}; a test accuracy in (0, 1], e.g. 0.97")
+            if args.fixed_blocks and args.fixed_blocks < max(stages):
+                raise ValueError(f"--fixed-blocks: {args.fixed_blocks} blocks cannot fill {max(stages)} stages; "
+                                 f"give at least {max(stages)}")
             if args.to_accuracy is not None:
                 from .perf import accuracy
 
                 cfg = config_mod.load(args.config, args.set)
                 accuracy.run(cfg, args.to_accuracy, depths, args.eval_every, not args.no_baselines,
-                             ints("--microbatches", args.microbatches)[0], args.out)
+                             microbatches[0], args.out)
                 return 0
             bench.run(args.width, args.batch, args.threads, stages, depths, args.warmup, args.steps,
                       args.out, args.transport, args.repeats, calls=not args.no_calls,
-                      baselines=not args.no_baselines, microbatches=ints("--microbatches", args.microbatches),
+                      baselines=not args.no_baselines, microbatches=microbatches,
                       fixed_blocks=args.fixed_blocks or None, device=args.device,
                       gpus_per_stage=args.gpus_per_stage)
         except (ValueError, ConfigError, DataError) as err:
             print(f"dfa-async: error: {err}", file=sys.stderr)
+            return 2
+        except OSError as err:
+            print(f"dfa-async: error: {err.filename or '--out'}: {err.strerror}", file=sys.stderr)
             return 2
         return 0
 
@@ -121,8 +159,12 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             print(report.write(args.run_dir, args.out))
-        except FileNotFoundError as err:
+        except (ValueError, ConfigError) as err:
             print(f"dfa-async: error: {err}", file=sys.stderr)
+            return 2
+        except OSError as err:
+            print(f"dfa-async: error: {err.filename or args.out or args.run_dir}: {err.strerror or err}",
+                  file=sys.stderr)
             return 2
         return 0
     if args.command == "settings":
@@ -149,9 +191,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError) as err:
         print(f"dfa-async: error: {err}", file=sys.stderr)
         return 2
-    except (FloatingPointError, TrainingStopped) as err:
+    except (FloatingPointError, TrainingStopped, StorageFull) as err:
         print(f"dfa-async: error: {err}", file=sys.stderr)
         return 1
+    except Interrupted as err:
+        print(f"dfa-async: {err}", file=sys.stderr)
+        return 130
     print(result.summary())
     return 0
 

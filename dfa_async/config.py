@@ -104,6 +104,9 @@ class TrainConfig:
     root: str = _opt("runs", "Directory that holds run directories: a path (shared by every node on a cluster) "
                      "or an fsspec URI such as s3://bucket/runs, staged locally and pushed at every checkpoint.")
     log_every: int = _opt(10, "Write a `train` record every this many steps.", lo=1)
+    on_nonfinite: str = _opt("stop", "A step whose loss or error is not finite: `stop` the run (at the end of "
+                             "its window, naming the last good checkpoint), or `skip` that step's update on every "
+                             "stage and go on (each skip is logged as a `skip` record).", ("stop", "skip"))
 
 
 @dataclass
@@ -138,6 +141,11 @@ class RuntimeConfig:
     gpus_per_stage: float = _opt(1.0, "Share of a GPU each stage actor asks Ray for: 1 is a GPU per stage; "
                                  "0.5 or 0.25 put 2 or 4 stages on one GPU (they then exchange tensors through host "
                                  "memory, since nccl needs a GPU per rank).", lo=0.0, hi=1.0, lo_open=True)
+    autoscale: bool = _opt(False, "The joined cluster adds nodes on demand (Ray's autoscaler): stages beyond its "
+                           "present total resources wait up to runtime.placement_timeout_s for new nodes instead of "
+                           "failing at once.")
+    placement_timeout_s: float = _opt(300.0, "Seconds to wait for the stages to be placed on a joined cluster (other "
+                                      "jobs may hold its resources) before a clear error.", lo=0.0, lo_open=True)
     max_failures: int = _opt(3, "Stage failures survived (restart from the last checkpoint) before "
                              "the run stops.", lo=0)
 
@@ -292,8 +300,13 @@ def load(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
                 raw = tomllib.load(fh)
         except FileNotFoundError:
             raise ConfigError(f"config file {path}: not found") from None
-        except tomllib.TOMLDecodeError as err:
-            raise ConfigError(f"config file {path}: not valid TOML ({err})") from None
+        except IsADirectoryError:
+            raise ConfigError(f"config file {path}: is a directory; give a TOML file such as "
+                              "examples/configs/mnist_mlp.toml") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+            raise ConfigError(f"config file {path}: not valid TOML ({str(err).splitlines()[0][:120]})") from None
+        except OSError as err:
+            raise ConfigError(f"config file {path}: cannot be read ({err.strerror})") from None
     for text in overrides:
         section, key, value = parse_override(text)
         raw.setdefault(section, {})
@@ -307,6 +320,17 @@ def validate(cfg: Config, own_model: bool = False) -> None:
     """Checks that involve more than one setting (`own_model`: the model is a user's nn.Sequential, so
     the checks that depend on model.* are left to stage.Plan)."""
     m, fb, b, rt, tr, d = cfg.model, cfg.feedback, cfg.bottleneck, cfg.runtime, cfg.train, cfg.data
+    if d.url and d.url.split("://", 1)[0] not in ("http", "https", "ftp", "file"):
+        raise ConfigError(f"data.url: {d.url!r} is not a URL; give http(s)://, ftp:// or file:// (a mirror of the "
+                          "publisher's files), or leave it empty")
+    if rt.backend == "local":
+        # The local backend runs every stage in this process: settings of actors and clusters would be
+        # silently ignored, so they are refused.
+        for name, default in (("address", ""), ("transport", "auto"), ("gpus_per_stage", 1.0), ("num_cpus", 0),
+                              ("placement", "pack"), ("autoscale", False), ("placement_timeout_s", 300.0)):
+            if getattr(rt, name) != default:
+                raise ConfigError(f"runtime.{name}: {getattr(rt, name)!r} applies to runtime.backend = ray; the "
+                                  f"local backend runs in this process (leave it at {default!r})")
     if m.kind == "mlp" and not m.widths:
         raise ConfigError("model.widths: an mlp needs at least one hidden width, e.g. [800, 800]")
     if m.kind == "cnn" and not m.channels:
@@ -381,6 +405,30 @@ def _toml_value(v):
     if isinstance(v, list):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+# Settings that say where and how to run, not what is learned (the runtime is tested to learn the same
+# weights under any placement): a resumed run may change them; any other change is refused.
+NOT_LEARNED = ({"train.root", "train.name", "train.log_every", "train.eval_batch_size", "data.dir", "data.url",
+                "checkpoint.keep", "train.on_nonfinite"}
+               | {f"runtime.{k}" for k in ("backend", "stages", "num_stages", "address", "threads", "num_cpus",
+                                            "placement", "transport", "window", "peer_timeout_s", "device",
+                                            "gpus_per_stage", "max_failures", "autoscale", "placement_timeout_s")})
+
+
+def differences(old: dict, new: dict, learned_only: bool = False) -> list[str]:
+    """`section.key: old -> new` for every setting that differs between two `to_dict()`s (with
+    `learned_only`, leaving out NOT_LEARNED and the metrics and alignment sections)."""
+    out = []
+    for section in SECTIONS:
+        a, b = old.get(section, {}), new.get(section, {})
+        for key in sorted(set(a) | set(b)):
+            name = f"{section}.{key}"
+            if learned_only and (name in NOT_LEARNED or section in ("metrics", "alignment")):
+                continue
+            if a.get(key) != b.get(key):
+                out.append(f"{name}: {a.get(key)!r} -> {b.get(key)!r}")
+    return out
 
 
 def describe() -> str:

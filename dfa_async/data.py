@@ -60,7 +60,7 @@ STATS = {
 
 
 def data_dir(cfg: DataConfig) -> Path:
-    return Path(cfg.dir or os.environ.get("DFA_ASYNC_DATA") or Path.home() / ".cache" / "dfa_async")
+    return Path(cfg.dir or os.environ.get("DFA_ASYNC_DATA") or Path.home() / ".cache" / "dfa_async").expanduser()
 
 
 def md5(path: Path) -> str:
@@ -73,8 +73,12 @@ def md5(path: Path) -> str:
 
 def download(url: str, dest: Path, expected_md5: str) -> None:
     """Fetch `url` into `dest` atomically (temporary file, md5 check, rename)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
+    except OSError as err:
+        raise DataError(f"data.dir: cannot write {dest.parent} ({err.strerror}); set data.dir to a folder you can "
+                        "write to, or put the file there yourself") from None
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
             while chunk := resp.read(1 << 20):
@@ -84,7 +88,7 @@ def download(url: str, dest: Path, expected_md5: str) -> None:
             raise DataError(f"data: download of {url} has md5 {got}, expected {expected_md5}; "
                             "the server sent a different file (check data.url)")
         os.replace(tmp, dest)
-    except OSError as err:
+    except (OSError, ValueError) as err:  # ValueError: not a URL urllib can open
         raise DataError(f"data: could not download {url} to {dest} ({err}); put the file there yourself "
                         "or set data.dir / DFA_ASYNC_DATA to a folder that holds it") from None
     finally:
@@ -97,7 +101,10 @@ def _base_url(cfg: DataConfig, name: str) -> str:
 
 
 def _ensure(cfg: DataConfig, name: str, filename: str, expected_md5: str) -> Path:
-    path = data_dir(cfg) / name / filename
+    base = data_dir(cfg)
+    if base.exists() and not base.is_dir():
+        raise DataError(f"data.dir: {base} is a file, not a folder; set data.dir (or DFA_ASYNC_DATA) to a folder")
+    path = base / name / filename
     if path.exists():
         got = md5(path)
         if got != expected_md5:

@@ -61,7 +61,8 @@ class Exporter:
                 continue
             label = str(s)
             for op, _, a, b, _ in ops:
-                (self.forward_s if op == "forward" else self.update_s).labels(stage=label).observe(b - a)
+                if op in ("forward", "update"):
+                    (self.forward_s if op == "forward" else self.update_s).labels(stage=label).observe(b - a)
             span = ops[-1][3] - ops[0][2]
             busy = sum(b - a for _, _, a, b, _ in ops)
             self.idle.labels(stage=label).set(1 - busy / span if span > 0 else 0.0)

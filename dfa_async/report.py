@@ -1,6 +1,7 @@
 """`dfa-async report RUN_DIR`: plots and tables drawn from a run's event log alone."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from . import runlog, storage
@@ -8,10 +9,20 @@ from . import runlog, storage
 
 def load(run_dir: Path) -> dict[str, list[dict]]:
     path = Path(run_dir) / "events.msgpack"
-    if not path.exists():
-        raise FileNotFoundError(f"RUN_DIR: {path} does not exist; pass a run directory written by dfa-async train")
+    if not path.is_file():
+        raise ValueError(f"RUN_DIR: {path} is not a file; pass a run directory written by dfa-async train")
+    data = path.read_bytes()
+    found = runlog.scan(data)
+    if not found.records:
+        raise ValueError(f"RUN_DIR: {path} holds no event-log records ({len(data)} bytes); pass a run directory "
+                         "written by dfa-async train")
+    for problem in found.problems(path):
+        print(f"dfa-async: warning: {problem}", file=sys.stderr)
+    if found.tail is not None:
+        print(f"dfa-async: warning: {path}: the last {len(data) - found.tail} bytes are a torn record (a run cut "
+              "off mid-write); the report covers what precedes them", file=sys.stderr)
     out: dict[str, list[dict]] = {}
-    for rec in runlog.read(path):
+    for rec in found.records:
         out.setdefault(rec["kind"], []).append(rec)
     return out
 
@@ -154,6 +165,8 @@ def write(run_dir: str | Path, out: str | Path | None = None) -> Path | str:
         return written if out else f"{store.name.rstrip('/')}/report/report.md"
     ev = load(Path(run_dir))
     out = Path(out) if out else Path(run_dir) / "report"
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: is a file; give a folder for report.md and its plots")
     out.mkdir(parents=True, exist_ok=True)
     images = plots(ev, out)
     md = tables(ev) + "\n" + "\n".join(f"![{p.stem}]({p.name})" for p in images) + "\n"

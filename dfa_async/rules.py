@@ -125,6 +125,12 @@ class Learner:
         self.updates += 1
         return out, (self.signal(e) if e is not None else None), staleness
 
+    def drop(self, step: int) -> None:
+        """Forget step's stash without updating (a skipped step: its error was not finite)."""
+        self.stash.pop(step, None)
+        self.stash_bytes.pop(step, None)
+        self.updates_at_forward.pop(step, None)
+
     # Bottleneck (mask form): only the kept units of this block are trained.
     def _masked_params(self):
         n = len(self.keep_units)

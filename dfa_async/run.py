@@ -2,8 +2,12 @@
 either backend. `train(config)` is the package's Python entry point."""
 from __future__ import annotations
 
+import errno
 import math
+import os
+import sys
 import time
+import tomllib
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -13,6 +17,7 @@ import torch
 from . import checkpoint, config as config_mod, data, optim, runlog, schedule, storage
 from .config import Config, ConfigError
 from .runlog import EventLog
+from .storage.lock import RunLock
 from .stage import Plan, StageFailure
 
 
@@ -138,23 +143,60 @@ class Timelines:
         return out
 
 
-def check_run_dir(store: storage.RunStore, cfg: Config, total: int):
-    """The checkpoint to resume from (None for a new run); refuses a directory that holds another run."""
-    run_dir, shown = store.local, store.name
+@dataclass
+class Start:
+    """What the run directory holds for this start."""
+    found: tuple | None  # (path, state) of the checkpoint to resume from; None: start at step 0
+    skipped: list        # newer checkpoints passed over: (name, reason)
+    changed: list        # settings changed since the run began (only those that do not change learning)
+    fresh: bool          # nothing was there before (no log, no checkpoint)
+
+
+def warn(message: str) -> None:
+    print(f"dfa-async: warning: {message}", file=sys.stderr, flush=True)
+
+
+def check_run_dir(store: storage.RunStore, cfg: Config, plan: Plan) -> Start:
+    """What to resume from; refuses a directory that holds another run (other settings, even with its
+    config.toml gone: every checkpoint carries the settings) or a finished one."""
+    run_dir, shown, total = store.local, store.name, plan.total_steps
     saved = config_mod.to_toml(cfg)
-    cfg_path = run_dir / "config.toml"
-    found = checkpoint.latest(run_dir)
-    if found is None and (run_dir / "events.msgpack").exists():
-        raise ConfigError(f"--run-dir {shown}: holds a run's log but no checkpoint to resume from; "
+    cfg_path, log_path = run_dir / "config.toml", run_dir / "events.msgpack"
+    for path in (cfg_path, log_path, run_dir / "checkpoints"):
+        if path.exists() and path.is_dir() != (path.name == "checkpoints"):
+            raise ConfigError(f"--run-dir {shown}: {path.name} is a {'directory' if path.is_dir() else 'file'}; "
+                              "this is not a run directory that dfa-async wrote, choose another")
+    found, skipped = checkpoint.newest(run_dir)
+    old = None
+    try:
+        if found is not None and "settings" in found[1]:
+            old = tomllib.loads(found[1]["settings"])
+        elif cfg_path.exists():
+            old = tomllib.loads(cfg_path.read_text())
+        elif log_path.exists():
+            configs = runlog.read(log_path, "config")
+            old = configs[0]["config"] if configs else None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError):
+        raise ConfigError(f"--run-dir {shown}: its config.toml is not valid TOML; restore it or choose another "
+                          "directory") from None
+    changed = []
+    if old is not None:
+        learned = config_mod.differences(old, cfg.to_dict(), learned_only=True)
+        if learned:
+            raise ConfigError(f"--run-dir {shown}: holds a run with other settings ({'; '.join(learned[:3])}"
+                              f"{'; …' if len(learned) > 3 else ''}); resume it with its settings or choose "
+                              "another directory")
+        changed = config_mod.differences(old, cfg.to_dict())
+    if found is not None and (why := checkpoint.mismatch(found[1], plan.build())):
+        raise ConfigError(f"--run-dir {shown}: checkpoint {found[0].name} does not fit this model ({why}); "
                           "choose another directory")
-    if found is not None and cfg_path.exists() and cfg_path.read_text() != saved:
-        raise ConfigError(f"--run-dir {shown}: holds a run with other settings (its config.toml); resume it with "
-                          "the same settings or choose another directory")
-    if found is not None and int(found[1]["step"]) >= total - 1 and runlog.read(run_dir / "events.msgpack", "done"):
+    if (found is not None and int(found[1]["step"]) >= total - 1 and log_path.exists()
+            and runlog.read(log_path, "done")):
         raise ConfigError(f"--run-dir {shown}: holds a finished run; choose another directory")
+    fresh = found is None and not log_path.exists()
     if not cfg_path.exists():
         write_text(cfg_path, saved)
-    return found
+    return Start(found, skipped, changed, fresh)
 
 
 def train(cfg: Config, run_dir: str | Path | None = None, *, model=None, progress: bool = False,
@@ -167,21 +209,44 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, model=None, progres
     total, spe = step_counts(cfg, len(ds.x_train))
     plan = Plan(cfg, ds.shape, ds.classes, total, spe, net=model)
     store = prepare_run_dir(cfg, run_dir)
+    lock = None
     try:
-        found = check_run_dir(store, cfg, total)
+        lock = RunLock(store.local, store.name)  # before anything in the directory is read or changed
+        cleaned = checkpoint.clean(store.local)
+        begin = check_run_dir(store, cfg, plan)
     except BaseException:
+        if lock is not None:
+            lock.release()
         store.discard()
         raise
-    run_dir = store.local
+    try:
+        return _train(cfg, plan, ds, store, begin, cleaned, total, spe, progress, metrics)
+    finally:
+        lock.release()
+        store.close()
 
+
+def _train(cfg, plan, ds, store, begin, cleaned, total, spe, progress, metrics) -> Result:
+    run_dir, found = store.local, begin.found
     log = EventLog(run_dir / "events.msgpack")
-    pipe = None
-    bar = None
+    for problem in log.problems:
+        warn(problem)
+    if log.repaired:
+        log.write("repair", 0, torn_tail_offset=log.repaired[0], torn_tail_bytes=log.repaired[1])
+    if cleaned:
+        log.write("cleaned", 0, files=cleaned)
+    for name, why in begin.skipped:
+        where = found[0].name if found else "none (start from step 0)"
+        warn(f"checkpoint {name} {why}; resuming from {where}")
+        log.write("checkpoint_skipped", 0, path=name, reason=why, resumed_from=where)
+    pipe = bar = driver = None
     try:
         pipe = make_pipeline(plan, ds)
         if found is None:
             log.write("config", 0, config=cfg.to_dict(), blocks=plan.num_blocks, steps=total,
                       steps_per_epoch=spe, partition=plan.partition(), backend=cfg.runtime.backend)
+            if not begin.fresh:
+                log.write("resume", 0, checkpoint=None, changed=begin.changed)
         if metrics:
             log.write("metrics", 0, host=metrics.host, port=metrics.port)
         if hasattr(pipe, "pids"):
@@ -197,7 +262,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, model=None, progres
         driver = _Driver(cfg, plan, ds, pipe, log, store, probe, metrics, bar, total, spe)
         failures = 0
         while True:
-            start = driver.restore(found)
+            start = driver.restore(found, store.name, begin.changed)
             try:
                 driver.run(start)
                 break
@@ -213,17 +278,51 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, model=None, progres
                 if metrics:
                     metrics.restart()
         return driver.finish()
+    except KeyboardInterrupt:
+        step = driver.step if driver else 0
+        _try(log.write, "interrupted", step)
+        raise Interrupted(f"interrupted at step {step}; {_kept(run_dir)}; rerun the same command to resume") \
+            from None
+    except OSError as err:
+        if err.errno not in FULL:
+            raise
+        where = err.filename or run_dir
+        raise StorageFull(f"no space left writing {where} ({os.strerror(err.errno)}); {_kept(run_dir)}; free "
+                          "space and rerun the same command to resume") from None
     finally:
         if bar:
             bar.close()
-        log.close()
+        _try(log.close)
         if pipe is not None:
             pipe.close()
-        store.close()
+
+
+FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _try(fn, *args):
+    """A last record or close on the way out; a full disk must not hide the error that is being raised."""
+    try:
+        fn(*args)
+    except OSError:
+        pass
+
+
+def _kept(run_dir: Path) -> str:
+    found = checkpoint.latest(run_dir)
+    return f"kept: checkpoint {found[0].name} (step {found[1]['step']})" if found else "no checkpoint yet"
 
 
 class TrainingStopped(RuntimeError):
     """The run gave up (too many stage failures); the message names the last good checkpoint."""
+
+
+class Interrupted(RuntimeError):
+    """Ctrl-C (SIGINT): the message gives the step and what was kept."""
+
+
+class StorageFull(RuntimeError):
+    """The run directory's disk (or quota) is full; the message names the path and what was kept."""
 
 
 class _Driver:
@@ -237,14 +336,19 @@ class _Driver:
         self.timelines = Timelines()
         self.last = {"test_accuracy": float("nan"), "test_loss": float("nan")}
         self.align_log, self.samples, self.seconds, self.step = [], 0, 0.0, 0
+        self.settings = config_mod.to_toml(cfg)  # kept in every checkpoint: the run's fingerprint
 
-    def restore(self, found) -> int:
+    def restore(self, found, shown: str = "", changed=()) -> int:
         if found is None:
             return 0
         path, state = found
-        self.pipe.load_state(state["blocks"])
+        try:
+            self.pipe.load_state(state["blocks"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as err:
+            raise ConfigError(f"--run-dir {shown}: checkpoint {path.name} does not fit this model "
+                              f"({checkpoint.first_line(err, 160)}); choose another directory") from None
         start = int(state["step"]) + 1
-        self.log.write("resume", start, checkpoint=path.name)
+        self.log.write("resume", start, checkpoint=path.name, changed=list(changed))
         return start
 
     def run(self, start: int) -> None:
@@ -295,8 +399,12 @@ class _Driver:
         sps = self.samples / max(self.seconds + time.time() - t0, 1e-9)
         for t, loss in zip(range(win.start, win.stop), win.losses):
             if not math.isfinite(loss):
+                if tr.on_nonfinite == "skip":  # every stage skipped this step's update (Stage.update)
+                    self.log.write("skip", t, loss=loss)
+                    continue
                 self.log.write("error", t, message=f"loss is {loss} at step {t}")
-                raise FloatingPointError(f"training diverged: loss is {loss} at step {t}; lower optim.lr")
+                raise FloatingPointError(f"training diverged: loss is {loss} at step {t}; {_kept(self.run_dir)}; "
+                                         "lower optim.lr, or set train.on_nonfinite = skip")
             if (t + 1) % tr.log_every == 0 or t == self.total - 1:
                 self.log.write("train", t, loss=loss, epoch=t / self.spe, samples_per_s=sps,
                                lr=optim.lr_at(self.cfg.optim, t, self.total, self.spe))
@@ -317,7 +425,8 @@ class _Driver:
             self._evaluate(t)
         if (cfg.checkpoint.every and (t + 1) % cfg.checkpoint.every == 0) or t == self.total - 1:
             path = checkpoint.save(self.run_dir, t, {"step": t, "blocks": self.pipe.state(),
-                                                     "rng": torch.get_rng_state()}, cfg.checkpoint.keep)
+                                                     "rng": torch.get_rng_state(), "settings": self.settings},
+                                   cfg.checkpoint.keep)
             self.log.write("checkpoint", t, path=path.name)
             self.store.push()
 

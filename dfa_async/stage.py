@@ -145,6 +145,7 @@ class Stage:
         self.sizes = [len(list(learner.block.parameters())) for learner in self.learning]
         self.opt = optim.make([p for learner in self.learning for p in learner.block.parameters()], cfg.optim)
         self.is_head = self.ids[-1] == last
+        self.skip_nonfinite = cfg.train.on_nonfinite == "skip"
         # Host timestamps of every op: (op, step, start, end, staleness); bubbles show as gaps.
         self.timeline: list[tuple[str, int, float, float, int]] = []
         self.peaks = {"in_flight": 0, "stash_bytes": 0}  # since the last take_timeline
@@ -170,6 +171,13 @@ class Stage:
     def update(self, step: int, e: torch.Tensor) -> list[int]:
         """Apply step's update on every block of the stage; return each learning block's staleness."""
         t0 = time.time()
+        # train.on_nonfinite = skip: every stage sees the same e, so every stage skips the same steps
+        # (one device sync per update; the default, stop, leaves the check to the driver's window).
+        if self.skip_nonfinite and not bool(torch.isfinite(e).all()):
+            for learner in self.learners:
+                learner.drop(step)
+            self.timeline.append(("skip", step, t0, time.time(), 0))
+            return []
         lr = optim.lr_at(self.cfg.optim, step, self.plan.total_steps, self.plan.steps_per_epoch)
         stale = rules.update(self.learners, self.opt, step, e, lr)
         self.timeline.append(("update", step, t0, time.time(), max(stale, default=0)))

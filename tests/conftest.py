@@ -58,3 +58,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def poison(monkeypatch, sample: int, n_train: int, batch: int, steps: int) -> list[int]:
+    """Make data.load put a NaN into one training sample; returns the steps whose batch holds it."""
+    from dfa_async import data
+
+    load = data.load
+
+    def with_nan(cfg, seed):
+        ds = load(cfg, seed)
+        ds.x_train.view(len(ds.x_train), -1)[sample, 0] = float("nan")
+        return ds
+    monkeypatch.setattr(data, "load", with_nan)
+    batches = data.Batches(n_train, batch, 0)
+    return [t for t in range(steps) if sample in batches.indices(t).tolist()]

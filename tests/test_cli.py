@@ -82,3 +82,217 @@ def test_killed_driver_resumes_from_its_run_dir_to_the_same_weights(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     kinds = [r["kind"] for r in runlog.read(log)]
     assert "resume" in kinds and kinds[-1] == "done"
+
+
+# -- the reliability audit's inputs: each a one-line error (exit 2) naming what to change, or success ----------
+def _finished_run(tmp):
+    from dfa_async import cli
+
+    assert cli.main(["train", *SYNTH, "--run-dir", str(tmp / "done"), "--no-progress"]) == 0
+    return tmp / "done"
+
+
+def _other_shape_checkpoint(tmp):
+    """A run dir whose checkpoint (of the unframed era, without settings) holds another model's shapes."""
+    from dfa_async import checkpoint, cli
+
+    assert cli.main(["train", *SYNTH, "--set", "model.widths=[24]", "--set", "checkpoint.every=4",
+                     "--set", "train.max_steps=6", "--run-dir", str(tmp / "shape"), "--no-progress"]) == 0
+    for p in (tmp / "shape" / "checkpoints").glob("step-*.pt"):
+        state = checkpoint.load(p)
+        del state["settings"]
+        torch.save(state, p)
+    (tmp / "shape" / "config.toml").unlink()
+    (tmp / "shape" / "events.msgpack").unlink()
+    (tmp / "shape" / "final_model.pt").unlink()
+    return tmp / "shape"
+
+
+AUDIT = {
+    "binary config file": (lambda t: (t / "c.bin").write_bytes(b"\x00\xff\xfe\x80" * 50) and ["train", str(t / "c.bin")],
+                           "not valid TOML"),
+    "directory as config file": (lambda t: ["train", str(t)], "is a directory"),
+    "run dir that is a file": (lambda t: (t / "f").write_text("x") and ["train", *SYNTH, "--run-dir", str(t / "f")],
+                               "is a file, not a directory"),
+    "run dir under a file": (lambda t: (t / "f").write_text("x") and ["train", *SYNTH, "--run-dir", str(t / "f" / "r")],
+                             "lies under a file"),
+    "train.root that is a file": (lambda t: (t / "f").write_text("x") and ["train", *SYNTH, "--set",
+                                                                           f"train.root={t / 'f'}"], "train.root"),
+    "run dir without write permission": (lambda t: ["train", *SYNTH, "--run-dir", "/sys/dfa-async-x"],
+                                         "cannot write in /sys/dfa-async-x"),
+    "data.dir that is a file": (lambda t: (t / "f").write_text("x") and ["train", "--set", f"data.dir={t / 'f'}"],
+                                "data.dir"),
+    "data.url that is not a URL": (lambda t: ["train", "--set", "data.url=notaurl"], "data.url: 'notaurl'"),
+    "nccl on the local backend": (lambda t: ["train", *SYNTH, "--set", "runtime.transport=nccl"],
+                                  "runtime.transport: 'nccl' applies to runtime.backend = ray"),
+    "an address on the local backend": (lambda t: ["train", *SYNTH, "--set", "runtime.address=auto"],
+                                        "runtime.address"),
+    "a checkpoint of another model": (lambda t: ["train", *SYNTH, "--run-dir", str(_other_shape_checkpoint(t))],
+                                      "does not fit this model (block 0 1.weight is 24x64 there, 16x64 in this model)"),
+    "events.msgpack that is a directory": (lambda t: (t / "r" / "events.msgpack").mkdir(parents=True) or
+                                           ["train", *SYNTH, "--run-dir", str(t / "r")], "events.msgpack is a directory"),
+    "report --out onto a file": (lambda t: (t / "f").write_text("x") and ["report", str(_finished_run(t)), "--out",
+                                                                          str(t / "f")], "is a file"),
+    "report of a garbage log": (lambda t: (t / "g").mkdir() or (t / "g" / "events.msgpack").write_bytes(b"\x00" * 99)
+                                and ["report", str(t / "g")], "holds no event-log records"),
+    "report of a directory log": (lambda t: (t / "g" / "events.msgpack").mkdir(parents=True) or ["report", str(t / "g")],
+                                  "is not a file"),
+    "bench --width -4": (lambda t: ["bench", "--width", "-4"], "--width: -4"),
+    "bench --steps 0": (lambda t: ["bench", "--steps", "0"], "--steps: 0"),
+    "bench --depths a,b": (lambda t: ["bench", "--depths", "a,b"], "--depths: 'a,b'"),
+    "bench --stages 0": (lambda t: ["bench", "--stages", "0"], "--stages: 0"),
+    "bench --repeats 0": (lambda t: ["bench", "--repeats", "0"], "--repeats: 0"),
+    "bench --depths 0": (lambda t: ["bench", "--depths", "0"], "--depths: 0"),
+    "an unknown flag": (lambda t: ["train", "--epochs", "3"], "unrecognized arguments: --epochs"),
+    "simulate of a missing folder": (lambda t: ["simulate", str(t / "none")], "none"),
+}
+
+
+@pytest.mark.parametrize("case", list(AUDIT), ids=list(AUDIT))
+def test_audit_inputs_get_a_one_line_error(case, tmp_path, capsys, monkeypatch):
+    from dfa_async import cli
+
+    monkeypatch.chdir(tmp_path)
+    make, words = AUDIT[case]
+    argv = make(tmp_path)
+    capsys.readouterr()
+    try:
+        code = cli.main(argv)
+    except SystemExit as exit:  # argparse
+        code = exit.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2, (code, err)
+    assert err.count("\n") == 0 and "Traceback" not in err, err
+    assert words in err, err
+
+
+def test_audit_inputs_that_now_succeed(tmp_path, capsys, monkeypatch):
+    """data.dir=~/x means the home folder's x; a finished checkpoint without its log finishes the run;
+    a malformed checkpoint is passed over with a warning."""
+    from dfa_async import cli
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    code = cli.main(["train", "--set", "data.dir=~/data", "--set", "data.download=false", "--no-progress"])
+    assert code == 2 and not (tmp_path / "~").exists() and str(home / "data") in capsys.readouterr().err
+    run = _finished_run(tmp_path)
+    (run / "events.msgpack").unlink()
+    (run / "final_model.pt").unlink()
+    assert cli.main(["train", *SYNTH, "--run-dir", str(run), "--no-progress"]) == 0
+    assert runlog.read(run / "events.msgpack", "done") and (run / "final_model.pt").exists()
+    torch.save({"step": "x"}, tmp_path / "m.pt")
+    (tmp_path / "bad" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "m.pt").rename(tmp_path / "bad" / "checkpoints" / "step-00000003.pt")
+    capsys.readouterr()
+    assert cli.main(["train", *SYNTH, "--run-dir", str(tmp_path / "bad"), "--no-progress"]) == 0
+    assert "checkpoint step-00000003.pt is not a dfa-async checkpoint" in capsys.readouterr().err
+
+
+def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(tmp_path):
+    import os
+    import signal
+    import time
+
+    args = ["train", *SYNTH, "--set", "data.n_train=16000", "--set", "train.batch_size=8", "--set",
+            "checkpoint.every=100", "--no-progress", "--run-dir", "r"]
+    proc = subprocess.Popen([sys.executable, "-m", "dfa_async.cli", *args], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "r" / "events.msgpack"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and not (log.exists() and runlog.read(log, "checkpoint")):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip().count("\n") == 0 and "Traceback" not in err, err
+    assert "interrupted at step" in err and "kept: checkpoint step-" in err and "rerun the same command" in err
+    again = dfa_async(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert runlog.read(log, "interrupted") and runlog.read(log, "done")
+
+
+def test_a_full_disk_names_the_path_and_what_was_kept(tmp_path):
+    """RLIMIT_FSIZE makes a file's writes past 30 kB fail (EFBIG), as a full disk would (ENOSPC): here the
+    event log's, after a few checkpoints (26 kB each) were written."""
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (30_000, 30_000))
+
+    args = ["train", *SYNTH, "--set", "checkpoint.every=4", "--set", "train.epochs=6", "--set", "train.batch_size=8",
+            "--no-progress", "--run-dir", "r"]
+    p = subprocess.run([sys.executable, "-m", "dfa_async.cli", *args], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=300, preexec_fn=limit)
+    assert p.returncode == 1, p.stderr
+    err = p.stderr.strip()
+    assert err.count("\n") == 0 and "Traceback" not in err, err
+    assert "no space left writing r/" in err and "kept: checkpoint step-" in err, err
+    again = dfa_async(*args, cwd=tmp_path)  # space again: the same command resumes and finishes
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "r" / "final_model.pt").exists()
+
+
+# -- random command lines: a result or one line of error, never a traceback, never a hang -----------------------
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st  # noqa: E402
+
+FAST = ["--set", "data.name=synthetic", "--set", "data.n_train=64", "--set", "data.n_test=32",
+        "--set", "train.max_steps=2", "--set", "runtime.backend=local", "--no-progress"]
+WORDS = st.sampled_from(["0", "-4", "1", "2", "3", "a,b", "1,2", "0.5", "", "x", "nope.toml", "/", "/sys/x",
+                         "memory://", "nosuch://b", "--", "-", "1e9", "[1,2]", "runs", "notaurl"])
+SETS = st.tuples(st.sampled_from(["model.widths", "model.activation", "runtime.depth", "runtime.stages",
+                                  "train.batch_size", "optim.lr", "optim.name", "feedback.rule", "train.epochs",
+                                  "runtime.transport", "data.dir", "train.root", "checkpoint.every", "bogus.key",
+                                  "model", "alignment.every"]), WORDS).map(lambda kv: ["--set", f"{kv[0]}={kv[1]}"])
+FLAGS = {
+    "train": st.one_of(SETS, st.tuples(st.just("--run-dir"), WORDS).map(list), WORDS.map(lambda w: [w])),
+    "bench": st.tuples(st.sampled_from(["--width", "--batch", "--stages", "--depths", "--steps", "--repeats",
+                                        "--microbatches", "--fixed-blocks", "--gpus-per-stage", "--to-accuracy",
+                                        "--transport", "--device"]), st.sampled_from(["0", "-4", "a,b", "x", "-1"])
+                       ).map(list),
+    "report": st.one_of(WORDS.map(lambda w: [w]), st.tuples(st.just("--out"), WORDS).map(list)),
+    "simulate": st.one_of(WORDS.map(lambda w: [w]), st.tuples(st.sampled_from(["--link", "--workers", "--depth"]),
+                                                              WORDS).map(list)),
+    "settings": st.just([]),
+    "nosuchcommand": st.just([]),
+}
+
+
+@hsettings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.sampled_from(sorted(FLAGS)).flatmap(lambda c: st.tuples(st.just(c), st.lists(FLAGS[c], max_size=3))))
+def test_any_command_line_gives_a_result_or_one_line_of_error(tmp_path_factory, capsys, command_and_flags):
+    """Bench lines always hold one bad value (a good one would start minutes of measuring)."""
+    import os
+    import signal
+
+    from dfa_async import cli
+
+    command, flags = command_and_flags
+    argv = [command] + [w for f in flags for w in f]
+    if command == "train":
+        argv += FAST
+    if command == "bench":
+        argv += ["--steps", "0"]
+    cwd = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cli"))
+
+    def hang(*_):
+        raise TimeoutError(f"dfa-async {' '.join(argv)} did not return in 120 s")
+    old = signal.signal(signal.SIGALRM, hang)
+    signal.alarm(120)
+    try:
+        try:
+            code = cli.main(argv)
+        except SystemExit as exit:  # argparse: --help or a bad command line
+            code = exit.code
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+        os.chdir(cwd)
+    err = capsys.readouterr().err.strip()
+    assert code in (0, 1, 2), (argv, code, err)
+    assert "Traceback" not in err, (argv, err)
+    if code:
+        lines = [line for line in err.splitlines() if "warning:" not in line]
+        assert len(lines) == 1, (argv, err)

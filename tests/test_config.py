@@ -108,3 +108,43 @@ def test_every_setting_has_a_docstring():
 def test_narrow_bottleneck_changes_the_width():
     cfg = config.load(None, ["bottleneck.layer=2", "bottleneck.width=8", "bottleneck.form=narrow"])
     assert cfg.hidden_widths() == [800, 8]
+
+
+# -- property tests of the settings parser -------------------------------------------------------------------
+from hypothesis import given, settings as hsettings, strategies as st  # noqa: E402
+
+from dfa_async import config as config_mod  # noqa: E402
+
+KEYS = [f"{section}.{f}" for section in config_mod.SECTIONS
+        for f in config_mod.dataclasses.fields(config_mod._section_class(section))]
+VALUES = st.one_of(st.integers(-10**6, 10**6), st.floats(allow_nan=True, allow_infinity=True), st.booleans(),
+                   st.text(max_size=12), st.lists(st.integers(-5, 2000), max_size=4),
+                   st.sampled_from(["auto", "mlp", "cnn", "dfa", "bp", "sgd", "adam", "paper", "relu", "[]", ""]))
+
+
+@hsettings(max_examples=400, deadline=None)
+@given(st.dictionaries(st.sampled_from(KEYS + ["model.nope", "nosection.key"]), VALUES, max_size=6))
+def test_any_settings_give_a_config_or_one_line_naming_a_key(assignments):
+    """Any values for any keys: either a validated Config that round-trips through its TOML, or a
+    ConfigError of one line that names a setting."""
+    raw = {}
+    for key, value in assignments.items():
+        section, name = key.split(".", 1)
+        raw.setdefault(section, {})[name] = value
+    try:
+        cfg = config_mod.from_dict(raw)
+    except ConfigError as err:
+        text = str(err)
+        assert "\n" not in text
+        assert any(k.split(".")[0] in text for k in [*KEYS, "nosection", "config"]), text
+        return
+    assert config_mod.from_dict(config_mod.tomllib.loads(config_mod.to_toml(cfg))) == cfg
+
+
+@hsettings(max_examples=200, deadline=None)
+@given(st.lists(st.text(alphabet="abcdefgilmnoprstuwx._=[]0123456789-\" ,", max_size=30), max_size=4))
+def test_any_override_strings_give_a_config_or_one_line(texts):
+    try:
+        config_mod.load(None, texts)
+    except ConfigError as err:
+        assert "\n" not in str(err)

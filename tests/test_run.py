@@ -5,7 +5,7 @@ import torch
 from dfa_async import checkpoint, model as models, runlog, train
 from dfa_async.config import ConfigError
 
-from conftest import small_config
+from conftest import poison, small_config
 
 
 def test_train_writes_log_checkpoint_and_final_model(tmp_path):
@@ -109,7 +109,7 @@ def test_a_finished_run_is_not_overwritten_and_a_crash_after_the_last_checkpoint
     # Cut the log just before `done` and drop the final model: a crash after the last checkpoint.
     recs = runlog.read(tmp_path / "r" / "events.msgpack")
     import msgpack
-    (tmp_path / "r" / "events.msgpack").write_bytes(before[:len(before) - len(msgpack.packb(recs[-1]))])
+    (tmp_path / "r" / "events.msgpack").write_bytes(before[:len(before) - 12 - len(msgpack.packb(recs[-1]))])
     (tmp_path / "r" / "final_model.pt").unlink()
     again = train(small_config(), tmp_path / "r")
     assert again.test_accuracy == res.test_accuracy and (tmp_path / "r" / "final_model.pt").exists()
@@ -129,3 +129,95 @@ def test_windows_end_at_cuts_and_size_themselves_to_about_a_second_of_work():
                                            [("forward", 0, 10.005, 10.01, 0)]]))
     assert next(it) == (8, 100)  # capped by the cut after step 99
     assert next(it) == (100, 100 + int(400 * WINDOW_S))
+
+
+# -- the run directory as a durable record ---------------------------------------------------------------------
+def test_settings_live_in_every_checkpoint_so_a_missing_config_toml_hides_nothing(tmp_path):
+    cfg = small_config(train={"epochs": 2}, checkpoint={"every": 5, "keep": 10})
+    train(cfg, tmp_path / "r")
+    for p in (tmp_path / "r" / "checkpoints").glob("step-*.pt"):
+        if checkpoint._step(p) > 20:
+            p.unlink()
+    (tmp_path / "r" / "config.toml").unlink()
+    (tmp_path / "r" / "events.msgpack").unlink()  # the checkpoint is all that is left
+    with pytest.raises(ConfigError, match=r"other settings \(optim.lr: 0.001 -> 0.5\)"):
+        train(small_config(train={"epochs": 2}, checkpoint={"every": 5, "keep": 10}, optim={"lr": 0.5}),
+              tmp_path / "r")
+
+
+def test_a_resume_may_change_where_it_runs_and_says_what_changed(tmp_path):
+    common = dict(train={"epochs": 2}, checkpoint={"every": 5, "keep": 10})
+    straight = train(small_config(**common), tmp_path / "straight")
+    train(small_config(**common), tmp_path / "r")
+    for p in (tmp_path / "r" / "checkpoints").glob("step-*.pt"):
+        if checkpoint._step(p) > 20:
+            p.unlink()
+    (tmp_path / "r" / "final_model.pt").unlink()
+    resumed = train(small_config(checkpoint={"every": 5, "keep": 10}, runtime={"stages": [2, 1]},
+                                 train={"epochs": 2, "log_every": 3}), tmp_path / "r")
+    assert resumed.test_accuracy == straight.test_accuracy
+    (resume,) = runlog.read(tmp_path / "r" / "events.msgpack", "resume")
+    assert resume["checkpoint"] == "step-00000019.pt"
+    assert resume["changed"] == ["train.log_every: 1 -> 3", "runtime.stages: [] -> [2, 1]"]
+
+
+def test_a_failed_start_leaves_the_directory_reusable(tmp_path):
+    bad = small_config(runtime={"device": "cuda"})  # refused when the pipeline is made (no GPU here)
+    if torch.cuda.is_available():
+        pytest.skip("this process has a GPU")
+    with pytest.raises(ConfigError, match="runtime.device: cuda"):
+        train(bad, tmp_path / "r")
+    assert (tmp_path / "r" / "events.msgpack").exists()
+    res = train(small_config(), tmp_path / "r")  # the same run on the CPU (device does not change learning)
+    assert res.steps == 16
+    kinds = [r["kind"] for r in runlog.read(tmp_path / "r" / "events.msgpack")]
+    assert kinds[:2] == ["config", "resume"] and kinds.count("config") == 1 and kinds[-1] == "done"
+
+
+def test_a_fallback_to_an_older_checkpoint_is_logged_and_printed_and_temporaries_go(tmp_path, capsys):
+    cfg = small_config(train={"epochs": 2}, checkpoint={"every": 5, "keep": 3})
+    train(cfg, tmp_path / "r")
+    folder = tmp_path / "r" / "checkpoints"
+    newest = folder / "step-00000031.pt"
+    newest.write_bytes(newest.read_bytes()[:100])  # truncated
+    (folder / ".step-00000035.pt.x1y2").write_bytes(b"\0" * 15_000)  # an interrupted write
+    (tmp_path / "r" / "final_model.pt").unlink()
+    capsys.readouterr()
+    train(cfg, tmp_path / "r")
+    err = capsys.readouterr().err
+    assert "warning: checkpoint step-00000031.pt does not load" in err and "resuming from step-00000029.pt" in err
+    recs = runlog.read(tmp_path / "r" / "events.msgpack")
+    skipped = [r for r in recs if r["kind"] == "checkpoint_skipped"]
+    assert skipped[0]["path"] == "step-00000031.pt" and skipped[0]["resumed_from"] == "step-00000029.pt"
+    assert [r["files"] for r in recs if r["kind"] == "cleaned"] == [["checkpoints/.step-00000035.pt.x1y2"]]
+    assert not (folder / ".step-00000035.pt.x1y2").exists()
+
+
+# -- non-finite steps ------------------------------------------------------------------------------------------
+def poisoned(monkeypatch):
+    return poison(monkeypatch, 37, 256, 16, 32)
+
+
+def test_skip_drops_the_steps_whose_error_is_not_finite(tmp_path, monkeypatch):
+    steps = poisoned(monkeypatch)
+    assert len(steps) == 2  # one per epoch
+    cfg = small_config(train={"epochs": 2, "on_nonfinite": "skip"}, runtime={"depth": 2, "stages": [2, 1]},
+                       checkpoint={"every": 10})
+    res = train(cfg, tmp_path / "r")
+    assert [r["step"] for r in runlog.read(tmp_path / "r" / "events.msgpack", "skip")] == steps
+    sd = final_params(tmp_path / "r")
+    assert all(torch.isfinite(v).all() for v in sd.values()) and res.test_accuracy > 0.1
+    stale = [k for r in runlog.read(tmp_path / "r" / "events.msgpack", "timeline") for o, k in
+             zip(r["op"], r["staleness"]) if o == "skip"]
+    assert len(stale) == 2 * len(steps)  # both stages skipped both steps
+
+
+def test_stop_names_the_step_and_the_last_good_checkpoint(tmp_path, monkeypatch):
+    steps = poisoned(monkeypatch)
+    cfg = small_config(train={"epochs": 2}, checkpoint={"every": 4})
+    with pytest.raises(FloatingPointError, match=rf"loss is nan at step {steps[0]}; kept: checkpoint "
+                                                 rf"step-\d+\.pt .*train.on_nonfinite = skip"):
+        train(cfg, tmp_path / "r")
+    for p in (tmp_path / "r" / "checkpoints").glob("step-*.pt"):
+        state = checkpoint.load(p)
+        assert checkpoint.nonfinite(state["blocks"]) is None

@@ -238,7 +238,6 @@ def measure(width: int, batch: int, threads: int, stages: int, depths, warmup: i
             transport: str, repeats: int, calls: bool, baselines: bool, microbatches: list[int],
             blocks: int | None = None, device: str = "cpu", gpus_per_stage: float = 1.0):
     """Every mode on N = `stages` workers, side by side in rounds; records and meta for this N."""
-    import ray
 
     from ..runtime import RayPipeline
     from .calls import CallsPipeline

@@ -12,9 +12,6 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from ..config import ConfigError
 
-PLACEMENT_TIMEOUT_S = 300
-
-
 JOIN_CHECK_S = 5  # seconds to wait for an answer at runtime.address before saying nothing is there
 
 
@@ -56,23 +53,32 @@ def _check_reachable(address: str) -> None:
 class Placement:
     """One bundle per stage ({CPU: 1}, plus a GPU where stages run on GPUs) in a placement group."""
 
-    def __init__(self, n: int, bundle: dict, strategy: str, fixed: bool = False):
-        """`fixed`: the cluster cannot grow (a local instance of the run's own), so a request beyond its
-        total resources fails at once instead of after PLACEMENT_TIMEOUT_S."""
+    def __init__(self, n: int, bundle: dict, strategy: str, fixed: bool = False, autoscale: bool = False,
+                 timeout_s: float = 300.0):
+        """`fixed`: a local instance of the run's own. A request beyond the cluster's total resources fails
+        at once unless the cluster can grow (`autoscale`); one that fits in total but not now (other jobs
+        hold the resources) waits up to `timeout_s`."""
         self.n, self.bundle, self.strategy, self.pg = n, bundle, strategy, None
         total = ray.cluster_resources()
         short = {k: v * n for k, v in bundle.items() if total.get(k, 0) < v * n - 1e-9}
-        if fixed and short:
-            raise ConfigError(f"runtime.stages: {n} stages need {short}, but this Ray instance has only "
-                              f"{ {k: total.get(k, 0) for k in short} }; raise runtime.num_cpus or use fewer stages")
+        if short and (fixed or not autoscale):
+            have = {k: total.get(k, 0) for k in short}
+            fix = ("raise runtime.num_cpus or use fewer stages" if fixed else "use fewer stages, a larger cluster, "
+                   "or runtime.autoscale = true if the cluster adds nodes on demand")
+            raise ConfigError(f"runtime.stages: {n} stages need {short}, but the cluster has {have} in all; {fix}")
         self.pg = placement_group([dict(bundle)] * n, strategy=strategy.upper())
         try:
-            ray.get(self.pg.ready(), timeout=PLACEMENT_TIMEOUT_S)
+            ray.get(self.pg.ready(), timeout=1.0)
         except ray.exceptions.GetTimeoutError:
-            self.remove()
-            raise ConfigError(f"runtime.stages: the cluster could not place {n} stages of {bundle} ({strategy}) "
-                              f"within {PLACEMENT_TIMEOUT_S} s; it has {ray.available_resources()}. Use fewer "
-                              "stages or a larger cluster") from None
+            print(f"dfa-async: waiting up to {timeout_s:g} s for the cluster to place {n} stages of {bundle} "
+                  f"(free now: {ray.available_resources()})", flush=True)
+            try:
+                ray.get(self.pg.ready(), timeout=max(timeout_s - 1.0, 0.1))
+            except ray.exceptions.GetTimeoutError:
+                self.remove()
+                raise ConfigError(f"runtime.placement_timeout_s: the cluster could not place {n} stages of {bundle} "
+                                  f"({strategy}) within {timeout_s:g} s; free: {ray.available_resources()}. Use "
+                                  "fewer stages, wait for other jobs, or raise the timeout") from None
 
     def options(self, i: int) -> dict:
         return {"num_cpus": 1, "num_gpus": self.bundle.get("GPU", 0),

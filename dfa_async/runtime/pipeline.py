@@ -65,7 +65,9 @@ class RayPipeline:
 
     def _spawn(self) -> None:
         n = len(self.partition)
-        self.placement = Placement(n, self.bundle, self.cfg.runtime.placement, fixed=self.started_ray)
+        rt = self.cfg.runtime
+        self.placement = Placement(n, self.bundle, rt.placement, fixed=self.started_ray, autoscale=rt.autoscale,
+                                   timeout_s=rt.placement_timeout_s)
         self.actors = []
         for i, ids in enumerate(self.partition):
             held = {}

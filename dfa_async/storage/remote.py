@@ -122,10 +122,25 @@ class RunStore:
         return st.st_size, st.st_mtime_ns
 
 
+def _writable(folder: Path, setting: str) -> None:
+    """Make `folder` and check that a file can be written in it, before any work is done."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except FileExistsError:
+        raise ConfigError(f"{setting}: {folder} is a file, not a directory; choose a directory") from None
+    except NotADirectoryError:
+        raise ConfigError(f"{setting}: {folder} lies under a file; choose a directory") from None
+    except OSError as err:
+        raise ConfigError(f"{setting}: cannot write in {folder} ({err.strerror}); choose a directory you can "
+                          "write to") from None
+
+
 def open_run(target: str | Path, setting: str = "--run-dir") -> RunStore:
     """The run directory at `target`, pulled into its staging folder if it is a URI."""
     store = RunStore(target, setting)
     if not store.remote:
-        store.local.mkdir(parents=True, exist_ok=True)
+        _writable(store.local, setting)
     store.pull()
     return store

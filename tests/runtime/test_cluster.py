@@ -4,18 +4,37 @@ import pytest
 
 from dfa_async import train
 from dfa_async.config import ConfigError
-from dfa_async.runtime import cluster
 
 from conftest import small_config
 
 pytestmark = pytest.mark.usefixtures("ray_instance")
 
 
-def test_stages_the_cluster_cannot_place_give_a_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(cluster, "PLACEMENT_TIMEOUT_S", 3)
+def test_stages_beyond_the_clusters_total_fail_at_once_unless_it_autoscales(tmp_path):
     cfg = small_config(model={"widths": [8, 8, 8, 8]}, runtime={"backend": "ray"})  # 5 stages on 4 CPUs
-    with pytest.raises(ConfigError, match="could not place 5 stages"):
+    with pytest.raises(ConfigError, match=r"5 stages need \{'CPU': 5\}, but the cluster has \{'CPU': 4.0\} in all; "
+                                          "use fewer stages, a larger cluster, or runtime.autoscale = true"):
         train(cfg, tmp_path / "r")
+    grow = small_config(model={"widths": [8, 8, 8, 8]},
+                        runtime={"backend": "ray", "autoscale": True, "placement_timeout_s": 2})
+    with pytest.raises(ConfigError, match="runtime.placement_timeout_s: the cluster could not place 5 stages"):
+        train(grow, tmp_path / "r2")
     assert not (tmp_path / "r" / "final_model.pt").exists()
     # The instance is usable afterwards (the placement group was removed).
+    assert train(small_config(runtime={"backend": "ray"}), tmp_path / "ok").steps == 16
+
+
+def test_stages_that_fit_but_find_the_cluster_busy_wait_then_say_so(tmp_path, capsys):
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    busy = placement_group([{"CPU": 1}] * 3)  # another job holds 3 of the 4 CPUs
+    ray.get(busy.ready())
+    try:
+        cfg = small_config(runtime={"backend": "ray", "placement_timeout_s": 2})  # 3 stages
+        with pytest.raises(ConfigError, match="could not place 3 stages .* within 2 s"):
+            train(cfg, tmp_path / "r")
+        assert "waiting up to 2 s for the cluster to place 3 stages" in capsys.readouterr().out
+    finally:
+        remove_placement_group(busy)
     assert train(small_config(runtime={"backend": "ray"}), tmp_path / "ok").steps == 16

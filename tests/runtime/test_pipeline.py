@@ -203,3 +203,16 @@ def test_live_probe_through_the_actors_equals_the_single_process_measure(net, st
     for g, w in zip(got, want):
         for key in ("cos_mean", "cos_std", "update_angle"):
             assert g[key] == pytest.approx(w[key], abs=1e-5), (g["block"], key)
+
+
+def test_skipped_steps_are_the_same_on_ray_as_on_the_reference(tmp_path, monkeypatch):
+    """train.on_nonfinite = skip: every stage drops the step whose error is not finite, on any placement."""
+    from conftest import poison
+
+    steps = poison(monkeypatch, 100, 352, 16, 22)
+    skip = {"train": {"on_nonfinite": "skip"}}
+    train(cfg_for(MLP, 3, [2, 1], "ray", **skip), tmp_path / "ray")
+    train(cfg_for(MLP, 3, [], "local", **skip), tmp_path / "ref")
+    assert max_diff(weights(tmp_path / "ray"), weights(tmp_path / "ref")) <= 1e-6
+    for d in ("ray", "ref"):
+        assert [r["step"] for r in runlog.read(tmp_path / d / "events.msgpack", "skip")] == steps
