@@ -274,7 +274,13 @@ def _train(cfg, plan, ds, store, begin, cleaned, total, spe, progress, metrics) 
                 if failures > cfg.runtime.max_failures:
                     raise TrainingStopped(f"{err}; stopped after {failures} failures (runtime.max_failures = "
                                        f"{cfg.runtime.max_failures}); last good checkpoint: {where}") from err
-                pipe.restart()
+                try:
+                    pipe.restart()
+                except ConfigError as lost:  # the cluster no longer has room for the stages (a node is gone)
+                    log.write("stopped", driver.step, reason=str(lost), checkpoint=where)
+                    raise TrainingStopped(f"{err}, and the stages cannot be placed again: {lost}; last good "
+                                          f"checkpoint: {where}; rerun the same command when the cluster has "
+                                          "room") from None
                 if metrics:
                     metrics.restart()
         return driver.finish()

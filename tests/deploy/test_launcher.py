@@ -18,7 +18,9 @@ def machine_state():
     return {
         "home": sorted(p.name for p in home.iterdir()),
         "bashrc": (home / ".bashrc").read_bytes() if (home / ".bashrc").exists() else None,
-        "ray_tmp": sorted(p.name for p in ray_tmp.iterdir()) if ray_tmp.exists() else [],
+        # (session folders of other Ray instances may come and go meanwhile; the script's head has its own)
+        "ray_tmp": sorted(p.name for p in ray_tmp.iterdir() if not p.name.startswith("session"))
+        if ray_tmp.exists() else [],
         "packages": subprocess.run(["dpkg-query", "-W", "-f", "${Package} ${Status}\n"], capture_output=True,
                                    text=True).stdout if shutil.which("dpkg-query") else "",
         "run_sshd": Path("/run/sshd").exists(),
