@@ -37,6 +37,11 @@ class ModelConfig:
     dropout_input: float = _opt(0.0, "Dropout rate on the network input.", lo=0.0, hi=1.0, hi_open=True)
     dropout_hidden: float = _opt(0.0, "Dropout rate at the output of every hidden block.", lo=0.0, hi=1.0,
                                  hi_open=True)
+    block_order: str = _opt("standard", "Layers inside a hidden block. `standard`: Linear -> BatchNorm -> "
+                            "activation -> Dropout (conv: Conv -> activation -> BatchNorm -> MaxPool -> Dropout). "
+                            "`paper`: the paper's code, Linear -> Dropout -> activation -> BatchNorm (conv: Conv -> "
+                            "Dropout2d -> activation -> BatchNorm -> MaxPool). B_k e always enters at the block's "
+                            "output, the input of the next linear/conv layer.", ("standard", "paper"))
 
 
 @dataclass
@@ -47,11 +52,15 @@ class FeedbackConfig:
                      ("gaussian", "uniform", "orthogonal", "sign"))
     normalization: str = _opt("paper", "`paper`: one classes x d_max matrix of variance 1/(d_max*classes), "
                               "block k takes its first d_k columns times sqrt(d_max/d_k); `independent`: a "
-                              "draw per block of variance 1/(d_k*classes); `none`: unit variance.",
-                              ("paper", "independent", "none"))
-    error_scale: str = _opt("mean", "Reduction of the loss that defines e = dL/dy: `mean` over the batch "
-                            "(PyTorch's default) or `sum` (per-sample errors, as in the paper's code; "
-                            "every update is then batch_size times larger).", ("mean", "sum"))
+                              "draw per block of variance 1/(d_k*classes); `none`: the paper's unnormalized "
+                              "feedback, one classes x d_max matrix of unit variance, block k its first d_k "
+                              "columns; `none-independent`: a unit-variance draw per block.",
+                              ("paper", "independent", "none", "none-independent"))
+    error_scale: str = _opt("mean", "What e is. `mean`: dL/dy of the batch-mean loss, for every block "
+                            "(PyTorch's convention: learning rates carry over from backprop). `sum`: of the summed "
+                            "loss, per-sample softmax - onehot, for every block (all updates batch_size times "
+                            "`mean`'s). `paper`: the paper's code, per-sample e through B_k for hidden blocks, "
+                            "the batch-mean gradient for the head.", ("mean", "sum", "paper"))
 
 
 @dataclass
@@ -153,7 +162,11 @@ class RuntimeConfig:
 @dataclass
 class AlignmentConfig:
     every: int = _opt(0, "Measure alignment every this many steps (and at the end); 0 turns it off.", lo=0)
-    probe_size: int = _opt(256, "Training samples in the fixed probe batch.", lo=2)
+    probe_size: int = _opt(256, "Samples in the fixed probe batch (the first of `alignment.data`).", lo=2)
+    data: str = _opt("train", "Where the probe batch comes from: `train` or held-out `test` samples (the "
+                     "paper: a validation batch).", ("train", "test"))
+    mode: str = _opt("train", "The blocks' mode during the probe: `train` (dropout on, batchnorm batch "
+                     "statistics) or `eval` (as the paper measures).", ("train", "eval"))
 
 
 @dataclass

@@ -35,19 +35,24 @@ def matrix(k: int, dims: list[int], classes: int, init: str = "gaussian", normal
     paper:       one classes x d_max matrix, entries of variance 1/(d_max*classes); block k takes its
                  first d_k columns times sqrt(d_max/d_k) (variance 1/(d_k*classes)).
     independent: a draw per block, entries of variance 1/(d_k*classes).
-    none:        entries of variance 1.
+    none:        the paper's unnormalized feedback: one classes x d_max matrix of unit variance, block k
+                 takes its first d_k columns.
+    none-independent: a unit-variance draw per block.
     """
     d_k = dims[k]
-    if normalization == "paper":
+    if normalization in ("paper", "none"):
         d_max = max(dims)
         full = _draw(init, classes, d_max, seeding.generator(seed, "feedback"))
+        if normalization == "none":
+            return full[:, :d_k].clone()
         return full[:, :d_k] / math.sqrt(d_max * classes) * math.sqrt(d_max / d_k)
     raw = _draw(init, classes, d_k, seeding.generator(seed, "feedback", k))
     if normalization == "independent":
         return raw / math.sqrt(d_k * classes)
-    if normalization == "none":
+    if normalization == "none-independent":
         return raw
-    raise ValueError(f"feedback.normalization: {normalization!r}; choose paper, independent or none")
+    raise ValueError(f"feedback.normalization: {normalization!r}; choose paper, independent, none or "
+                     "none-independent")
 
 
 def project(B: torch.Tensor, e: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:

@@ -18,6 +18,8 @@ class Exporter:
         self.accuracy = g("dfa_test_accuracy", "Test accuracy at the last evaluation, in [0, 1].")
         self.test_loss = g("dfa_test_loss", "Test loss at the last evaluation.")
         self.cosine = g("dfa_alignment_cosine", "Mean per-sample cosine between B_k e and dL/dh_k.", ["block"])
+        self.pre_cosine = g("dfa_alignment_pre_cosine", "Mean per-sample cosine at the block's pre-activation.",
+                            ["block"])
         self.angle = g("dfa_alignment_update_angle_degrees", "Angle between the DFA and BP updates.", ["block"])
         self.steps = Counter("dfa_steps", "Training steps done (every op of every stage).", registry=self.registry)
         self.samples = Counter("dfa_samples", "Training samples seen.", registry=self.registry)
@@ -81,6 +83,8 @@ class Exporter:
         for b in blocks:
             self.cosine.labels(block=str(b["block"])).set(b["cos_mean"])
             self.angle.labels(block=str(b["block"])).set(b["update_angle"])
+            if "pre_cos_mean" in b:
+                self.pre_cosine.labels(block=str(b["block"])).set(b["pre_cos_mean"])
 
     def close(self) -> None:
         self.server.shutdown()

@@ -16,8 +16,10 @@ def activation(name: str, slope: float = 0.01) -> nn.Module:
 
 def mlp_blocks(in_features: int, widths: list[int], classes: int, act: str = "tanh", slope: float = 0.01,
                batchnorm: bool = False, dropout_input: float = 0.0, dropout_hidden: float = 0.0,
-               flatten: bool = True) -> list[nn.Sequential]:
-    """Fully connected blocks [Linear -> (BatchNorm) -> activation -> (Dropout)] and a Linear head."""
+               flatten: bool = True, order: str = "standard") -> list[nn.Sequential]:
+    """Fully connected blocks and a Linear head. A block is Linear -> (BatchNorm) -> activation ->
+    (Dropout), or with `order = "paper"` (the paper's code) Linear -> (Dropout) -> activation ->
+    (BatchNorm)."""
     blocks, d = [], in_features
     for i, w in enumerate(widths):
         layers = []
@@ -26,11 +28,12 @@ def mlp_blocks(in_features: int, widths: list[int], classes: int, act: str = "ta
         if i == 0 and dropout_input:
             layers.append(nn.Dropout(dropout_input))
         layers.append(nn.Linear(d, w))
-        if batchnorm:
-            layers.append(nn.BatchNorm1d(w))
-        layers.append(activation(act, slope))
-        if dropout_hidden:
-            layers.append(nn.Dropout(dropout_hidden))
+        bn = [nn.BatchNorm1d(w)] if batchnorm else []
+        drop = [nn.Dropout(dropout_hidden)] if dropout_hidden else []
+        if order == "paper":
+            layers += [*drop, activation(act, slope), *bn]
+        else:
+            layers += [*bn, activation(act, slope), *drop]
         blocks.append(nn.Sequential(*layers))
         d = w
     head = [nn.Flatten()] if not widths and flatten else []
@@ -40,22 +43,26 @@ def mlp_blocks(in_features: int, widths: list[int], classes: int, act: str = "ta
 
 def cnn_blocks(in_shape: tuple[int, int, int], channels: list[int], widths: list[int], classes: int,
                act: str = "tanh", slope: float = 0.01, batchnorm: bool = False, dropout_input: float = 0.0,
-               dropout_hidden: float = 0.0) -> list[nn.Sequential]:
-    """The paper's CNN: conv 5x5 (padding 2) -> activation -> (BatchNorm) -> max-pool 3/2 per conv block,
-    then fully connected blocks and the head."""
+               dropout_hidden: float = 0.0, order: str = "standard") -> list[nn.Sequential]:
+    """The paper's CNN: per conv block conv 5x5 (padding 2) -> activation -> (BatchNorm) -> max-pool 3/2
+    -> (Dropout), or with `order = "paper"` (its code) conv -> (Dropout2d) -> activation -> (BatchNorm)
+    -> max-pool, the input dropout then channel-wise too; then fully connected blocks and the head."""
     blocks, c = [], in_shape[0]
     h, w = in_shape[1:]
+    paper = order == "paper"
     for i, out in enumerate(channels):
-        layers = [nn.Dropout(dropout_input)] if i == 0 and dropout_input else []
-        layers += [nn.Conv2d(c, out, 5, padding=2), activation(act, slope)]
-        if batchnorm:
-            layers.append(nn.BatchNorm2d(out))
-        layers.append(nn.MaxPool2d(3, 2))
-        if dropout_hidden:
-            layers.append(nn.Dropout(dropout_hidden))
+        layers = [(nn.Dropout2d if paper else nn.Dropout)(dropout_input)] if i == 0 and dropout_input else []
+        layers.append(nn.Conv2d(c, out, 5, padding=2))
+        bn = [nn.BatchNorm2d(out)] if batchnorm else []
+        if paper:
+            layers += [*([nn.Dropout2d(dropout_hidden)] if dropout_hidden else []), activation(act, slope), *bn,
+                       nn.MaxPool2d(3, 2)]
+        else:
+            layers += [activation(act, slope), *bn, nn.MaxPool2d(3, 2),
+                       *([nn.Dropout(dropout_hidden)] if dropout_hidden else [])]
         blocks.append(nn.Sequential(*layers))
         c, h, w = out, (h - 3) // 2 + 1, (w - 3) // 2 + 1
-    fc = mlp_blocks(c * h * w, widths, classes, act, slope, batchnorm, 0.0, dropout_hidden)
+    fc = mlp_blocks(c * h * w, widths, classes, act, slope, batchnorm, 0.0, dropout_hidden, order=order)
     return blocks + fc
 
 
@@ -65,7 +72,7 @@ def build(cfg: Config, in_shape: tuple[int, ...], classes: int) -> nn.Sequential
     m = cfg.model
     widths = cfg.hidden_widths()
     common = dict(act=m.activation, slope=m.leaky_slope, batchnorm=m.batchnorm,
-                  dropout_input=m.dropout_input, dropout_hidden=m.dropout_hidden)
+                  dropout_input=m.dropout_input, dropout_hidden=m.dropout_hidden, order=m.block_order)
     # Build once to learn the shapes, then rebuild each block under its own seed.
     def make():
         if m.kind == "mlp":

@@ -1,11 +1,11 @@
 """The alignment probe, one stage at a time, so that no weights leave the stages.
 
-A probe batch goes forward through every stage (on copies of its blocks, in train mode, dropout drawn
-per block from the run's seed); the head turns its output into the loss and the error e. Then a true
-backprop chain runs backward: each stage receives dL/dh of its last block from the next stage, measures
-its blocks (the per-sample cosine of B_k e against dL/dh_k, and the angle between the block's DFA and
-BP weight updates) and sends dL/d(its input) on. The result equals `rules.alignment` on the assembled
-model, the single-process oracle."""
+A probe batch goes forward through every stage (on copies of its blocks, in train mode with dropout drawn
+per block from the run's seed, or in eval mode); the head turns its output into the loss and the error e.
+Then a true backprop chain runs backward: each stage receives dL/dh of its last block from the next stage,
+measures its blocks (the per-sample cosine of the signal a block learns from against dL/dh_k, the same at
+the block's pre-activation, and the angle between the block's DFA and BP weight updates) and sends
+dL/d(its input) on. The result equals `rules.alignment` on the assembled model, the single-process oracle."""
 from __future__ import annotations
 
 import copy
@@ -21,9 +21,9 @@ class StageProbe:
     B_k (None: the true gradient in its place); `last`: the model's head block index."""
 
     def __init__(self, blocks: dict[int, torch.nn.Module], Bs: dict[int, torch.Tensor | None], last: int,
-                 error_scale: str, seed: int):
+                 error_scale: str, seed: int, mode: str = "train"):
         self.ids = sorted(blocks)
-        self.blocks = [copy.deepcopy(blocks[k]).train() for k in self.ids]
+        self.blocks = [copy.deepcopy(blocks[k]).train(mode == "train") for k in self.ids]
         self.Bs, self.last, self.scale, self.seed = Bs, last, error_scale, seed
         self.is_head = self.ids[-1] == last
 
@@ -31,12 +31,17 @@ class StageProbe:
         """Run the blocks keeping the graph; returns the output (detached) for the next stage, or at the
         head the error e."""
         self.x = x.detach().requires_grad_(self.ids[0] > 0)  # the first stage sends nothing back
-        self.hs, h = [], self.x
+        self.hs, self.pres, h = [], [], self.x
         for k, block in zip(self.ids, self.blocks):
+            layer, seen = rules.first_layer(block), []
+            hook = layer.register_forward_hook(lambda m, i, o: seen.append(o)) if layer is not None else None
             with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
                 torch.manual_seed(seeding.derive(self.seed, "probe", k))
                 h = block(h)
+            if hook is not None:
+                hook.remove()
             self.hs.append(h)
+            self.pres.append(seen[0] if seen else None)
         if not self.is_head:
             return h.detach()
         self.loss = F.cross_entropy(h, y, reduction="sum" if self.scale == "sum" else "mean")
@@ -45,30 +50,39 @@ class StageProbe:
 
     def backward(self, g_out: torch.Tensor | None, e: torch.Tensor) -> tuple[list[dict], torch.Tensor | None]:
         """Given dL/d(output) (None at the head, which has the loss) and the head's e: the measures of the
-        stage's hidden blocks and dL/d(input) for the stage before (None at the first stage)."""
+        stage's blocks and dL/d(input) for the stage before (None at the first stage)."""
         params = [list(block.parameters()) for block in self.blocks]
         flat = [p for ps in params for p in ps]
         inner = self.hs[:-1]
-        wrt = flat + inner + ([self.x] if self.x.requires_grad else [])
+        pres = [p for p in self.pres if p is not None]
+        wrt = flat + inner + pres + ([self.x] if self.x.requires_grad else [])
         if self.is_head:
-            grads = torch.autograd.grad(self.loss, wrt, retain_graph=True)
+            grads = torch.autograd.grad(self.loss, wrt + [self.hs[-1]], retain_graph=True)
+            g_out, grads = grads[-1], grads[:-1]
         else:
             grads = torch.autograd.grad(self.hs[-1], wrt, grad_outputs=g_out, retain_graph=True)
         n = len(flat)
         true_h = list(grads[n:n + len(inner)]) + [g_out]
-        g_in = grads[n + len(inner)] if self.x.requires_grad else None
+        true_pre = list(grads[n + len(inner):n + len(inner) + len(pres)])
+        g_in = grads[-1] if self.x.requires_grad else None
         out, i = [], 0
         for j, k in enumerate(self.ids):
             ps, bp = params[j], grads[i:i + len(params[j])]
             i += len(ps)
-            if k == self.last:
-                break
             h = self.hs[j]
-            B = self.Bs.get(k)
-            g = true_h[j] if B is None else feedback.project(B, e, h.shape[1:])
+            if k == self.last:
+                g = e / e.shape[0] if self.scale == "paper" else e  # the head's own signal
+            else:
+                B = self.Bs.get(k)
+                g = true_h[j] if B is None else feedback.project(B, e, h.shape[1:])
             cos = rules.per_sample_cosine(g, true_h[j])
             dfa = torch.autograd.grad(h, ps, grad_outputs=g, retain_graph=True)
-            out.append({"block": k, "cos_mean": cos.mean().item(), "cos_std": cos.std().item(),
-                        "update_angle": rules.update_angle(dfa, bp)})
-        self.hs = self.x = self.loss = None  # free the graph
+            rec = {"block": k, "cos_mean": cos.mean().item(), "cos_std": cos.std().item(),
+                   "update_angle": rules.update_angle(dfa, bp)}
+            if self.pres[j] is not None:
+                (dfa_pre,) = torch.autograd.grad(h, self.pres[j], grad_outputs=g, retain_graph=True)
+                pre = rules.per_sample_cosine(dfa_pre, true_pre.pop(0))
+                rec.update(pre_cos_mean=pre.mean().item(), pre_cos_std=pre.std().item())
+            out.append(rec)
+        self.hs = self.pres = self.x = self.loss = None  # free the graph
         return out, g_in

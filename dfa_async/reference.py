@@ -65,13 +65,15 @@ class LocalPipeline:
             correct, total = correct + int(c), total + float(s)
         return correct / len(x), total / len(x)
 
-    def align(self, n: int) -> list[dict]:
-        """Alignment of every hidden block on the first n training samples (see probe.py)."""
-        probes = [stage.probe() for stage in self.stages]
-        h = self.ds.x_train[:n].to(self.device)
+    def align(self, n: int, data: str = "train", mode: str = "train") -> list[dict]:
+        """Alignment of every block on the first n samples of `data` (train or test), the blocks in `mode`
+        (see probe.py)."""
+        probes = [stage.probe(mode) for stage in self.stages]
+        x, y = (self.ds.x_train, self.ds.y_train) if data == "train" else (self.ds.x_test, self.ds.y_test)
+        h = x[:n].to(self.device)
         for p in probes[:-1]:
             h = p.forward(h)
-        e = probes[-1].forward(h, self.ds.y_train[:n].to(self.device))
+        e = probes[-1].forward(h, y[:n].to(self.device))
         g, out = None, []
         for p in reversed(probes):
             blocks, g = p.backward(g, e)

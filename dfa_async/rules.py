@@ -14,8 +14,8 @@ from . import feedback, seeding
 
 def head_error(logits: torch.Tensor, y: torch.Tensor, scale: str = "mean"):
     """Cross-entropy loss (mean over the batch, for logging; a tensor, so a GPU stage never waits for it)
-    and e = dL/dlogits for the chosen reduction: `sum`: softmax - onehot(y) per sample; `mean`: the same
-    divided by the batch size."""
+    and the error e every stage receives: `sum` and `paper`: softmax - onehot(y) per sample; `mean`: the
+    same divided by the batch size. (Under `paper` the head itself learns from e / batch: Learner.signal.)"""
     with torch.no_grad():
         logp = torch.log_softmax(logits, dim=1)
         loss = F.nll_loss(logp, y)
@@ -72,8 +72,11 @@ class Learner:
     B_k e; of the head, e itself (its true gradient)."""
 
     def __init__(self, block: nn.Module, index: int, *, rule: str, is_head: bool, B: torch.Tensor | None,
-                 out_shape: tuple[int, ...], seed: int, keep_units: torch.Tensor | None = None):
+                 out_shape: tuple[int, ...], seed: int, keep_units: torch.Tensor | None = None,
+                 error_scale: str = "mean"):
         self.block, self.index, self.rule, self.is_head = block, index, rule, is_head
+        # The paper's code: hidden blocks get the per-sample e, the head the gradient of the mean loss.
+        self.head_mean = is_head and error_scale == "paper"
         self.B, self.out_shape, self.seed = B, out_shape, seed
         self.keep_units = keep_units
         self.random = any(isinstance(m, nn.modules.dropout._DropoutNd) for m in block.modules())
@@ -111,7 +114,7 @@ class Learner:
 
     def signal(self, e: torch.Tensor) -> torch.Tensor | None:
         if self.is_head:
-            return e
+            return e / e.shape[0] if self.head_mean else e
         if self.rule == "dfa":
             return feedback.project(self.B, e, self.out_shape)
         return None  # bp: gradients arrive through the graph; shallow: nothing to learn
@@ -201,36 +204,58 @@ def update_angle(ga: list[torch.Tensor], gb: list[torch.Tensor]) -> float:
     return math.degrees(math.acos(cos.item()))
 
 
+def first_layer(block: nn.Module) -> nn.Module | None:
+    """The block's first linear or conv layer: its output is the block's pre-activation."""
+    return next((m for m in block.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))), None)
+
+
 def alignment(model: nn.Sequential, Bs: list[torch.Tensor | None], x: torch.Tensor, y: torch.Tensor,
-              error_scale: str = "mean", seed: int = 0) -> list[dict]:
-    """Per hidden block k: the per-sample cosine between the DFA signal B_k e and the true gradient
-    dL/dh_k (mean and std over the probe batch, the paper's measure) and the angle in degrees between the
-    DFA and the BP weight update of the block. A None in `Bs` puts the true gradient in place of B_k e
-    (BP against itself: cosine 1, angle 0). The model is not changed (it runs on a copy, in train mode,
-    with block k's dropout drawn from the stream ("probe", k) of `seed`)."""
-    model = copy.deepcopy(model).train()
-    hs, h = [], x
+              error_scale: str = "mean", seed: int = 0, mode: str = "train") -> list[dict]:
+    """The single-process measure, per block k (the head last):
+    - `cos_mean`, `cos_std`: per-sample cosine between the signal block k learns from (B_k e for a
+      hidden block, the head's own error for the head) and the true gradient dL/dh_k (the paper's
+      measure; the head's is 1 by construction);
+    - `pre_cos_mean`, `pre_cos_std`: the same at the output of the block's first linear/conv layer (the
+      pre-activation), the signal taken back through the block;
+    - `update_angle`: the angle in degrees between the block's DFA and BP weight updates.
+    A None in `Bs` puts the true gradient in place of B_k e (BP against itself: cosines 1, angle 0). The
+    model is not changed: it runs on a copy, in `mode` (train: block k's dropout drawn from the stream
+    ("probe", k) of `seed`; eval: no dropout, batchnorm running statistics)."""
+    model = copy.deepcopy(model).train(mode == "train")
+    hs, pres, h = [], [], x
     for k, block in enumerate(model):
+        layer, seen = first_layer(block), []
+        hook = layer.register_forward_hook(lambda m, i, o: seen.append(o)) if layer is not None else None
         with torch.random.fork_rng():
             torch.manual_seed(seeding.derive(seed, "probe", k))
             h = block(h)
-        h.retain_grad()
+        if hook is not None:
+            hook.remove()
         hs.append(h)
+        pres.append(seen[0] if seen else None)
     loss = F.cross_entropy(hs[-1], y, reduction="sum" if error_scale == "sum" else "mean")
     _, e = head_error(hs[-1].detach(), y, error_scale)
+    head_signal = e / len(y) if error_scale == "paper" else e
     params = [list(b.parameters()) for b in model]
-    bp_grads = torch.autograd.grad(loss, [p for ps in params for p in ps] + hs[:-1], retain_graph=True)
-    n = sum(len(ps) for ps in params)
-    bp_param, true_h = bp_grads[:n], bp_grads[n:]
+    flat = [p for ps in params for p in ps]
+    grads = torch.autograd.grad(loss, flat + hs + [p for p in pres if p is not None], retain_graph=True)
+    n, last = len(flat), len(model) - 1
+    bp_param, true_h, true_pre = grads[:n], grads[n:n + len(hs)], list(grads[n + len(hs):])
     out, i = [], 0
     for k, block in enumerate(model):
         ps, bp_k = params[k], bp_param[i:i + len(params[k])]
         i += len(ps)
-        if k == len(model) - 1:
-            break
-        g = true_h[k] if Bs[k] is None else feedback.project(Bs[k], e, hs[k].shape[1:])
+        if k == last:
+            g = head_signal
+        else:
+            g = true_h[k] if Bs[k] is None else feedback.project(Bs[k], e, hs[k].shape[1:])
         cos = per_sample_cosine(g, true_h[k])
         dfa_k = torch.autograd.grad(hs[k], ps, grad_outputs=g, retain_graph=True)
-        out.append({"block": k, "cos_mean": cos.mean().item(), "cos_std": cos.std().item(),
-                    "update_angle": update_angle(dfa_k, bp_k)})
+        rec = {"block": k, "cos_mean": cos.mean().item(), "cos_std": cos.std().item(),
+               "update_angle": update_angle(dfa_k, bp_k)}
+        if pres[k] is not None:
+            (dfa_pre,) = torch.autograd.grad(hs[k], pres[k], grad_outputs=g, retain_graph=True)
+            pre = per_sample_cosine(dfa_pre, true_pre.pop(0))
+            rec.update(pre_cos_mean=pre.mean().item(), pre_cos_std=pre.std().item())
+        out.append(rec)
     return out

@@ -254,7 +254,8 @@ def _train(cfg, plan, ds, store, begin, cleaned, total, spe, progress, metrics) 
                       transport=pipe.backend)
         probe = None
         if cfg.alignment.every:
-            probe = min(cfg.alignment.probe_size, len(ds.x_train))  # the first samples of the training set
+            held = ds.x_train if cfg.alignment.data == "train" else ds.x_test
+            probe = min(cfg.alignment.probe_size, len(held))  # the first samples of alignment.data
         if progress:
             from tqdm import tqdm
 
@@ -343,6 +344,7 @@ class _Driver:
         self.last = {"test_accuracy": float("nan"), "test_loss": float("nan")}
         self.align_log, self.samples, self.seconds, self.step = [], 0, 0.0, 0
         self.settings = config_mod.to_toml(cfg)  # kept in every checkpoint: the run's fingerprint
+        self.probe_how = (cfg.alignment.data, cfg.alignment.mode)
 
     def restore(self, found, shown: str = "", changed=()) -> int:
         if found is None:
@@ -390,8 +392,8 @@ class _Driver:
                 windows.measured(self._record(self.pipe.collect(running), t0))
                 running = None
                 if t in probes:
-                    self.align_log.append(measure_alignment(self.pipe, self.probe, t, self.log,
-                                                            self.metrics))
+                    self.align_log.append(measure_alignment(self.pipe, self.probe, t, self.log, self.metrics,
+                                                            *self.probe_how))
                 if t in marks:
                     self._boundary(t)
         if running is not None:
@@ -448,8 +450,8 @@ class _Driver:
     def finish(self) -> Result:
         cfg, total = self.cfg, self.total
         if self.probe is not None and total % cfg.alignment.every:
-            self.align_log.append(measure_alignment(self.pipe, self.probe, total - 1, self.log,
-                                                    self.metrics))
+            self.align_log.append(measure_alignment(self.pipe, self.probe, total - 1, self.log, self.metrics,
+                                                    *self.probe_how))
         checkpoint.export(self.pipe.model(), self.run_dir / "final_model.pt")
         stages = self.timelines.summary(self.log, total)
         shown = self.store.name if self.store.remote else self.run_dir
@@ -466,11 +468,12 @@ def write_text(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def measure_alignment(pipe, n: int, t: int, log: EventLog, metrics=None) -> dict:
-    """Alignment of every hidden block on the weights in effect at the forward of step t, measured by the
-    stages themselves on the first n training samples."""
-    blocks = pipe.align(n)
-    log.write("align", t, blocks=blocks)
+def measure_alignment(pipe, n: int, t: int, log: EventLog, metrics=None, data: str = "train",
+                      mode: str = "train") -> dict:
+    """Alignment of every block on the weights in effect at the forward of step t, measured by the stages
+    themselves on the first n samples of `data` with the blocks in `mode`."""
+    blocks = pipe.align(n, data, mode)
+    log.write("align", t, blocks=blocks, data=data, mode=mode)
     if metrics:
         metrics.alignment(t, blocks)
     return {"step": t, "blocks": blocks}

@@ -139,7 +139,7 @@ class Stage:
                 keep = rules.bottleneck_units(plan.out_shapes[k][0], cfg.bottleneck.width, cfg.train.seed).to(device)
             self.learners.append(rules.Learner(
                 net[k], k, rule=cfg.feedback.rule, is_head=is_head, B=B, out_shape=plan.out_shapes[k],
-                seed=cfg.train.seed, keep_units=keep))
+                seed=cfg.train.seed, keep_units=keep, error_scale=cfg.feedback.error_scale))
         # One optimizer over every learning block: one call per update.
         self.learning = [learner for learner in self.learners if learner.learns]
         self.sizes = [len(list(learner.block.parameters())) for learner in self.learning]
@@ -228,7 +228,7 @@ class Stage:
         if self.opt is not None:
             optim.load_part_states(self.opt, [state[str(learner.index)]["optim"] for learner in self.learning])
 
-    def probe(self):
+    def probe(self, mode: str = "train"):
         """The stage's side of an alignment probe on its blocks as they are now (see probe.py)."""
         from .probe import StageProbe
 
@@ -240,7 +240,7 @@ class Stage:
             self._probe_Bs = {k: feedback.matrix(k, dims, plan.classes, cfg.feedback.init,
                                                  cfg.feedback.normalization, cfg.train.seed).to(device)
                               for k in self.ids if k != last}
-        return StageProbe(self.modules(), self._probe_Bs, last, cfg.feedback.error_scale, cfg.train.seed)
+        return StageProbe(self.modules(), self._probe_Bs, last, cfg.feedback.error_scale, cfg.train.seed, mode)
 
     def modules(self) -> dict[int, torch.nn.Module]:
         return {k: learner.block for k, learner in zip(self.ids, self.learners)}

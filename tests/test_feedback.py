@@ -57,3 +57,17 @@ def test_same_seed_same_matrix_and_seed_matters():
     a = feedback.matrix(1, DIMS, C, "uniform", "paper", seed=5)
     assert torch.equal(a, feedback.matrix(1, DIMS, C, "uniform", "paper", seed=5))
     assert not torch.equal(a, feedback.matrix(1, DIMS, C, "uniform", "paper", seed=6))
+
+
+def test_none_is_the_papers_unnormalized_slices_of_one_matrix():
+    """The paper's code without feedback normalization: one classes x d_max matrix of unit variance, block
+    k takes its first d_k columns, unscaled; `none-independent` draws per block."""
+    mats = [feedback.matrix(k, DIMS, C, "gaussian", "none", seed=2) for k in range(3)]
+    assert mats[0].var().item() == pytest.approx(1.0, rel=0.05)
+    for k in (1, 2):
+        assert torch.equal(mats[k], mats[0][:, :DIMS[k]])
+    own = feedback.matrix(1, DIMS, C, "gaussian", "none-independent", seed=2)
+    assert own.var().item() == pytest.approx(1.0, rel=0.1) and not torch.equal(own, mats[1])
+    # Normalized and unnormalized paper matrices are the same draw, scaled.
+    paper = feedback.matrix(1, DIMS, C, "gaussian", "paper", seed=2)
+    torch.testing.assert_close(paper * math.sqrt(DIMS[1] * C), mats[1])

@@ -37,3 +37,24 @@ def test_each_block_initialized_from_its_own_seed():
 def test_activations():
     for name, cls in (("tanh", nn.Tanh), ("relu", nn.ReLU), ("sigmoid", nn.Sigmoid), ("leaky_relu", nn.LeakyReLU)):
         assert isinstance(models.activation(name), cls)
+
+
+def test_the_papers_block_order():
+    """best_practices.py of the paper's code: FC Linear -> Dropout -> act -> BatchNorm; conv Conv ->
+    Dropout2d -> act -> BatchNorm -> MaxPool, input dropout channel-wise; the head a plain Linear."""
+    names = lambda block: [type(m).__name__ for m in block]  # noqa: E731
+    fc = models.mlp_blocks(3072, [800, 800], 10, "tanh", batchnorm=True, dropout_input=0.1, dropout_hidden=0.5,
+                           order="paper")
+    assert names(fc[0]) == ["Flatten", "Dropout", "Linear", "Dropout", "Tanh", "BatchNorm1d"]
+    assert names(fc[1]) == ["Linear", "Dropout", "Tanh", "BatchNorm1d"] and names(fc[2]) == ["Linear"]
+    assert fc[1][1].p == 0.5 and fc[0][1].p == 0.1
+    std = models.mlp_blocks(3072, [800], 10, "tanh", batchnorm=True, dropout_hidden=0.5)
+    assert names(std[0]) == ["Flatten", "Linear", "BatchNorm1d", "Tanh", "Dropout"]
+    cnn = models.cnn_blocks((3, 32, 32), [32, 64, 64], [128], 10, "relu", batchnorm=True, dropout_input=0.1,
+                            dropout_hidden=0.1, order="paper")
+    assert names(cnn[0]) == ["Dropout2d", "Conv2d", "Dropout2d", "ReLU", "BatchNorm2d", "MaxPool2d"]
+    assert names(cnn[1]) == ["Conv2d", "Dropout2d", "ReLU", "BatchNorm2d", "MaxPool2d"]
+    assert names(cnn[3]) == ["Flatten", "Linear", "Dropout", "ReLU", "BatchNorm1d"]
+    assert cnn[3][1].in_features == 576  # the paper's lin1: Linear(576, 128)
+    cfg = config.from_dict({"model": {"block_order": "paper", "batchnorm": True, "widths": [16]}})
+    assert names(models.build(cfg, (1, 8, 8), 10)[0]) == ["Flatten", "Linear", "Tanh", "BatchNorm1d"]

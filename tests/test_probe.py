@@ -15,30 +15,35 @@ CNN = dict(model={"kind": "cnn", "channels": [4, 6], "widths": [12], "batchnorm"
 MLP = dict(model={"widths": [24, 20], "dropout_hidden": 0.3}, data={"n_train": 128, "n_test": 32})
 
 
-def oracle(plan, model, x, y):
+def oracle(plan, model, x, y, mode="train"):
     cfg = plan.cfg
     dims = [math.prod(s) for s in plan.out_shapes[:-1]]
     Bs = [feedback.matrix(k, dims, plan.classes, cfg.feedback.init, cfg.feedback.normalization, cfg.train.seed)
           for k in range(len(dims))]
-    return rules.alignment(model, Bs, x, y, cfg.feedback.error_scale, seed=cfg.train.seed)
+    return rules.alignment(model, Bs, x, y, cfg.feedback.error_scale, seed=cfg.train.seed, mode=mode)
 
 
 @pytest.mark.parametrize("net,partition", [(MLP, None), (MLP, [[0], [1], [2]]), (MLP, [[0, 1], [2]]),
                                            (CNN, [[0], [1, 2], [3]])], ids=["mlp-1", "mlp-3", "mlp-2", "cnn-3"])
-@pytest.mark.parametrize("scale", ["mean", "sum"])
-def test_stagewise_probe_equals_the_single_process_measure(net, partition, scale):
+@pytest.mark.parametrize("scale,how", [("mean", ("train", "train")), ("sum", ("train", "train")),
+                                       ("paper", ("test", "eval"))])
+def test_stagewise_probe_equals_the_single_process_measure(net, partition, scale, how):
     cfg = small_config(**net, feedback={"error_scale": scale}, runtime={"depth": 2})
     ds = data.load(cfg.data, cfg.train.seed)
     plan = Plan(cfg, ds.shape, ds.classes, total_steps=8, steps_per_epoch=8)
     pipe = LocalPipeline(plan, partition, ds)
     pipe.submit(0, 6)  # trained weights, two steps still in flight
     buffers = {k: v.clone() for k, v in pipe.model().state_dict().items()}
-    got = pipe.align(40)
-    want = oracle(plan, pipe.model(), ds.x_train[:40], ds.y_train[:40])
-    assert [b["block"] for b in got] == list(range(plan.num_blocks - 1))
+    split, mode = how
+    got = pipe.align(30, split, mode)
+    x, y = (ds.x_train, ds.y_train) if split == "train" else (ds.x_test, ds.y_test)
+    want = oracle(plan, pipe.model(), x[:30], y[:30], mode)
+    assert [b["block"] for b in got] == list(range(plan.num_blocks))  # the head too
+    assert [sorted(b) for b in got] == [sorted(b) for b in want]
     for g, w in zip(got, want):
-        for key in ("cos_mean", "cos_std", "update_angle"):
+        for key in g:
             assert g[key] == pytest.approx(w[key], abs=1e-5), (g["block"], key)
+    assert got[-1]["cos_mean"] == pytest.approx(1.0, abs=1e-6)  # the head learns from its true gradient
     assert abs(got[0]["cos_mean"]) < 0.99 and got[0]["update_angle"] > 1  # DFA, not BP against itself
     # The probe ran on copies: batchnorm statistics and weights are untouched.
     after = pipe.model().state_dict()

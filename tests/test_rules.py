@@ -136,7 +136,7 @@ def test_alignment_of_bp_against_itself_is_one():
     net = nn.Sequential(*models.mlp_blocks(20, [16, 12], 5))
     x, y = torch.randn(32, 20), torch.randint(0, 5, (32,))
     out = rules.alignment(net, [None, None], x, y)
-    assert [b["block"] for b in out] == [0, 1]
+    assert [b["block"] for b in out] == [0, 1, 2]  # the head too
     for b in out:
         assert b["cos_mean"] == pytest.approx(1.0, abs=1e-9)
         assert b["cos_std"] == pytest.approx(0.0, abs=1e-6)
@@ -148,7 +148,7 @@ def test_alignment_of_random_feedback_matches_a_direct_computation():
     net = nn.Sequential(*models.mlp_blocks(20, [16], 5))
     B = torch.randn(5, 16)
     x, y = torch.randn(8, 20), torch.randint(0, 5, (8,))
-    (b,) = rules.alignment(net, [B, None], x, y)
+    b, _ = rules.alignment(net, [B, None], x, y)
     # Direct: true dL/dh1 = (e W2) for the linear head.
     h1 = net[0](x)
     _, e = rules.head_error(net[1](h1).detach(), y, "mean")
@@ -211,3 +211,44 @@ def test_stash_bytes_count_the_activations_saved_for_each_in_flight_update():
     assert learner.stash_bytes == {t: 16 * (20 + 12) * 4 for t in range(3)}
     learner.take(0, torch.randn(16, 5))
     assert sorted(learner.stash_bytes) == [1, 2]
+
+
+def test_the_papers_error_convention_per_sample_for_hidden_blocks_mean_for_the_head():
+    """error_scale = paper, one SGD step (lr 0.1, no momentum) of a 2-block net, in closed form: with
+    e = softmax - onehot per sample, hidden dW1 = ((e B) * (1 - h1^2))^T x, head dW2 = (e / N)^T h1."""
+    cfg = small_config(feedback={"error_scale": "paper"}, optim={"name": "sgd", "lr": 0.1, "momentum": 0.0},
+                       model={"widths": [12]})
+    plan = Plan(cfg, (1, 8, 8), 10, total_steps=10, steps_per_epoch=10)
+    pipe = LocalPipeline(plan)
+    net = copy.deepcopy(pipe.model())
+    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    pipe.forward(0, x, y)
+    pipe.update(0)
+    W1, b1, W2, b2 = net[0][1].weight, net[0][1].bias, net[1][0].weight, net[1][0].bias
+    xf = x.flatten(1)
+    h1 = torch.tanh(xf @ W1.T + b1)
+    e = F.softmax(h1 @ W2.T + b2, dim=1) - F.one_hot(y, 10).float()
+    B = feedback.matrix(0, [12], 10, "gaussian", "paper", seed=0)
+    delta = (e @ B) * (1 - h1 ** 2)
+    after = pipe.model()
+    torch.testing.assert_close(after[0][1].weight, W1 - 0.1 * delta.T @ xf, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(after[1][0].weight, W2 - 0.1 * (e / 16).T @ h1, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(after[1][0].bias, b2 - 0.1 * (e / 16).sum(0), rtol=1e-5, atol=1e-6)
+
+
+def test_pre_activation_and_head_cosines_in_closed_form():
+    """For Linear -> tanh, the pre-activation gradient is the block's signal times tanh'(a): DFA
+    (e B) * (1 - h^2), BP (e W2) * (1 - h^2); the head learns from its true gradient (cosine 1, angle 0)."""
+    torch.manual_seed(8)
+    net = nn.Sequential(*models.mlp_blocks(20, [16], 5))
+    B = torch.randn(5, 16)
+    x, y = torch.randn(9, 20), torch.randint(0, 5, (9,))
+    hidden, head = rules.alignment(net, [B, None], x, y)
+    h1 = net[0](x).detach()
+    _, e = rules.head_error(net[1](h1), y, "mean")
+    dfa, bp = (e @ B) * (1 - h1 ** 2), (e @ net[1][0].weight.detach()) * (1 - h1 ** 2)
+    cos = F.cosine_similarity(dfa, bp, dim=1)
+    assert hidden["pre_cos_mean"] == pytest.approx(cos.mean().item(), abs=1e-6)
+    assert hidden["pre_cos_std"] == pytest.approx(cos.std().item(), abs=1e-6)
+    assert head["block"] == 1 and head["cos_mean"] == pytest.approx(1.0, abs=1e-9)
+    assert head["update_angle"] == pytest.approx(0.0, abs=1e-3)

@@ -150,13 +150,13 @@ class RayPipeline:
         self._get([a.load_state.remote({k: state[k] for k in map(str, ids)})
                    for a, ids in zip(self.actors, self.partition)])
 
-    def align(self, n: int) -> list[dict]:
-        """Alignment of every hidden block on the first n training samples: a forward through the stages,
+    def align(self, n: int, data: str = "train", mode: str = "train") -> list[dict]:
+        """Alignment of every block on the first n samples of `data`: a forward through the stages,
         then a backprop chain back through them (see probe.py); only activations and gradients of the
         probe batch pass between the actors, as Ray objects."""
         ref = None
         for a in self.actors:
-            ref = a.probe_forward.remote(n, ref)
+            ref = a.probe_forward.remote(n, ref, data, mode)
         e, g, parts = ref, None, []
         for a in reversed(self.actors):
             blocks, g = a.probe_backward.options(num_returns=2).remote(g, e)

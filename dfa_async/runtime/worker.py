@@ -119,11 +119,12 @@ class StageWorker:
         return (correct, total, self.n_test) if self.head else None
 
     # -- the alignment probe (at a drained boundary; tensors pass stage to stage as Ray objects) ---------
-    def probe_forward(self, n: int, x=None):
-        """Forward of the probe on the first n training samples; the head returns the error e."""
-        self.probe = self.stage.probe()
-        x = self.x_train[:n] if self.first else x
-        y = self.y_train[:n].to(self.device) if self.head else None
+    def probe_forward(self, n: int, x=None, data: str = "train", mode: str = "train"):
+        """Forward of the probe on the first n samples of `data` (train or test); the head returns e."""
+        self.probe = self.stage.probe(mode)
+        if self.first:
+            x = (self.x_train if data == "train" else self.x_test)[:n]
+        y = (self.y_train if data == "train" else self.y_test)[:n].to(self.device) if self.head else None
         return self.probe.forward(x.to(self.device), y).cpu()
 
     def probe_backward(self, g, e):

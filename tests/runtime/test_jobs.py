@@ -166,7 +166,7 @@ def test_an_address_where_nothing_answers_fails_at_once():
 
 def test_a_private_instance_too_small_for_the_stages_fails_at_once(tmp_path):
     t0 = time.time()
-    with pytest.raises(ConfigError, match=r"runtime.stages: 3 stages need \{'CPU': 3\}, but this Ray instance "
-                                          r"has only \{'CPU': 1.0\}; raise runtime.num_cpus"):
+    with pytest.raises(ConfigError, match=r"runtime.stages: 3 stages need \{'CPU': 3\}, but the cluster has "
+                                          r"\{'CPU': 1.0\} in all; raise runtime.num_cpus"):
         train(small_config(runtime={"backend": "ray", "num_cpus": 1}), tmp_path / "r")
     assert time.time() - t0 < 60

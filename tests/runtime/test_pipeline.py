@@ -193,15 +193,18 @@ def test_live_probe_through_the_actors_equals_the_single_process_measure(net, st
     try:
         pipe.collect(pipe.submit(0, 7))
         got = pipe.align(48)
+        held_out = pipe.align(40, "test", "eval")
         dims = [math.prod(s) for s in plan.out_shapes[:-1]]
         Bs = [feedback.matrix(k, dims, plan.classes, cfg.feedback.init, cfg.feedback.normalization, cfg.train.seed)
               for k in range(len(dims))]
         want = rules.alignment(pipe.model(), Bs, ds.x_train[:48], ds.y_train[:48], seed=cfg.train.seed)
+        want_held_out = rules.alignment(pipe.model(), Bs, ds.x_test[:40], ds.y_test[:40], mode="eval")
     finally:
         pipe.close()
-    assert [b["block"] for b in got] == list(range(plan.num_blocks - 1))
-    for g, w in zip(got, want):
-        for key in ("cos_mean", "cos_std", "update_angle"):
+    assert [b["block"] for b in got] == list(range(plan.num_blocks))
+    for g, w in [*zip(got, want), *zip(held_out, want_held_out)]:
+        assert sorted(g) == sorted(w)
+        for key in g:
             assert g[key] == pytest.approx(w[key], abs=1e-5), (g["block"], key)
 
 
