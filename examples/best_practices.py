@@ -1,0 +1,195 @@
+"""The best-practice grid of Launay, Poli & Krzakala 2019 (arXiv 1906.04554, section 3), with layers in
+parallel: one factor at a time from the paper's baseline (tanh, feedback normalization, no batchnorm,
+no dropout), DFA on the Ray trainer (D = 2) and synchronous DFA (D = 1), backprop for reference.
+
+    python examples/best_practices.py --budget smoke --out bp-grid        # minutes on 2 cores (CI)
+    python examples/best_practices.py --budget cpu --out docs/paper/grid  # hours on 2 cores
+    python examples/best_practices.py --budget paper --out grid           # 50 epochs, 10 seeds: GPUs
+
+Every run uses the paper's conventions (feedback.error_scale = paper, model.block_order = paper, SGD at
+lr 5e-4, batch 128; alignment on a held-out batch in eval mode every epoch). Each cell runs as its own
+`dfa-async train` process in OUT/runs/<cell>, so a crash loses one cell; a finished cell is never
+recomputed and an interrupted one resumes. Writes OUT/results.csv (a row per run), OUT/summary.md (test
+error and final alignment per block, mean ± std over seeds) and OUT/alignment-<grid>.png."""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from dfa_async import runlog
+
+ROWS = [("baseline", "-", []),
+        ("activation", "relu", ["model.activation=relu"]),
+        ("activation", "leaky_relu 0.01", ["model.activation=leaky_relu", "model.leaky_slope=0.01"]),
+        ("activation", "leaky_relu 0.1", ["model.activation=leaky_relu", "model.leaky_slope=0.1"]),
+        ("activation", "leaky_relu 0.5", ["model.activation=leaky_relu", "model.leaky_slope=0.5"]),
+        ("normalization", "off", ["feedback.normalization=none"]),
+        ("batchnorm", "on", ["model.batchnorm=true"]),
+        ("dropout", "(0.1, 0.1)", ["model.dropout_input=0.1", "model.dropout_hidden=0.1"]),
+        ("dropout", "(0.1, 0.5)", ["model.dropout_input=0.1", "model.dropout_hidden=0.5"])]
+RULES = {"dfa-async": ["feedback.rule=dfa", "runtime.backend=ray", "runtime.depth=2"],
+         "dfa-sync": ["feedback.rule=dfa", "runtime.backend=local", "runtime.depth=1"],
+         "bp": ["feedback.rule=bp", "runtime.backend=local", "runtime.depth=1"]}
+NETS = {"mnist-fc": ["data.name=mnist", "model.kind=mlp", "model.widths=[800, 800, 800]"],
+        "cifar10-fc": ["data.name=cifar10", "model.kind=mlp", "model.widths=[800, 800, 800]"],
+        "cifar10-cnn": ["data.name=cifar10", "model.kind=cnn", "model.channels=[32, 64, 64]", "model.widths=[128]"]}
+PAPER = ["feedback.error_scale=paper", "model.block_order=paper", "optim.name=sgd", "optim.lr=0.0005",
+         "optim.momentum=0", "train.batch_size=128", "alignment.data=test", "alignment.mode=eval",
+         "alignment.probe_size=128", "checkpoint.every=0"]
+# budget -> (grids: net -> row groups, seeds, epochs, extra settings)
+ALL = [r[0] for r in ROWS]
+BUDGETS = {
+    "smoke": ({"mnist-fc": ["baseline", "normalization"]}, 1, 1,
+              ["data.limit_train=1280", "data.limit_test=500", "model.widths=[64, 64, 64]"]),
+    "cpu": ({"mnist-fc": ALL, "cifar10-fc": ["baseline", "activation", "normalization"]}, 3, 10, []),
+    "paper": ({"mnist-fc": ALL, "cifar10-fc": ALL, "cifar10-cnn": ALL}, 10, 50, []),
+}
+
+
+def cells(budget: str, seeds: int | None):
+    grids, n_seeds, epochs, extra = BUDGETS[budget]
+    limit = [int(s.split("=")[1]) for s in extra if s.startswith("data.limit_train=")]
+    for net, groups in grids.items():
+        n_train = limit[0] if limit else 60000 if net.startswith("mnist") else 50000
+        every = f"alignment.every={max(1, n_train // 128)}"  # once an epoch
+        for group, value, settings in ROWS:
+            if group not in groups:
+                continue
+            for rule, how in RULES.items():
+                for seed in range(seeds or n_seeds):
+                    name = f"{net}.{group}.{value}.{rule}.s{seed}".replace(" ", "").replace(",", "-")
+                    name = name.replace("(", "").replace(")", "")
+                    sets = NETS[net] + PAPER + how + settings + extra + [f"train.epochs={epochs}",
+                                                                         f"train.seed={seed}", every]
+                    yield {"net": net, "row": group, "value": value, "rule": rule, "seed": seed, "name": name,
+                           "sets": sets}
+
+
+def run_cell(cell: dict, runs: Path) -> str:
+    """Run one cell to the end as its own process (resuming it if it was cut); 'done', 'cached' or the
+    last line of its error."""
+    run = runs / cell["name"]
+    log = run / "events.msgpack"
+    if log.exists() and runlog.read(log, "done"):
+        return "cached"
+    args = [sys.executable, "-m", "dfa_async.cli", "train", "--no-progress", "--run-dir", str(run)]
+    for s in cell["sets"]:
+        args += ["--set", s]
+    p = subprocess.run(args, capture_output=True, text=True)
+    return "done" if p.returncode == 0 else (p.stderr.strip().splitlines() or ["failed"])[-1]
+
+
+def result(cell: dict, runs: Path) -> dict | None:
+    log = runs / cell["name"] / "events.msgpack"
+    if not log.exists():
+        return None
+    recs = runlog.read(log)
+    done = [r for r in recs if r["kind"] == "done"]
+    aligns = [r for r in recs if r["kind"] == "align"]
+    if not done:
+        return None
+    row = {k: cell[k] for k in ("net", "row", "value", "rule", "seed")}
+    row["test_error"] = 100 * (1 - done[-1]["test_accuracy"])
+    for b in (aligns[-1]["blocks"] if aligns else []):
+        row[f"align{b['block']}"] = b["cos_mean"]
+    row["alignment"] = [(r["step"], [b["cos_mean"] for b in r["blocks"]]) for r in aligns]
+    return row
+
+
+def mean_std(values: list[float]) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def summarize(rows: list[dict], out: Path, command: str) -> str:
+    blocks = sorted({k for r in rows for k in r if k.startswith("align")} - {"alignment"})
+    lines = ["# Best-practice grid (Launay et al. 2019, section 3)", "", f"Command: `{command}`", "",
+             "Test error in % and the final mean cosine of each block's signal with its true gradient "
+             "(held-out batch, eval mode), mean ± std over seeds (n).", ""]
+    head = "| net | row | value | rule | n | test error % | " + " | ".join(f"align {b[5:]}" for b in blocks) + " |"
+    lines += [head, "|" + "---|" * (head.count("|") - 1)]
+    keys = sorted({(r["net"], r["row"], r["value"], r["rule"]) for r in rows},
+                  key=lambda k: (k[0], [g for g, _, _ in ROWS].index(k[1]), k[2], list(RULES).index(k[3])))
+    for key in keys:
+        group = [r for r in rows if (r["net"], r["row"], r["value"], r["rule"]) == key]
+        cols = [mean_std([r[b] for r in group if b in r]) for b in blocks]
+        lines.append(f"| {' | '.join(key)} | {len(group)} | {mean_std([r['test_error'] for r in group])} | "
+                     + " | ".join(cols) + " |")
+    text = "\n".join(lines) + "\n"
+    (out / "summary.md").write_text(text)
+    with open(out / "results.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, ["net", "row", "value", "rule", "seed", "test_error", *blocks])
+        w.writeheader()
+        w.writerows([{k: r.get(k, "") for k in w.fieldnames} for r in rows])
+    return text
+
+
+def plot(rows: list[dict], out: Path) -> list[Path]:
+    """Per net and rule: each block's alignment over training, one panel per grid cell (seed 0)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for net in sorted({r["net"] for r in rows}):
+        for rule in ("dfa-async", "dfa-sync"):
+            mine = [r for r in rows if r["net"] == net and r["rule"] == rule and r["seed"] == 0 and r["alignment"]]
+            if not mine:
+                continue
+            cols = min(len(mine), 3)
+            fig, axes = plt.subplots(math.ceil(len(mine) / cols), cols, figsize=(4 * cols, 3 * math.ceil(len(mine) / cols)),
+                                     squeeze=False, sharey=True)
+            for ax, r in zip(axes.flat, mine):
+                steps = [s for s, _ in r["alignment"]]
+                for b in range(len(r["alignment"][0][1]) - 1):  # hidden blocks (the head's is 1)
+                    ax.plot(steps, [c[b] for _, c in r["alignment"]], label=f"block {b}")
+                ax.set_title(f"{r['row']} {r['value']}", fontsize=9)
+                ax.set_xlabel("step")
+            axes.flat[0].set_ylabel("cos(B e, dL/dh)")
+            axes.flat[0].legend(fontsize=7)
+            for ax in list(axes.flat)[len(mine):]:
+                ax.axis("off")
+            fig.tight_layout()
+            path = out / f"alignment-{net}-{rule}.png"
+            fig.savefig(path, dpi=100)
+            plt.close(fig)
+            paths.append(path)
+    return paths
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--budget", choices=sorted(BUDGETS), default="smoke")
+    ap.add_argument("--seeds", type=int, help="seeds per cell (default: the budget's)")
+    ap.add_argument("--out", default="best-practices")
+    args = ap.parse_args(argv)
+    if args.seeds is not None and args.seeds < 1:
+        ap.error(f"--seeds: {args.seeds}; it must be >= 1")
+    out = Path(args.out)
+    runs = out / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    todo = list(cells(args.budget, args.seeds))
+    failed = 0
+    for i, cell in enumerate(todo):
+        status = run_cell(cell, runs)
+        failed += status not in ("done", "cached")
+        print(f"[{i + 1}/{len(todo)}] {cell['name']}: {status}", flush=True)
+    rows = [r for r in (result(c, runs) for c in todo) if r]
+    command = f"python examples/best_practices.py --budget {args.budget} --out {args.out}" + (
+        f" --seeds {args.seeds}" if args.seeds else "")
+    print(summarize(rows, out, command))
+    plot(rows, out)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
