@@ -129,7 +129,7 @@ if not (run / "events.msgpack").exists():
 done = runlog.read(run / "events.msgpack", "done")
 stages = runlog.read(run / "events.msgpack", "stages")
 assert done and (run / "final_model.pt").exists(), f"no finished run in {run}"
-print(f"{sorted(p.name for p in run.iterdir())}")
+print(f"{sorted(p.name for p in run.iterdir() if not p.name.startswith('.'))}")
 print(f"done: test_accuracy={done[0]['test_accuracy']:.4f} steps={done[0]['step']} stage pids={stages[0]['pids']}")
 EOF
 echo "ok: ray up + ray submit trained and wrote its run directory in $(($(date +%s) - t0)) s"
