@@ -67,8 +67,10 @@ class FeedbackConfig:
 class BottleneckConfig:
     layer: int = _opt(0, "Hidden block (1-based) to restrict; 0 turns the bottleneck off.", lo=0)
     width: int = _opt(0, "Effective width b of that block.", lo=0)
-    form: str = _opt("mask", "`mask`: only a fixed random b of the block's units receive weight updates "
-                     "(the paper's method); `narrow`: the block really has width b.", ("mask", "narrow"))
+    form: str = _opt("mask", "`mask`: only a fixed random b of the block's units receive weight updates; "
+                     "`elements`: the paper's code, a fixed random mask over the entries of the block's "
+                     "linear layer keeps each with probability b/width; `narrow`: the block really has "
+                     "width b.", ("mask", "elements", "narrow"))
 
 
 @dataclass

@@ -73,12 +73,12 @@ class Learner:
 
     def __init__(self, block: nn.Module, index: int, *, rule: str, is_head: bool, B: torch.Tensor | None,
                  out_shape: tuple[int, ...], seed: int, keep_units: torch.Tensor | None = None,
-                 error_scale: str = "mean"):
+                 error_scale: str = "mean", keep_elements: dict[str, torch.Tensor] | None = None):
         self.block, self.index, self.rule, self.is_head = block, index, rule, is_head
         # The paper's code: hidden blocks get the per-sample e, the head the gradient of the mean loss.
         self.head_mean = is_head and error_scale == "paper"
         self.B, self.out_shape, self.seed = B, out_shape, seed
-        self.keep_units = keep_units
+        self.keep_units, self.keep_elements = keep_units, keep_elements
         self.random = any(isinstance(m, nn.modules.dropout._DropoutNd) for m in block.modules())
         self.hooks = stash_hooks(block)
         self.stash: dict[int, torch.Tensor] = {}
@@ -134,23 +134,26 @@ class Learner:
         self.stash_bytes.pop(step, None)
         self.updates_at_forward.pop(step, None)
 
-    # Bottleneck (mask form): only the kept units of this block are trained.
-    def _masked_params(self):
+    # Bottleneck: only the kept entries of this block's parameters are trained (mask form: the rows of
+    # the kept units; elements form: a fixed random set of entries). The optimizer steps every entry,
+    # then the others are put back, so momentum or Adam never moves them either.
+    def _masks(self):
+        if self.keep_elements is not None:
+            return [(p, self.keep_elements[name]) for name, p in self.block.named_parameters()
+                    if name in self.keep_elements]
         n = len(self.keep_units)
-        return [p for p in self.block.parameters() if p.dim() >= 1 and p.shape[0] == n]
+        return [(p, self.keep_units) for p in self.block.parameters() if p.dim() >= 1 and p.shape[0] == n]
 
     def frozen_rows(self):
-        if self.keep_units is None:
+        if self.keep_units is None and self.keep_elements is None:
             return None
-        drop = ~self.keep_units
-        return [(p, p.detach()[drop].clone()) for p in self._masked_params()]
+        return [(p, ~keep, p.detach()[~keep].clone()) for p, keep in self._masks()]
 
     def restore_rows(self, frozen):
         if frozen:
-            drop = ~self.keep_units
             with torch.no_grad():
-                for p, rows in frozen:
-                    p[drop] = rows
+                for p, drop, old in frozen:
+                    p[drop] = old
 
     def state(self) -> dict:
         return {"block": self.block.state_dict(), "updates": self.updates}
@@ -190,6 +193,15 @@ def bottleneck_units(width: int, b: int, seed: int) -> torch.Tensor:
     keep = torch.zeros(width, dtype=torch.bool)
     keep[perm[:b]] = True
     return keep
+
+
+def bottleneck_elements(block: nn.Module, b: int, width: int, seed: int) -> dict[str, torch.Tensor]:
+    """The paper's code: a fixed random mask over every entry of the block's linear layer (weight and
+    bias), each kept with probability b / width."""
+    layer = first_layer(block)
+    names = {id(p): n for n, p in block.named_parameters()}
+    g = seeding.generator(seed, "bottleneck")
+    return {names[id(p)]: torch.rand(p.shape, generator=g) < b / width for p in layer.parameters()}
 
 
 def per_sample_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -134,12 +134,16 @@ class Stage:
             if not is_head and cfg.feedback.rule == "dfa":
                 B = feedback.matrix(k, dims, plan.classes, cfg.feedback.init, cfg.feedback.normalization,
                                     cfg.train.seed).to(device)
-            keep = None
-            if cfg.bottleneck.layer == k + 1 and cfg.bottleneck.form == "mask":
-                keep = rules.bottleneck_units(plan.out_shapes[k][0], cfg.bottleneck.width, cfg.train.seed).to(device)
+            keep = elements = None
+            bn = cfg.bottleneck
+            if bn.layer == k + 1 and bn.form == "mask":
+                keep = rules.bottleneck_units(plan.out_shapes[k][0], bn.width, cfg.train.seed).to(device)
+            if bn.layer == k + 1 and bn.form == "elements":
+                elements = {name: m.to(device) for name, m in
+                            rules.bottleneck_elements(net[k], bn.width, plan.out_shapes[k][0], cfg.train.seed).items()}
             self.learners.append(rules.Learner(
                 net[k], k, rule=cfg.feedback.rule, is_head=is_head, B=B, out_shape=plan.out_shapes[k],
-                seed=cfg.train.seed, keep_units=keep, error_scale=cfg.feedback.error_scale))
+                seed=cfg.train.seed, keep_units=keep, error_scale=cfg.feedback.error_scale, keep_elements=elements))
         # One optimizer over every learning block: one call per update.
         self.learning = [learner for learner in self.learners if learner.learns]
         self.sizes = [len(list(learner.block.parameters())) for learner in self.learning]

@@ -17,11 +17,10 @@ import argparse
 import csv
 import math
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
-from dfa_async import runlog
+import grid  # examples/grid.py: one process per cell
 
 ROWS = [("baseline", "-", []),
         ("activation", "relu", ["model.activation=relu"]),
@@ -70,34 +69,14 @@ def cells(budget: str, seeds: int | None):
                            "sets": sets}
 
 
-def run_cell(cell: dict, runs: Path) -> str:
-    """Run one cell to the end as its own process (resuming it if it was cut); 'done', 'cached' or the
-    last line of its error."""
-    run = runs / cell["name"]
-    log = run / "events.msgpack"
-    if log.exists() and runlog.read(log, "done"):
-        return "cached"
-    args = [sys.executable, "-m", "dfa_async.cli", "train", "--no-progress", "--run-dir", str(run)]
-    for s in cell["sets"]:
-        args += ["--set", s]
-    p = subprocess.run(args, capture_output=True, text=True)
-    return "done" if p.returncode == 0 else (p.stderr.strip().splitlines() or ["failed"])[-1]
-
-
 def result(cell: dict, runs: Path) -> dict | None:
-    log = runs / cell["name"] / "events.msgpack"
-    if not log.exists():
-        return None
-    recs = runlog.read(log)
-    done = [r for r in recs if r["kind"] == "done"]
-    aligns = [r for r in recs if r["kind"] == "align"]
-    if not done:
+    got = grid.outcome(runs / cell["name"])
+    if got is None:
         return None
     row = {k: cell[k] for k in ("net", "row", "value", "rule", "seed")}
-    row["test_error"] = 100 * (1 - done[-1]["test_accuracy"])
-    for b in (aligns[-1]["blocks"] if aligns else []):
-        row[f"align{b['block']}"] = b["cos_mean"]
-    row["alignment"] = [(r["step"], [b["cos_mean"] for b in r["blocks"]]) for r in aligns]
+    row["test_error"], row["alignment"] = got["test_error"], got["alignment"]
+    for b, cos in enumerate(got["alignment"][-1][1] if got["alignment"] else []):
+        row[f"align{b}"] = cos
     return row
 
 
@@ -180,7 +159,7 @@ def main(argv=None) -> int:
     todo = list(cells(args.budget, args.seeds))
     failed = 0
     for i, cell in enumerate(todo):
-        status = run_cell(cell, runs)
+        status = grid.run_cell(cell["name"], cell["sets"], runs)
         failed += status not in ("done", "cached")
         print(f"[{i + 1}/{len(todo)}] {cell['name']}: {status}", flush=True)
     rows = [r for r in (result(c, runs) for c in todo) if r]

@@ -252,3 +252,25 @@ def test_pre_activation_and_head_cosines_in_closed_form():
     assert hidden["pre_cos_std"] == pytest.approx(cos.std().item(), abs=1e-6)
     assert head["block"] == 1 and head["cos_mean"] == pytest.approx(1.0, abs=1e-9)
     assert head["update_angle"] == pytest.approx(0.0, abs=1e-3)
+
+
+def test_elements_bottleneck_trains_a_fixed_random_share_of_the_entries():
+    """form = elements (the paper's code): each entry of the restricted block's linear layer is kept
+    with probability b/width, fixed for the run; the others stay at their initial values under momentum."""
+    cfg = small_config(bottleneck={"layer": 2, "width": 8, "form": "elements"}, optim={"name": "sgd", "lr": 0.1},
+                       model={"widths": [32, 32]})
+    plan = Plan(cfg, (1, 8, 8), 10, total_steps=10, steps_per_epoch=10)
+    pipe = LocalPipeline(plan)
+    before = copy.deepcopy(pipe.model())
+    for t in range(4):
+        pipe.forward(t, torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,)))
+        pipe.update(t)
+    after = pipe.model()
+    masks = rules.bottleneck_elements(before[1], 8, 32, cfg.train.seed)
+    assert set(masks) == {"0.weight", "0.bias"}
+    share = torch.cat([m.flatten() for m in masks.values()]).float().mean().item()
+    assert 0.15 < share < 0.35  # 8/32 = 0.25 of 32*32 + 32 entries
+    for name, keep in masks.items():
+        moved = dict(after[1].named_parameters())[name] != dict(before[1].named_parameters())[name]
+        assert not moved[~keep].any() and moved[keep].float().mean() > 0.9
+    assert not torch.equal(after[0][1].weight, before[0][1].weight)  # the other blocks learn in full
