@@ -13,7 +13,6 @@ recomputed and an interrupted one resumes. Writes OUT/results.csv (a row per run
 error and final alignment per block, mean ± std over seeds) and OUT/alignment-<grid>.png."""
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 import statistics
@@ -37,9 +36,6 @@ RULES = {"dfa-async": ["feedback.rule=dfa", "runtime.backend=ray", "runtime.dept
 NETS = {"mnist-fc": ["data.name=mnist", "model.kind=mlp", "model.widths=[800, 800, 800]"],
         "cifar10-fc": ["data.name=cifar10", "model.kind=mlp", "model.widths=[800, 800, 800]"],
         "cifar10-cnn": ["data.name=cifar10", "model.kind=cnn", "model.channels=[32, 64, 64]", "model.widths=[128]"]}
-PAPER = ["feedback.error_scale=paper", "model.block_order=paper", "optim.name=sgd", "optim.lr=0.0005",
-         "optim.momentum=0", "train.batch_size=128", "alignment.data=test", "alignment.mode=eval",
-         "alignment.probe_size=128", "checkpoint.every=0"]
 # budget -> (grids: net -> row groups, seeds, epochs, extra settings)
 ALL = [r[0] for r in ROWS]
 BUDGETS = {
@@ -63,7 +59,7 @@ def cells(budget: str, seeds: int | None):
                 for seed in range(seeds or n_seeds):
                     name = f"{net}.{group}.{value}.{rule}.s{seed}".replace(" ", "").replace(",", "-")
                     name = name.replace("(", "").replace(")", "")
-                    sets = NETS[net] + PAPER + how + settings + extra + [f"train.epochs={epochs}",
+                    sets = NETS[net] + grid.PAPER + how + settings + extra + [f"train.epochs={epochs}",
                                                                          f"train.seed={seed}", every]
                     yield {"net": net, "row": group, "value": value, "rule": rule, "seed": seed, "name": name,
                            "sets": sets}
@@ -146,22 +142,11 @@ def plot(rows: list[dict], out: Path) -> list[Path]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--budget", choices=sorted(BUDGETS), default="smoke")
-    ap.add_argument("--seeds", type=int, help="seeds per cell (default: the budget's)")
-    ap.add_argument("--out", default="best-practices")
-    args = ap.parse_args(argv)
-    if args.seeds is not None and args.seeds < 1:
-        ap.error(f"--seeds: {args.seeds}; it must be >= 1")
+    args = grid.arguments(__doc__, BUDGETS, "best-practices", argv)
     out = Path(args.out)
     runs = out / "runs"
-    runs.mkdir(parents=True, exist_ok=True)
     todo = list(cells(args.budget, args.seeds))
-    failed = 0
-    for i, cell in enumerate(todo):
-        status = grid.run_cell(cell["name"], cell["sets"], runs)
-        failed += status not in ("done", "cached")
-        print(f"[{i + 1}/{len(todo)}] {cell['name']}: {status}", flush=True)
+    failed = grid.run_all(todo, runs)
     rows = [r for r in (result(c, runs) for c in todo) if r]
     command = f"python examples/best_practices.py --budget {args.budget} --out {args.out}" + (
         f" --seeds {args.seeds}" if args.seeds else "")

@@ -13,7 +13,6 @@ OUT/summary.md and OUT/bottleneck.png (alignment of the restricted layer and its
 test error, against b)."""
 from __future__ import annotations
 
-import argparse
 import csv
 import statistics
 import sys
@@ -22,9 +21,7 @@ from pathlib import Path
 import grid
 
 B_PAPER = [1, 3, 5, 8, 11, 18, 28, 46, 73, 118, 191, 308, 496, 800]
-PAPER = ["feedback.error_scale=paper", "model.block_order=paper", "optim.name=sgd", "optim.lr=0.0005",
-         "optim.momentum=0", "train.batch_size=128", "alignment.data=test", "alignment.mode=eval",
-         "alignment.probe_size=128", "checkpoint.every=0", "bottleneck.layer=2", "feedback.rule=dfa"]
+PAPER = grid.PAPER + ["bottleneck.layer=2", "feedback.rule=dfa"]
 # budget -> (data, width, b values, epochs, seeds, train samples (0: all), runtime settings)
 BUDGETS = {
     "smoke": ("mnist", 64, [1, 8, 64], 1, 1, 1280, ["runtime.backend=local"]),
@@ -48,21 +45,12 @@ def cells(budget: str, seeds: int | None):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--budget", choices=sorted(BUDGETS), default="smoke")
-    ap.add_argument("--seeds", type=int, help="seeds per cell (default: the budget's)")
-    ap.add_argument("--out", default="bottleneck")
-    args = ap.parse_args(argv)
-    if args.seeds is not None and args.seeds < 1:
-        ap.error(f"--seeds: {args.seeds}; it must be >= 1")
+    args = grid.arguments(__doc__, BUDGETS, "bottleneck", argv)
     out = Path(args.out)
     runs = out / "runs"
-    runs.mkdir(parents=True, exist_ok=True)
-    todo, rows, failed = list(cells(args.budget, args.seeds)), [], 0
-    for i, cell in enumerate(todo):
-        status = grid.run_cell(cell["name"], cell["sets"], runs)
-        failed += status not in ("done", "cached")
-        print(f"[{i + 1}/{len(todo)}] {cell['name']}: {status}", flush=True)
+    todo, rows = list(cells(args.budget, args.seeds)), []
+    failed = grid.run_all(todo, runs)
+    for cell in todo:
         got = grid.outcome(runs / cell["name"])
         if got and got["alignment"]:
             final = got["alignment"][-1][1]

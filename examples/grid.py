@@ -2,11 +2,18 @@
 own run directory, so a crash loses one cell, a finished cell is never recomputed and a cut one resumes."""
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from pathlib import Path
 
 from dfa_async import runlog
+
+# The paper's conventions and training settings (its best_practices.py and bottleneck.py): SGD at lr 5e-4,
+# batch 128; alignment on a held-out batch of 128 in eval mode.
+PAPER = ["feedback.error_scale=paper", "model.block_order=paper", "optim.name=sgd", "optim.lr=0.0005",
+         "optim.momentum=0", "train.batch_size=128", "alignment.data=test", "alignment.mode=eval",
+         "alignment.probe_size=128", "checkpoint.every=0"]
 
 
 def run_cell(name: str, settings: list[str], runs: Path) -> str:
@@ -34,3 +41,27 @@ def outcome(run: Path) -> dict | None:
     aligns = [r for r in recs if r["kind"] == "align"]
     return {"test_error": 100 * (1 - done[-1]["test_accuracy"]),
             "alignment": [(r["step"], [b["cos_mean"] for b in r["blocks"]]) for r in aligns]}
+
+
+def arguments(doc: str, budgets: dict, out: str, argv=None) -> argparse.Namespace:
+    """--budget, --seeds and --out, checked."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--budget", choices=sorted(budgets), default="smoke")
+    ap.add_argument("--seeds", type=int, help="seeds per cell (default: the budget's)")
+    ap.add_argument("--out", default=out)
+    args = ap.parse_args(argv)
+    if args.seeds is not None and args.seeds < 1:
+        ap.error(f"--seeds: {args.seeds}; it must be >= 1")
+    return args
+
+
+def run_all(todo: list[dict], runs: Path) -> int:
+    """Run every cell (dicts with `name` and `sets`) in order, printing each one's status; the number
+    that failed."""
+    runs.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    for i, cell in enumerate(todo):
+        status = run_cell(cell["name"], cell["sets"], runs)
+        failed += status not in ("done", "cached")
+        print(f"[{i + 1}/{len(todo)}] {cell['name']}: {status}", flush=True)
+    return failed
