@@ -46,8 +46,9 @@ BUDGETS = {
 }
 
 
-def cells(budget: str, seeds: int | None):
-    grids, n_seeds, epochs, extra = BUDGETS[budget]
+def cells(budget: str, seeds: int | None, epochs: int | None = None):
+    grids, n_seeds, budget_epochs, extra = BUDGETS[budget]
+    epochs = epochs or budget_epochs
     limit = [int(s.split("=")[1]) for s in extra if s.startswith("data.limit_train=")]
     for net, groups in grids.items():
         n_train = limit[0] if limit else 60000 if net.startswith("mnist") else 50000
@@ -145,12 +146,10 @@ def main(argv=None) -> int:
     args = grid.arguments(__doc__, BUDGETS, "best-practices", argv)
     out = Path(args.out)
     runs = out / "runs"
-    todo = list(cells(args.budget, args.seeds))
+    todo = list(cells(args.budget, args.seeds, args.epochs))
     failed = grid.run_all(todo, runs)
     rows = [r for r in (result(c, runs) for c in todo) if r]
-    command = f"python examples/best_practices.py --budget {args.budget} --out {args.out}" + (
-        f" --seeds {args.seeds}" if args.seeds else "")
-    print(summarize(rows, out, command))
+    print(summarize(rows, out, grid.command("best_practices.py", args)))
     plot(rows, out)
     return 1 if failed else 0
 

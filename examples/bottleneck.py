@@ -30,8 +30,9 @@ BUDGETS = {
 }
 
 
-def cells(budget: str, seeds: int | None):
-    data, width, bs, epochs, n_seeds, limit, runtime = BUDGETS[budget]
+def cells(budget: str, seeds: int | None, epochs: int | None = None):
+    data, width, bs, budget_epochs, n_seeds, limit, runtime = BUDGETS[budget]
+    epochs = epochs or budget_epochs
     n_train = limit or (60000 if data == "mnist" else 50000)
     for form in ("elements", "narrow"):
         for b in bs:
@@ -48,7 +49,7 @@ def main(argv=None) -> int:
     args = grid.arguments(__doc__, BUDGETS, "bottleneck", argv)
     out = Path(args.out)
     runs = out / "runs"
-    todo, rows = list(cells(args.budget, args.seeds)), []
+    todo, rows = list(cells(args.budget, args.seeds, args.epochs)), []
     failed = grid.run_all(todo, runs)
     for cell in todo:
         got = grid.outcome(runs / cell["name"])
@@ -61,7 +62,7 @@ def main(argv=None) -> int:
         w = csv.DictWriter(fh, ["form", "b", "seed", "test_error", "align0", "align1", "align2"])
         w.writeheader()
         w.writerows(rows)
-    text = summarize(rows, f"python examples/bottleneck.py --budget {args.budget} --out {args.out}")
+    text = summarize(rows, grid.command("bottleneck.py", args))
     (out / "summary.md").write_text(text)
     print(text)
     plot(rows, out / "bottleneck.png")

@@ -48,11 +48,20 @@ def arguments(doc: str, budgets: dict, out: str, argv=None) -> argparse.Namespac
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--budget", choices=sorted(budgets), default="smoke")
     ap.add_argument("--seeds", type=int, help="seeds per cell (default: the budget's)")
+    ap.add_argument("--epochs", type=int, help="epochs per run (default: the budget's; another value needs another "
+                    "--out, since a run directory refuses other settings)")
     ap.add_argument("--out", default=out)
     args = ap.parse_args(argv)
-    if args.seeds is not None and args.seeds < 1:
-        ap.error(f"--seeds: {args.seeds}; it must be >= 1")
+    for flag in ("seeds", "epochs"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            ap.error(f"--{flag}: {getattr(args, flag)}; it must be >= 1")
     return args
+
+
+def command(script: str, args: argparse.Namespace) -> str:
+    """The command line that reproduces a summary."""
+    extra = "".join(f" --{k} {getattr(args, k)}" for k in ("seeds", "epochs") if getattr(args, k) is not None)
+    return f"python examples/{script} --budget {args.budget}{extra} --out {args.out}"
 
 
 def run_all(todo: list[dict], runs: Path) -> int:
