@@ -433,10 +433,11 @@ NOT_LEARNED = ({"train.root", "train.name", "train.log_every", "train.eval_batch
 
 def differences(old: dict, new: dict, learned_only: bool = False) -> list[str]:
     """`section.key: old -> new` for every setting that differs between two `to_dict()`s (with
-    `learned_only`, leaving out NOT_LEARNED and the metrics and alignment sections)."""
-    out = []
+    `learned_only`, leaving out NOT_LEARNED and the metrics and alignment sections). A setting missing
+    from `old` (a run of a version without it) counts as its default."""
+    out, defaults = [], Config().to_dict()
     for section in SECTIONS:
-        a, b = old.get(section, {}), new.get(section, {})
+        a, b = {**defaults.get(section, {}), **old.get(section, {})}, new.get(section, {})
         for key in sorted(set(a) | set(b)):
             name = f"{section}.{key}"
             if learned_only and (name in NOT_LEARNED or section in ("metrics", "alignment")):

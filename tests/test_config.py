@@ -148,3 +148,12 @@ def test_any_override_strings_give_a_config_or_one_line(texts):
         config_mod.load(None, texts)
     except ConfigError as err:
         assert "\n" not in str(err)
+
+
+def test_a_run_of_a_version_without_a_setting_compares_it_at_its_default():
+    old = config_mod.Config().to_dict()
+    del old["model"]["block_order"], old["train"]["on_nonfinite"]
+    assert config_mod.differences(old, config_mod.Config().to_dict()) == []
+    new = config_mod.Config()
+    new.model.block_order, new.runtime.threads = "paper", 2
+    assert config_mod.differences(old, new.to_dict(), learned_only=True) == ["model.block_order: 'standard' -> 'paper'"]
