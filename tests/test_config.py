@@ -44,7 +44,7 @@ MALFORMED = [
     (["runtime.transport=nccl", "runtime.device=cpu"], ["runtime.transport", "shm, gloo or auto"]),
     (["bottleneck.layer=3"], ["bottleneck.layer", "1..2"]),
     (["bottleneck.layer=1", "bottleneck.width=900"], ["bottleneck.width", "1..800"]),
-    (["bottleneck.layer=1", "bottleneck.form=prune"], ["bottleneck.form", "mask, narrow"]),
+    (["bottleneck.layer=1", "bottleneck.form=prune"], ["bottleneck.form", "mask, elements, narrow"]),
     (["metrics.port=70000"], ["metrics.port", "<= 65535"]),
     (["checkpoint.keep=0"], ["checkpoint.keep", ">= 1"]),
     (["alignment.probe_size=1"], ["alignment.probe_size", ">= 2"]),
