@@ -105,7 +105,7 @@ def run(cfg: config_mod.Config, target: float, depths=(1, 2), eval_every: int = 
     import ray
 
     from ..baselines import BackpropGroup
-    from ..runtime import RayPipeline
+    from ..runtime import RayPipeline, cluster
 
     if not 0 < target <= 1:
         raise ValueError(f"--to-accuracy: {target}; give a test accuracy in (0, 1], e.g. 0.97")
@@ -140,7 +140,7 @@ def run(cfg: config_mod.Config, target: float, depths=(1, 2), eval_every: int = 
         modes["ddp"] = lambda: BackpropGroup("ddp", plan_at(1), ds, 1, workers=n)
     started = not ray.is_initialized()
     if started:
-        ray.init(address="local", num_cpus=n, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        cluster.start_local(n)
     records = []
     try:
         for mode, make in modes.items():
@@ -152,7 +152,7 @@ def run(cfg: config_mod.Config, target: float, depths=(1, 2), eval_every: int = 
             records.append(rec)
     finally:
         if started:
-            ray.shutdown()
+            cluster.shutdown()
     table = markdown(records, cfg, target, every)
     print(table)
     if out:

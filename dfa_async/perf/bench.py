@@ -324,6 +324,8 @@ def run(width: int = 4096, batch: int = 256, threads: int = 1, stages=(2,), dept
     """The bench over every N in `stages`; all records (each with its `workers` = N)."""
     import ray
 
+    from ..runtime import cluster
+
     stages = [stages] if isinstance(stages, int) else list(stages)
     for n in stages:  # every setting checked before anything runs
         bench_config(width, batch, threads, n, warmup + steps, fixed_blocks, device, gpus_per_stage)
@@ -344,8 +346,7 @@ def run(width: int = 4096, batch: int = 256, threads: int = 1, stages=(2,), dept
     keep_freed_memory()  # as every stage does, so the anchors run under the same allocator
     started = not ray.is_initialized()
     if started:
-        ray.init(address="local", num_cpus=max(stages), include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
+        cluster.start_local(max(stages))
     if device == "cuda" and baselines and ray.cluster_resources().get("GPU", 0) < max(stages):
         print("gpipe, 1f1b and ddp skipped: they need a GPU per worker", flush=True)
         baselines = False
@@ -360,7 +361,7 @@ def run(width: int = 4096, batch: int = 256, threads: int = 1, stages=(2,), dept
             if device == "cpu" else {}
     finally:
         if started:
-            ray.shutdown()
+            cluster.shutdown()
     meta = {**metas[stages[0]], "stages": stages, "fixed_blocks": fixed_blocks, "per_workers": metas,
             "torch": torch.__version__, "ray": ray.__version__, "machine": platform.platform(),
             "cpu": cpu_model(), "cpus": os.cpu_count()}

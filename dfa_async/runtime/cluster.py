@@ -11,6 +11,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from ..config import ConfigError
+from . import reaper
 
 JOIN_CHECK_S = 5  # seconds to wait for an answer at runtime.address before saying nothing is there
 
@@ -30,10 +31,30 @@ def start_ray(cfg, stages: int) -> bool:
         print(f"dfa-async: joined the Ray cluster at {address} ({ray.cluster_resources().get('CPU', 0):g} CPUs, "
               f"{ray.cluster_resources().get('GPU', 0):g} GPUs)", flush=True)
         return False
-    cpus = cfg.runtime.num_cpus or max(stages, os.cpu_count() or 1)
-    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
+    start_local(cfg.runtime.num_cpus or max(stages, os.cpu_count() or 1))
     return True
+
+
+_watcher = None
+
+
+def start_local(cpus: int) -> None:
+    """A private local Ray instance, watched (reaper.py) so that a driver killed with kill -9 leaves none of
+    its processes behind. End it with `shutdown()`."""
+    global _watcher
+    before = {p for p, _ in reaper.descendants(os.getpid())} if os.path.exists("/proc/self/stat") else set()
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    _watcher = reaper.watch(os.getpid(), before)
+
+
+def shutdown() -> None:
+    """Stop the instance `start_local` started, then its watcher."""
+    global _watcher
+    ray.shutdown()
+    if _watcher is not None:
+        _watcher.kill()
+        _watcher.wait()
+        _watcher = None
 
 
 def _check_reachable(address: str) -> None:

@@ -13,7 +13,7 @@ import torch
 from ..config import ConfigError
 from ..stage import Plan, StageFailure, Window, assemble
 from . import shm
-from .cluster import Placement, release, start_ray
+from .cluster import Placement, release, shutdown, start_ray
 from .plane import PeerLost
 from .worker import StageWorker
 
@@ -169,4 +169,4 @@ class RayPipeline:
     def close(self) -> None:
         self._kill()
         if self.started_ray:
-            ray.shutdown()
+            shutdown()

@@ -1,0 +1,47 @@
+"""A driver killed with kill -9 leaves none of its private Ray instance's processes behind."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from dfa_async import runlog
+from dfa_async.runtime import reaper
+
+RUN = ["--set", "data.name=synthetic", "--set", "data.n_train=20000", "--set", "train.batch_size=8",
+       "--set", "model.widths=[16,16]", "--set", "runtime.backend=ray", "--no-progress"]
+
+
+def alive(procs):
+    return [p for p, start in procs if (st := reaper._stat(p)) and st[1] == start]
+
+
+def test_a_killed_driver_leaves_no_ray_process_behind(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "dfa_async.cli", "train", *RUN, "--run-dir", str(tmp_path / "r")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "r" / "events.msgpack"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.exists() and runlog.read(log, "train")):
+        time.sleep(0.1)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    procs = reaper.descendants(proc.pid)  # Ray's head processes, the stage actors, the watcher
+    assert len(procs) >= 5
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    deadline = time.time() + 60
+    while time.time() < deadline and alive(procs):
+        time.sleep(0.2)
+    left = alive(procs)
+    assert not left, [open(f"/proc/{p}/cmdline").read().replace("\0", " ")[:120] for p in left]
+
+
+def test_reap_never_touches_a_reused_pid():
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        ((pid, start),) = [(p, s) for p, s in reaper.descendants(os.getpid()) if p == sleeper.pid]
+        reaper.reap([(pid, start + 1)], grace_s=0.2)  # another process's start time: left alone
+        assert sleeper.poll() is None
+        reaper.reap([(pid, start)], grace_s=5)
+        assert sleeper.wait(timeout=10) == -signal.SIGTERM
+    finally:
+        sleeper.kill()
