@@ -56,3 +56,15 @@ def test_timeline_chart_and_staleness_histogram(tmp_path):
         fwd = ops["forward"]
         assert 0 < len(fwd) <= report.GANTT_STEPS and len(ops["update"]) > 0
         assert all(a >= 0 and d >= 0 for a, d in fwd) and [a for a, _ in fwd] == sorted(a for a, _ in fwd)
+
+
+def test_report_of_a_damaged_log_warns_and_reports_the_rest(tmp_path, capsys):
+    train(small_config(), tmp_path / "r")
+    log = tmp_path / "r" / "events.msgpack"
+    raw = bytearray(log.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    log.write_bytes(bytes(raw))
+    md = report.write(tmp_path / "r").read_text()
+    err = capsys.readouterr().err
+    assert "warning:" in err and "damaged bytes at offset" in err
+    assert "# Run report" in md and "has not finished" not in md  # the `done` record after the damage is kept
