@@ -75,14 +75,11 @@ class StageProbe:
             else:
                 B = self.Bs.get(k)
                 g = true_h[j] if B is None else feedback.project(B, e, h.shape[1:])
-            cos = rules.per_sample_cosine(g, true_h[j])
             dfa = torch.autograd.grad(h, ps, grad_outputs=g, retain_graph=True)
-            rec = {"block": k, "cos_mean": cos.mean().item(), "cos_std": cos.std().item(),
-                   "update_angle": rules.update_angle(dfa, bp)}
+            rec = {"block": k, **rules.cosine_stats(g, true_h[j]), "update_angle": rules.update_angle(dfa, bp)}
             if self.pres[j] is not None:
                 (dfa_pre,) = torch.autograd.grad(h, self.pres[j], grad_outputs=g, retain_graph=True)
-                pre = rules.per_sample_cosine(dfa_pre, true_pre.pop(0))
-                rec.update(pre_cos_mean=pre.mean().item(), pre_cos_std=pre.std().item())
+                rec.update(rules.cosine_stats(dfa_pre, true_pre.pop(0), "pre_"))
             out.append(rec)
         self.hs = self.pres = self.x = self.loss = None  # free the graph
         return out, g_in

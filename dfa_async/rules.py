@@ -208,6 +208,17 @@ def per_sample_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return F.cosine_similarity(a.flatten(1).double(), b.flatten(1).double(), dim=1, eps=1e-30)
 
 
+def cosine_stats(signal: torch.Tensor, true: torch.Tensor, prefix: str = "") -> dict:
+    """The paper's measure over the probe batch (`cos_mean`, `cos_std`: every sample counts, one whose true
+    gradient is exactly 0 with cosine 0), the share of such samples (`zero_share`: a saturated softmax
+    gives e = 0 in float32) and the mean over the others (`cos_live_mean`; NaN when there are none)."""
+    cos = per_sample_cosine(signal, true)
+    live = true.flatten(1).abs().amax(1) > 0
+    return {f"{prefix}cos_mean": cos.mean().item(), f"{prefix}cos_std": cos.std().item(),
+            f"{prefix}zero_share": 1.0 - live.double().mean().item(),
+            f"{prefix}cos_live_mean": cos[live].mean().item() if bool(live.any()) else float("nan")}
+
+
 def update_angle(ga: list[torch.Tensor], gb: list[torch.Tensor]) -> float:
     """Angle in degrees between two parameter updates (lists of per-parameter gradients)."""
     a = torch.cat([g.flatten() for g in ga]).double()
@@ -227,7 +238,9 @@ def alignment(model: nn.Sequential, Bs: list[torch.Tensor | None], x: torch.Tens
     - `cos_mean`, `cos_std`: per-sample cosine between the signal block k learns from (B_k e for a
       hidden block, the head's own error for the head) and the true gradient dL/dh_k (the paper's
       measure; the head's is 1 by construction);
-    - `pre_cos_mean`, `pre_cos_std`: the same at the output of the block's first linear/conv layer (the
+    - `zero_share`, `cos_live_mean`: the share of samples whose true gradient is exactly 0 (a saturated
+      softmax), which count with cosine 0 in `cos_mean`, and the mean over the others (cosine_stats);
+    - `pre_cos_mean`, `pre_cos_std` (and `pre_zero_share`, `pre_cos_live_mean`): the same at the output of the block's first linear/conv layer (the
       pre-activation), the signal taken back through the block;
     - `update_angle`: the angle in degrees between the block's DFA and BP weight updates.
     A None in `Bs` puts the true gradient in place of B_k e (BP against itself: cosines 1, angle 0). The
@@ -261,13 +274,10 @@ def alignment(model: nn.Sequential, Bs: list[torch.Tensor | None], x: torch.Tens
             g = head_signal
         else:
             g = true_h[k] if Bs[k] is None else feedback.project(Bs[k], e, hs[k].shape[1:])
-        cos = per_sample_cosine(g, true_h[k])
         dfa_k = torch.autograd.grad(hs[k], ps, grad_outputs=g, retain_graph=True)
-        rec = {"block": k, "cos_mean": cos.mean().item(), "cos_std": cos.std().item(),
-               "update_angle": update_angle(dfa_k, bp_k)}
+        rec = {"block": k, **cosine_stats(g, true_h[k]), "update_angle": update_angle(dfa_k, bp_k)}
         if pres[k] is not None:
             (dfa_pre,) = torch.autograd.grad(hs[k], pres[k], grad_outputs=g, retain_graph=True)
-            pre = per_sample_cosine(dfa_pre, true_pre.pop(0))
-            rec.update(pre_cos_mean=pre.mean().item(), pre_cos_std=pre.std().item())
+            rec.update(cosine_stats(dfa_pre, true_pre.pop(0), "pre_"))
         out.append(rec)
     return out

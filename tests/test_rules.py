@@ -274,3 +274,17 @@ def test_elements_bottleneck_trains_a_fixed_random_share_of_the_entries():
         moved = dict(after[1].named_parameters())[name] != dict(before[1].named_parameters())[name]
         assert not moved[~keep].any() and moved[keep].float().mean() > 0.9
     assert not torch.equal(after[0][1].weight, before[0][1].weight)  # the other blocks learn in full
+
+
+def test_cosine_stats_count_samples_with_a_zero_true_gradient():
+    """A saturated softmax gives e = 0 exactly: such samples count with cosine 0 in the paper's mean;
+    zero_share says how many, cos_live_mean averages the rest."""
+    signal = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0], [2.0, 0.0]])
+    true = torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 0.0], [1.0, 1.0]])
+    stats = rules.cosine_stats(signal, true)
+    live = [1.0, 2 ** -0.5]
+    assert stats["cos_mean"] == pytest.approx(sum(live) / 4)
+    assert stats["zero_share"] == pytest.approx(0.5)
+    assert stats["cos_live_mean"] == pytest.approx(sum(live) / 2)
+    assert rules.cosine_stats(signal, torch.zeros(4, 2), "pre_")["pre_cos_live_mean"] != \
+        rules.cosine_stats(signal, torch.zeros(4, 2), "pre_")["pre_cos_live_mean"]  # NaN: no live sample
