@@ -66,7 +66,7 @@ def load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def first_line(err: BaseException, limit: int = 120) -> str:
+def _first_line(err: BaseException, limit: int = 120) -> str:
     return ((str(err).splitlines() or [""])[0] or type(err).__name__)[:limit]
 
 
@@ -78,7 +78,7 @@ def newest(run_dir: Path) -> tuple[tuple[Path, dict] | None, list[tuple[str, str
         try:
             state = load(path)
         except Exception as err:  # truncated, or not a checkpoint at all
-            skipped.append((path.name, f"does not load: {first_line(err)}"))
+            skipped.append((path.name, f"does not load: {_first_line(err)}"))
             continue
         if not (isinstance(state, dict) and isinstance(state.get("step"), int) and isinstance(state.get("blocks"), dict)):
             skipped.append((path.name, "is not a dfa-async checkpoint (no step and blocks)"))

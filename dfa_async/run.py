@@ -263,7 +263,7 @@ def _train(cfg, plan, ds, store, begin, cleaned, total, spe, progress, metrics) 
         driver = _Driver(cfg, plan, ds, pipe, log, store, probe, metrics, bar, total, spe)
         failures = 0
         while True:
-            start = driver.restore(found, store.name, begin.changed)
+            start = driver.restore(found, begin.changed)
             try:
                 driver.run(start)
                 break
@@ -346,15 +346,12 @@ class _Driver:
         self.settings = config_mod.to_toml(cfg)  # kept in every checkpoint: the run's fingerprint
         self.probe_how = (cfg.alignment.data, cfg.alignment.mode)
 
-    def restore(self, found, shown: str = "", changed=()) -> int:
+    def restore(self, found, changed=()) -> int:
+        """Load `found` (checked against the model by check_run_dir before any stage started)."""
         if found is None:
             return 0
         path, state = found
-        try:
-            self.pipe.load_state(state["blocks"])
-        except (KeyError, RuntimeError, ValueError, TypeError) as err:
-            raise ConfigError(f"--run-dir {shown}: checkpoint {path.name} does not fit this model "
-                              f"({checkpoint.first_line(err, 160)}); choose another directory") from None
+        self.pipe.load_state(state["blocks"])
         start = int(state["step"]) + 1
         self.log.write("resume", start, checkpoint=path.name, changed=list(changed))
         return start
@@ -463,7 +460,7 @@ class _Driver:
 
 
 def write_text(path: Path, text: str) -> None:
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f".{path.name}.tmp")  # the name checkpoint.clean removes after a crash
     tmp.write_text(text)
     tmp.replace(path)
 
