@@ -42,7 +42,8 @@ def cells(budget: str, seeds: int | None, epochs: int | None = None):
                         f"train.seed={seed}", f"alignment.every={max(1, n_train // 128)}", *runtime]
                 if limit:
                     sets += [f"data.limit_train={limit}", "data.limit_test=500"]
-                yield {"form": form, "b": b, "seed": seed, "name": f"{data}.{form}.b{b}.s{seed}", "sets": sets}
+                yield {"form": form, "b": b, "seed": seed, "name": f"{data}.{form}.b{b}.s{seed}", "sets": sets,
+                       "ray": "runtime.backend=ray" in runtime}
 
 
 def main(argv=None) -> int:
@@ -50,7 +51,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     runs = out / "runs"
     todo, rows = list(cells(args.budget, args.seeds, args.epochs)), []
-    failed = grid.run_all(todo, runs)
+    failed = grid.run_all(todo, runs, args.jobs)
     for cell in todo:
         got = grid.outcome(runs / cell["name"])
         if got and got["alignment"]:

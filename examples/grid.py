@@ -3,8 +3,10 @@ own run directory, so a crash loses one cell, a finished cell is never recompute
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from dfa_async import runlog
@@ -51,8 +53,10 @@ def arguments(doc: str, budgets: dict, out: str, argv=None) -> argparse.Namespac
     ap.add_argument("--epochs", type=int, help="epochs per run (default: the budget's; another value needs another "
                     "--out, since a run directory refuses other settings)")
     ap.add_argument("--out", default=out)
+    ap.add_argument("--jobs", type=int, default=1, help="cells run at once (each stage uses one thread: on 2 cores, "
+                    "2 jobs keep both busy while a single-process cell runs)")
     args = ap.parse_args(argv)
-    for flag in ("seeds", "epochs"):
+    for flag in ("seeds", "epochs", "jobs"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             ap.error(f"--{flag}: {getattr(args, flag)}; it must be >= 1")
     return args
@@ -64,13 +68,28 @@ def command(script: str, args: argparse.Namespace) -> str:
     return f"python examples/{script} --budget {args.budget}{extra} --out {args.out}"
 
 
-def run_all(todo: list[dict], runs: Path) -> int:
-    """Run every cell (dicts with `name` and `sets`) in order, printing each one's status; the number
-    that failed."""
+def run_all(todo: list[dict], runs: Path, jobs: int = 1) -> int:
+    """Run every cell (dicts with `name`, `sets` and `ray`: whether it starts a Ray instance), `jobs` at a
+    time, printing each one's status as it ends; the number that failed. Cells never share a run
+    directory; Ray cells run one at a time (each starts a private instance whose stages take every core),
+    interleaved with single-process cells so that those fill the other core."""
     runs.mkdir(parents=True, exist_ok=True)
+    if jobs > 1:
+        ray, local = [c for c in todo if c.get("ray")], [c for c in todo if not c.get("ray")]
+        todo = [c for pair in zip(ray, local) for c in pair] + ray[len(local):] + local[len(ray):]
+    one_ray = threading.Semaphore(1)
+
+    def run(cell):
+        if not cell.get("ray"):
+            return run_cell(cell["name"], cell["sets"], runs)
+        with one_ray:
+            return run_cell(cell["name"], cell["sets"], runs)
+
     failed = 0
-    for i, cell in enumerate(todo):
-        status = run_cell(cell["name"], cell["sets"], runs)
-        failed += status not in ("done", "cached")
-        print(f"[{i + 1}/{len(todo)}] {cell['name']}: {status}", flush=True)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = {pool.submit(run, cell): cell for cell in todo}
+        for i, fut in enumerate(concurrent.futures.as_completed(futures)):
+            status = fut.result()
+            failed += status not in ("done", "cached")
+            print(f"[{i + 1}/{len(todo)}] {futures[fut]['name']}: {status}", flush=True)
     return failed
