@@ -4,22 +4,26 @@ no dropout), DFA on the Ray trainer (D = 2) and synchronous DFA (D = 1), backpro
 
     python examples/best_practices.py --budget smoke --out bp-grid        # minutes on 2 cores (CI)
     python examples/best_practices.py --budget cpu --out docs/paper/grid  # hours on 2 cores
-    python examples/best_practices.py --budget paper --out grid           # 50 epochs, 10 seeds: GPUs
+    python examples/best_practices.py --budget paper --out grid --runs s3://bucket/grid \
+        --submit http://head:8265 --jobs 32 --set runtime.device=cuda      # 50 epochs, 10 seeds: Ray jobs
 
 Every run uses the paper's conventions (feedback.error_scale = paper, model.block_order = paper, SGD at
 lr 5e-4, batch 128; alignment on a held-out batch in eval mode every epoch). Each cell runs as its own
 `dfa-async train` process in OUT/runs/<cell>, so a crash loses one cell; a finished cell is never
 recomputed and an interrupted one resumes. Writes OUT/results.csv (a row per run), OUT/summary.md (test
-error and final alignment per block, mean ± std over seeds) and OUT/alignment-<grid>.png."""
+error and final alignment per block, mean ± std over seeds, and async against sync per cell) and
+OUT/alignment-<grid>.png. `--jobs 2` runs two cells at once (every stage uses one thread)."""
 from __future__ import annotations
 
 import csv
 import math
+import re
 import statistics
 import sys
 from pathlib import Path
 
 import grid  # examples/grid.py: one process per cell
+from dfa_async.storage import remote
 
 ROWS = [("baseline", "-", []),
         ("activation", "relu", ["model.activation=relu"]),
@@ -75,13 +79,14 @@ def cells(budget: str, seeds: int | None, epochs: int | None = None):
 
 
 def result(cell: dict, runs: Path) -> dict | None:
-    got = grid.outcome(runs / cell["name"])
+    got = grid.outcome(remote.join(runs, cell["name"]))
     if got is None:
         return None
     row = {k: cell[k] for k in ("net", "row", "value", "rule", "seed")}
     row["test_error"], row["alignment"] = got["test_error"], got["alignment"]
-    for b, cos in enumerate(got["alignment"][-1][1] if got["alignment"] else []):
-        row[f"align{b}"] = cos
+    for b, rec in enumerate(got["final"]):
+        row[f"align{b}"], row[f"pre{b}"] = rec["cos_mean"], rec.get("pre_cos_mean", float("nan"))
+        row[f"zero{b}"] = rec.get("zero_share", 0.0)
     return row
 
 
@@ -94,23 +99,46 @@ def mean_std(values: list[float]) -> str:
 
 
 def summarize(rows: list[dict], out: Path, command: str) -> str:
-    blocks = sorted({k for r in rows for k in r if k.startswith("align")} - {"alignment"})
+    n_blocks = max((int(m[1]) + 1 for r in rows for k in r if (m := re.fullmatch(r"align(\d+)", k))), default=0)
     lines = ["# Best-practice grid (Launay et al. 2019, section 3)", "", f"Command: `{command}`", "",
              "Test error in % and the final mean cosine of each block's signal with its true gradient "
-             "(held-out batch, eval mode), mean ± std over seeds (n).", ""]
-    head = "| net | row | value | rule | n | test error % | " + " | ".join(f"align {b[5:]}" for b in blocks) + " |"
+             "(held-out batch, eval mode; the last block is the head), mean ± std over seeds (n). "
+             "`zero %`: share of the probe's samples whose error is exactly 0 (a saturated softmax); the "
+             "paper's mean counts them with cosine 0, so the head reads below 1 by that share. Backprop has "
+             "no cell for the normalization row: it never reads the feedback matrices.", ""]
+    head = ("| net | row | value | rule | n | test error % | " + " | ".join(f"align {b}" for b in range(n_blocks))
+            + " | zero % |")
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
-    keys = sorted({(r["net"], r["row"], r["value"], r["rule"]) for r in rows},
+    key_of = lambda r: (r["net"], r["row"], r["value"], r["rule"])  # noqa: E731
+    keys = sorted({key_of(r) for r in rows},
                   key=lambda k: (k[0], [g for g, _, _ in ROWS].index(k[1]), k[2], list(RULES).index(k[3])))
     for key in keys:
-        group = [r for r in rows if (r["net"], r["row"], r["value"], r["rule"]) == key]
-        cols = [mean_std([r[b] for r in group if b in r]) for b in blocks]
+        group = [r for r in rows if key_of(r) == key]
+        cols = [mean_std([r[f"align{b}"] for r in group if f"align{b}" in r]) for b in range(n_blocks)]
+        zero = mean_std([100 * r[f"zero{n_blocks - 1}"] for r in group if f"zero{n_blocks - 1}" in r])
         lines.append(f"| {' | '.join(key)} | {len(group)} | {mean_std([r['test_error'] for r in group])} | "
-                     + " | ".join(cols) + " |")
+                     + " | ".join(cols) + f" | {zero} |")
+    lines += ["", "## Asynchronous (D = 2, Ray) against synchronous (D = 1) DFA", "",
+              "Same cells, same seeds: the difference async − sync per seed, mean ± std over the pairs.", "",
+              "| net | row | value | pairs | sync error % | async error % | Δ error (points) | Δ align 0 |",
+              "|---|---|---|---|---|---|---|---|"]
+    for net, group, value, rule in keys:
+        if rule != "dfa-sync":
+            continue
+        sync = {r["seed"]: r for r in rows if key_of(r) == (net, group, value, "dfa-sync")}
+        asyn = {r["seed"]: r for r in rows if key_of(r) == (net, group, value, "dfa-async")}
+        seeds = sorted(sync.keys() & asyn.keys())
+        if not seeds:
+            continue
+        d_err = [asyn[s]["test_error"] - sync[s]["test_error"] for s in seeds]
+        d_align = [asyn[s]["align0"] - sync[s]["align0"] for s in seeds if "align0" in asyn[s] and "align0" in sync[s]]
+        lines.append(f"| {net} | {group} | {value} | {len(seeds)} | {mean_std([sync[s]['test_error'] for s in seeds])} | "
+                     f"{mean_std([asyn[s]['test_error'] for s in seeds])} | {mean_std(d_err)} | {mean_std(d_align)} |")
     text = "\n".join(lines) + "\n"
     (out / "summary.md").write_text(text)
+    per_block = [f"{k}{b}" for b in range(n_blocks) for k in ("align", "pre", "zero")]
     with open(out / "results.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, ["net", "row", "value", "rule", "seed", "test_error", *blocks])
+        w = csv.DictWriter(fh, ["net", "row", "value", "rule", "seed", "test_error", *per_block])
         w.writeheader()
         w.writerows([{k: r.get(k, "") for k in w.fieldnames} for r in rows])
     return text
@@ -153,10 +181,9 @@ def plot(rows: list[dict], out: Path) -> list[Path]:
 def main(argv=None) -> int:
     args = grid.arguments(__doc__, BUDGETS, "best-practices", argv)
     out = Path(args.out)
-    runs = out / "runs"
     todo = list(cells(args.budget, args.seeds, args.epochs))
-    failed = grid.run_all(todo, runs, args.jobs)
-    rows = [r for r in (result(c, runs) for c in todo) if r]
+    failed = grid.run_all(todo, args)
+    rows = [r for r in (result(c, args.runs) for c in todo) if r]
     print(summarize(rows, out, grid.command("best_practices.py", args)))
     plot(rows, out)
     return 1 if failed else 0

@@ -6,7 +6,8 @@ alignment keeps narrow layers from learning, so the restricted layer's alignment
 
     python examples/bottleneck.py --budget smoke --out bottleneck     # minutes on 2 cores (CI)
     python examples/bottleneck.py --budget cpu --out docs/paper/bottleneck
-    python examples/bottleneck.py --budget paper --out bottleneck     # CIFAR-10, 50 epochs: GPUs
+    python examples/bottleneck.py --budget paper --out bottleneck --runs s3://bucket/bottleneck \
+        --submit http://head:8265 --jobs 16 --set runtime.device=cuda  # CIFAR-10, 50 epochs: Ray jobs
 
 Each cell runs as its own process (examples/grid.py), resumable. Writes OUT/results.csv,
 OUT/summary.md and OUT/bottleneck.png (alignment of the restricted layer and its neighbours, and
@@ -19,6 +20,7 @@ import sys
 from pathlib import Path
 
 import grid
+from dfa_async.storage import remote
 
 B_PAPER = [1, 3, 5, 8, 11, 18, 28, 46, 73, 118, 191, 308, 496, 800]
 PAPER = grid.PAPER + ["bottleneck.layer=2", "feedback.rule=dfa"]
@@ -49,11 +51,10 @@ def cells(budget: str, seeds: int | None, epochs: int | None = None):
 def main(argv=None) -> int:
     args = grid.arguments(__doc__, BUDGETS, "bottleneck", argv)
     out = Path(args.out)
-    runs = out / "runs"
     todo, rows = list(cells(args.budget, args.seeds, args.epochs)), []
-    failed = grid.run_all(todo, runs, args.jobs)
+    failed = grid.run_all(todo, args)
     for cell in todo:
-        got = grid.outcome(runs / cell["name"])
+        got = grid.outcome(remote.join(args.runs, cell["name"]))
         if got and got["alignment"]:
             final = got["alignment"][-1][1]
             rows.append({"form": cell["form"], "b": cell["b"], "seed": cell["seed"],

@@ -1,10 +1,15 @@
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+RAY = str(Path(sys.executable).parent / "ray")
 
 
 @pytest.fixture(scope="session")
@@ -73,3 +78,50 @@ def poison(monkeypatch, sample: int, n_train: int, batch: int, steps: int) -> li
     monkeypatch.setattr(data, "load", with_nan)
     batches = data.Batches(n_train, batch, 0)
     return [t for t in range(steps) if sample in batches.indices(t).tolist()]
+
+
+def ray_head_process(temp: str | None, cpus: int):
+    """`ray start --head --block` on 127.0.0.1 (free ports, dashboard on); yields (GCS address, dashboard
+    URL) once the Jobs SDK answers, then stops the head by pid (never `ray stop`). Clients need
+    RAY_AUTH_MODE=token (Ray 2.60 heads require a token)."""
+    import psutil
+    from ray.job_submission import JobSubmissionClient
+
+    port, dash = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen(
+        [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true",
+         # the agent's defaults (52365 and friends) are taken by any other Ray instance on this machine,
+         # and without its HTTP server the head accepts no job ("No available agent")
+         f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+         f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
+         *([f"--temp-dir={temp}"] if temp else []), f"--num-cpus={cpus}", "--num-gpus=0",
+         "--disable-usage-stats"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    children = []
+    try:
+        deadline = time.time() + 120
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                JobSubmissionClient(f"http://127.0.0.1:{dash}").list_jobs()
+                break
+            except Exception:
+                if time.time() > deadline:
+                    raise
+                time.sleep(1)
+        children = psutil.Process(proc.pid).children(recursive=True)
+        yield f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}"
+    finally:
+        # By pid: `ray start --block` ends the head's processes when it gets SIGTERM; never `ray stop`.
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        gone, left = psutil.wait_procs(children, timeout=30)
+        for p in left:  # the head's own processes only, by pid
+            p.kill()
+        assert not left, f"the head left {[p.pid for p in left]} running"

@@ -21,7 +21,29 @@ def test_smoke_grid_runs_every_cell_once(tmp_path, shared_data):
                 "| mnist-fc | baseline | - | bp | 1 |"):
         assert row in md
     assert "| mnist-fc | normalization | off | bp |" not in md
+    assert "| mnist-fc | baseline | - | 1 |" in md.split("## Asynchronous")[1]
+    header = (tmp_path / "results.csv").read_text().splitlines()[0].split(",")
+    assert {"align0", "pre0", "zero3"} <= set(header)
     assert len((tmp_path / "results.csv").read_text().splitlines()) == 6
     assert (tmp_path / "alignment-mnist-fc-dfa-async.png").exists()
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert again.returncode == 0 and again.stdout.count(": cached") == 5
+
+
+def test_summary_pairs_async_with_sync_by_seed(tmp_path):
+    sys.path.insert(0, str(ROOT / "examples"))
+    import best_practices as bp
+
+    def row(rule, seed, err, align0):
+        return {"net": "mnist-fc", "row": "baseline", "value": "-", "rule": rule, "seed": seed, "test_error": err,
+                "align0": align0, "pre0": align0, "zero0": 0.0, "align1": 1.0, "pre1": 1.0, "zero1": 0.25,
+                "alignment": []}
+
+    # seed 2 has no sync partner: it must not enter the pairs
+    rows = [row("dfa-sync", 0, 2.0, 0.5), row("dfa-sync", 1, 3.0, 0.5), row("dfa-async", 0, 2.5, 0.4),
+            row("dfa-async", 1, 4.5, 0.3), row("dfa-async", 2, 9.0, 0.1)]
+    text = bp.summarize(rows, tmp_path, "cmd")
+    # async - sync: 0.5 and 1.5 points -> 1.00 ± 0.71; align 0: -0.1 and -0.2 -> -0.15 ± 0.07
+    assert "| mnist-fc | baseline | - | 2 | 2.50 ± 0.71 | 3.50 ± 1.41 | 1.00 ± 0.71 | -0.15 ± 0.07 |" in text
+    # the head's zero share in %, and the async row over all three seeds
+    assert "| mnist-fc | baseline | - | dfa-async | 3 | 5.33 ± 3.33 | 0.27 ± 0.15 | 1.00 ± 0.00 | 25.00 ± 0.00 |" in text

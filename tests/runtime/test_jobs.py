@@ -3,7 +3,6 @@ stopped by pid, never `ray stop`); a run joins it by address, a run without an a
 by it, and the README's job command goes through the Ray Jobs SDK and leaves its results on durable
 storage."""
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -17,10 +16,7 @@ from dfa_async import runlog, train
 from dfa_async.config import ConfigError
 from dfa_async.run import in_ray_job_copy
 
-from conftest import free_port, small_config
-
-RAY = str(Path(sys.executable).parent / "ray")
-
+from conftest import free_port, ray_head_process, small_config
 
 @pytest.fixture(scope="module")
 def ray_head():
@@ -29,7 +25,7 @@ def ray_head():
     RAY_AUTH_MODE=token."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RAY_AUTH_MODE", "token")
-        yield from _head(tempfile.mkdtemp(prefix="rh", dir="/tmp"), cpus=3)  # short: socket paths < 108 bytes
+        yield from ray_head_process(tempfile.mkdtemp(prefix="rh", dir="/tmp"), cpus=3)  # short: socket paths < 108 bytes
 
 
 @pytest.fixture
@@ -42,52 +38,12 @@ def default_head():
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RAY_AUTH_MODE", "token")
         try:
-            yield from _head(None, cpus=1)
+            yield from ray_head_process(None, cpus=1)
         finally:
             if before is None:
                 record.unlink(missing_ok=True)
             else:
                 record.write_bytes(before)
-
-
-def _head(temp: str | None, cpus: int):
-    import psutil
-    from ray.job_submission import JobSubmissionClient
-
-    port, dash = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.Popen(
-        [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true",
-         *([f"--temp-dir={temp}"] if temp else []), f"--num-cpus={cpus}", "--num-gpus=0",
-         "--disable-usage-stats"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    children = []
-    try:
-        deadline = time.time() + 120
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                JobSubmissionClient(f"http://127.0.0.1:{dash}").list_jobs()
-                break
-            except Exception:
-                if time.time() > deadline:
-                    raise
-                time.sleep(1)
-        children = psutil.Process(proc.pid).children(recursive=True)
-        yield f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}"
-    finally:
-        # By pid: `ray start --block` ends the head's processes when it gets SIGTERM; never `ray stop`.
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        gone, left = psutil.wait_procs(children, timeout=30)
-        for p in left:  # the head's own processes only, by pid
-            p.kill()
-        assert not left, f"the head left {[p.pid for p in left]} running"
 
 
 def run_cli(*args, env_extra=None, timeout=300):
