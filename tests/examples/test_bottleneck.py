@@ -1,22 +1,52 @@
-"""examples/bottleneck.py at its smoke budget: both forms at every b, summary, plot, and a rerun that
-recomputes nothing."""
+"""examples/bottleneck.py at its smoke budget, every cell submitted as a Ray job to a real head on
+loopback (the `paper` budget's way; tests/examples/test_best_practices.py runs cells as local
+processes): both forms at every b, summary and plot read back from the shared run directories, and a
+second invocation that submits nothing."""
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+
+import pytest
+
+from conftest import ray_head_process
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_smoke_bottleneck_runs_both_forms(tmp_path, shared_data):
-    env = dict(os.environ, DFA_ASYNC_DATA=str(shared_data))
-    cmd = [sys.executable, str(ROOT / "examples" / "bottleneck.py"), "--budget", "smoke", "--out", str(tmp_path)]
-    first = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+@pytest.fixture
+def head():
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_AUTH_MODE", "token")
+        yield from ray_head_process(tempfile.mkdtemp(prefix="rh", dir="/tmp"), cpus=4)
+
+
+def test_smoke_bottleneck_as_ray_jobs_never_submitted_twice(head, tmp_path, shared_data):
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    _, dashboard = head
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"DFA_ASYNC_DATA": str(shared_data)}
+    runs = tmp_path / "shared"  # what every node of a real cluster would mount
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(ROOT / "examples" / "bottleneck.py"), "--budget", "smoke", "--out", str(out),
+           "--runs", str(runs), "--submit", dashboard, "--python", sys.executable, "--jobs", "3",
+           "--set", "train.log_every=5"]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
-    md = (tmp_path / "summary.md").read_text()
+    assert first.stdout.count(": done") == 6
+    client = JobSubmissionClient(dashboard)
+    jobs = client.list_jobs()
+    assert len(jobs) == 6 and all(j.status == JobStatus.SUCCEEDED for j in jobs)
+    assert {j.metadata["dfa_run"] for j in jobs} == {str(p) for p in runs.iterdir()}
+    for job in jobs:  # each job trained in its own run directory, the --set setting on top of the cell's
+        config = (Path(job.metadata["dfa_run"]) / "config.toml").read_text()
+        assert "log_every = 5" in config and 'form = "' in config
+    md = (out / "summary.md").read_text()
     for form in ("elements", "narrow"):
         for b in (1, 8, 64):
             assert f"| {form} | {b} | 1 |" in md
-    assert (tmp_path / "bottleneck.png").stat().st_size > 0
+    assert (out / "bottleneck.png").stat().st_size > 0
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert again.returncode == 0 and again.stdout.count(": cached") == 6
+    assert len(client.list_jobs()) == 6
