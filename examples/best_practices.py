@@ -40,13 +40,17 @@ RULES = {"dfa-async": ["feedback.rule=dfa", "runtime.backend=ray", "runtime.dept
 NETS = {"mnist-fc": ["data.name=mnist", "model.kind=mlp", "model.widths=[800, 800, 800]"],
         "cifar10-fc": ["data.name=cifar10", "model.kind=mlp", "model.widths=[800, 800, 800]"],
         "cifar10-cnn": ["data.name=cifar10", "model.kind=cnn", "model.channels=[32, 64, 64]", "model.widths=[128]"]}
-# budget -> (grids: net -> (row groups, seeds), epochs, extra settings, seeds of the backprop reference)
+# budget -> (grids: net -> (row groups, seeds), epochs, extra settings, seeds of the backprop reference,
+#            settings of the Ray cells)
 ALL = [r[0] for r in ROWS]
 BUDGETS = {
     "smoke": ({"mnist-fc": (["baseline", "normalization"], 1)}, 1,
-              ["data.limit_train=1280", "data.limit_test=500", "model.widths=[64, 64, 64]"], 1),
-    "cpu": ({"mnist-fc": (ALL, 3), "cifar10-fc": (["baseline", "activation", "normalization"], 2)}, 10, [], 1),
-    "paper": ({"mnist-fc": (ALL, 10), "cifar10-fc": (ALL, 10), "cifar10-cnn": (ALL, 10)}, 50, [], 10),
+              ["data.limit_train=1280", "data.limit_test=500", "model.widths=[64, 64, 64]"], 1, []),
+    # 4 blocks on 2 cores: "auto" groups them into 2 balanced stages, one per core (4 stage processes
+    # time-sharing 2 cores run at ~0.75x; docs/results.md)
+    "cpu": ({"mnist-fc": (ALL, 3), "cifar10-fc": (["baseline", "activation", "normalization"], 2)}, 10, [], 1,
+            ["runtime.stages=auto"]),
+    "paper": ({"mnist-fc": (ALL, 10), "cifar10-fc": (ALL, 10), "cifar10-cnn": (ALL, 10)}, 50, [], 10, []),
 }
 
 
@@ -57,7 +61,7 @@ def feedback_only(settings: list[str]) -> bool:
 
 
 def cells(budget: str, seeds: int | None, epochs: int | None = None):
-    grids, budget_epochs, extra, bp_seeds = BUDGETS[budget]
+    grids, budget_epochs, extra, bp_seeds, on_ray = BUDGETS[budget]
     epochs = epochs or budget_epochs
     limit = [int(s.split("=")[1]) for s in extra if s.startswith("data.limit_train=")]
     for net, (groups, n_seeds) in grids.items():
@@ -72,10 +76,11 @@ def cells(budget: str, seeds: int | None, epochs: int | None = None):
                 for seed in range(min(seeds or n_seeds, bp_seeds) if rule == "bp" else seeds or n_seeds):
                     name = f"{net}.{group}.{value}.{rule}.s{seed}".replace(" ", "").replace(",", "-")
                     name = name.replace("(", "").replace(")", "")
-                    sets = NETS[net] + grid.PAPER + how + settings + extra + [f"train.epochs={epochs}",
-                                                                         f"train.seed={seed}", every]
+                    ray = "runtime.backend=ray" in how
+                    sets = (NETS[net] + grid.PAPER + how + (on_ray if ray else []) + settings + extra
+                            + [f"train.epochs={epochs}", f"train.seed={seed}", every])
                     yield {"net": net, "row": group, "value": value, "rule": rule, "seed": seed, "name": name,
-                           "sets": sets, "ray": "runtime.backend=ray" in how}
+                           "sets": sets, "ray": ray}
 
 
 def result(cell: dict, runs: Path) -> dict | None:
