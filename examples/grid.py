@@ -4,7 +4,7 @@ Cells run as local processes, or with `--submit` as Ray jobs on a cluster (the `
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
+import collections
 import os
 import shlex
 import subprocess
@@ -152,34 +152,63 @@ def command(script: str, args: argparse.Namespace) -> str:
 
 def run_all(todo: list[dict], args: argparse.Namespace) -> int:
     """Run every cell (dicts with `name`, `sets` and `ray`: whether it starts a Ray instance), `args.jobs`
-    at a time, printing each one's status as it ends; the number that failed. Locally, Ray cells run one at
-    a time (each starts a private instance whose stages take every core), interleaved with
-    single-process cells so that those fill the other core; on a cluster, its scheduler places them."""
+    at a time, printing each one's status as it ends; the number that failed. Locally, one Ray cell runs
+    at a time (each starts a private instance whose stages take every core) while single-process cells
+    fill the other slots; on a cluster (--submit), its scheduler places them."""
     Path(args.out).mkdir(parents=True, exist_ok=True)
     if not remote.is_uri(args.runs):
         Path(args.runs).mkdir(parents=True, exist_ok=True)
     jobs = Jobs(args.submit, args.python) if args.submit else None
-    if args.jobs > 1 and not jobs:
-        ray, local = [c for c in todo if c.get("ray")], [c for c in todo if not c.get("ray")]
-        todo = [c for pair in zip(ray, local) for c in pair] + ray[len(local):] + local[len(ray):]
-    one_ray = threading.Semaphore(1)
+    count, failed = 0, 0
+    report = threading.Lock()
 
-    def run(cell):
-        run_dir, sets = remote.join(args.runs, cell["name"]), cell["sets"] + args.set
-        if finished(run_dir):
-            return "cached"
-        if jobs:
-            return jobs.run(run_dir, sets)
-        if not cell.get("ray"):
-            return run_process(run_dir, sets)
-        with one_ray:
-            return run_process(run_dir, sets)
-
-    failed = 0
-    with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = {pool.submit(run, cell): cell for cell in todo}
-        for i, fut in enumerate(concurrent.futures.as_completed(futures)):
-            status = fut.result()
+    def done(cell, status):
+        nonlocal count, failed
+        with report:
+            count += 1
             failed += status not in ("done", "cached")
-            print(f"[{i + 1}/{len(todo)}] {futures[fut]['name']}: {status}", flush=True)
+            print(f"[{count}/{len(todo)}] {cell['name']}: {status}", flush=True)
+
+    waiting = []
+    for cell in todo:
+        if finished(remote.join(args.runs, cell["name"])):
+            done(cell, "cached")
+        else:
+            waiting.append(cell)
+    exclusive = collections.deque(c for c in waiting if c.get("ray") and not jobs)
+    shared = collections.deque(c for c in waiting if not (c.get("ray") and not jobs))
+    one_at_a_time = {c["name"] for c in exclusive}
+    turn = threading.Condition()
+    busy = [False]  # a Ray cell is running
+
+    def take():
+        with turn:
+            while True:
+                if exclusive and not busy[0]:
+                    busy[0] = True
+                    return exclusive.popleft()
+                if shared:
+                    return shared.popleft()
+                if not exclusive:
+                    return None
+                turn.wait()
+
+    def worker():
+        while (cell := take()) is not None:
+            run_dir, sets = remote.join(args.runs, cell["name"]), cell["sets"] + args.set
+            try:
+                status = jobs.run(run_dir, sets) if jobs else run_process(run_dir, sets)
+            except Exception as err:  # one cell's failure (e.g. a refused submission) is that cell's
+                status = f"{type(err).__name__}: {err}"
+            if cell["name"] in one_at_a_time:
+                with turn:
+                    busy[0] = False
+                    turn.notify_all()
+            done(cell, status)
+
+    threads = [threading.Thread(target=worker) for _ in range(args.jobs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     return failed
