@@ -100,7 +100,9 @@ class Jobs:
         job = self.live.get(str(run))
         if job is None:
             entry = " ".join(shlex.quote(a) for a in [self.python, *train_args(run, settings)])
-            env = {"DFA_ASYNC_DATA": os.environ["DFA_ASYNC_DATA"]} if "DFA_ASYNC_DATA" in os.environ else {}
+            env = {}
+            if data := os.environ.get("DFA_ASYNC_DATA"):  # absolute: a job runs in its working dir's copy
+                env["DFA_ASYNC_DATA"] = data if "://" in data else str(Path(data).expanduser().resolve())
             job = self._submit(entrypoint=entry, metadata={"dfa_run": str(run)},
                                runtime_env={"working_dir": str(ROOT), "excludes": [".venv", ".git", "docs"],
                                             "env_vars": env})

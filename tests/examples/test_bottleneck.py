@@ -26,13 +26,15 @@ def test_smoke_bottleneck_as_ray_jobs_never_submitted_twice(head, tmp_path, shar
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     _, dashboard = head
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"DFA_ASYNC_DATA": str(shared_data)}
+    # a relative data folder (as .ci/run sets it) must reach the jobs, which run in a copy of the repo
+    data = os.path.relpath(shared_data, tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"DFA_ASYNC_DATA": data}
     runs = tmp_path / "shared"  # what every node of a real cluster would mount
     out = tmp_path / "out"
     cmd = [sys.executable, str(ROOT / "examples" / "bottleneck.py"), "--budget", "smoke", "--out", str(out),
            "--runs", str(runs), "--submit", dashboard, "--python", sys.executable, "--jobs", "3",
            "--set", "train.log_every=5"]
-    first = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
     assert first.stdout.count(": done") == 6
     client = JobSubmissionClient(dashboard)
@@ -47,6 +49,6 @@ def test_smoke_bottleneck_as_ray_jobs_never_submitted_twice(head, tmp_path, shar
         for b in (1, 8, 64):
             assert f"| {form} | {b} | 1 |" in md
     assert (out / "bottleneck.png").stat().st_size > 0
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert again.returncode == 0 and again.stdout.count(": cached") == 6
     assert len(client.list_jobs()) == 6
