@@ -1,4 +1,5 @@
-"""A driver killed with kill -9 leaves none of its private Ray instance's processes behind."""
+"""A driver killed with kill -9 leaves none of its private Ray instance's processes behind; while it ran,
+that instance's workers ran at the driver's priority."""
 import os
 import signal
 import subprocess
@@ -10,6 +11,14 @@ from dfa_async.runtime import reaper
 
 RUN = ["--set", "data.name=synthetic", "--set", "data.n_train=20000", "--set", "train.batch_size=8",
        "--set", "model.widths=[16,16]", "--set", "runtime.backend=ray", "--no-progress"]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read().decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def alive(procs):
@@ -26,6 +35,9 @@ def test_a_killed_driver_leaves_no_ray_process_behind(tmp_path):
     assert proc.poll() is None, "the run ended before it could be killed"
     procs = reaper.descendants(proc.pid)  # Ray's head processes, the stage actors, the watcher
     assert len(procs) >= 5
+    # Ray starts workers at nice 15; a private instance's run at the driver's priority (cluster.start_local)
+    workers = [p for p, _ in procs if _cmdline(p).startswith("ray::")]
+    assert workers and {os.getpriority(os.PRIO_PROCESS, p) for p in workers} == {os.nice(0)}
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     deadline = time.time() + 60
