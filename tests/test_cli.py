@@ -197,8 +197,11 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(tmp_path):
 
     args = ["train", *SYNTH, "--set", "data.n_train=16000", "--set", "train.batch_size=8", "--set",
             "checkpoint.every=100", "--no-progress", "--run-dir", "r"]
+    # A shell's background job starts with SIGINT ignored, and Python keeps an ignored SIGINT ignored:
+    # give the run the default disposition, as a terminal's foreground job has.
     proc = subprocess.Popen([sys.executable, "-m", "dfa_async.cli", *args], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     log = tmp_path / "r" / "events.msgpack"
     deadline = time.time() + 240
     # a glob, not a parse of the growing log: on a loaded machine the parse fell behind until the run ended
