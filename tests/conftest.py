@@ -9,6 +9,13 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Ray 2.60 reads RAY_AUTH_MODE into a per-process config the first time it is used and trusts the variable
+# afterwards without rereading: set only around a later test (a head fixture), it left this process's
+# clients 'disabled' against a head that demanded a token, whenever an earlier test had touched Ray
+# ("Missing authentication token", test order dependent). Token mode is what ray.init() picks by
+# default anyway; every Ray use in the tests (private instances, test heads, their clients) shares it.
+os.environ["RAY_AUTH_MODE"] = "token"
 RAY = str(Path(sys.executable).parent / "ray")
 
 
@@ -82,8 +89,8 @@ def poison(monkeypatch, sample: int, n_train: int, batch: int, steps: int) -> li
 
 def ray_head_process(temp: str | None, cpus: int):
     """`ray start --head --block` on 127.0.0.1 (free ports, dashboard on); yields (GCS address, dashboard
-    URL) once the Jobs SDK answers, then stops the head by pid (never `ray stop`). Clients need
-    RAY_AUTH_MODE=token (Ray 2.60 heads require a token)."""
+    URL) once the Jobs SDK answers, then stops the head by pid (never `ray stop`). Ray 2.60 heads require
+    a token: ~/.ray/auth_token, made by the head where missing."""
     import psutil
     from ray.job_submission import JobSubmissionClient
 

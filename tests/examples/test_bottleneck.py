@@ -17,9 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def head():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RAY_AUTH_MODE", "token")
-        yield from ray_head_process(tempfile.mkdtemp(prefix="rh", dir="/tmp"), cpus=4)
+    yield from ray_head_process(tempfile.mkdtemp(prefix="rh", dir="/tmp"), cpus=4)
 
 
 def test_smoke_bottleneck_as_ray_jobs_never_submitted_twice(head, tmp_path, shared_data):

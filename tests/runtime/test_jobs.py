@@ -20,12 +20,8 @@ from conftest import free_port, ray_head_process, small_config
 
 @pytest.fixture(scope="module")
 def ray_head():
-    """A 3-CPU head on loopback with its own temp dir; yields (GCS address, dashboard URL). Ray 2.60 heads
-    require a token (~/.ray/auth_token, made by the head where missing); clients send it under
-    RAY_AUTH_MODE=token."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RAY_AUTH_MODE", "token")
-        yield from ray_head_process(tempfile.mkdtemp(prefix="rh", dir="/tmp"), cpus=3)  # short: socket paths < 108 bytes
+    """A 3-CPU head on loopback with its own temp dir; yields (GCS address, dashboard URL)."""
+    yield from ray_head_process(tempfile.mkdtemp(prefix="rh", dir="/tmp"), cpus=3)  # short: socket paths < 108 bytes
 
 
 @pytest.fixture
@@ -35,15 +31,13 @@ def default_head():
     afterwards if this fixture made it."""
     record = Path("/tmp/ray/ray_current_cluster")
     before = record.read_bytes() if record.exists() else None
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RAY_AUTH_MODE", "token")
-        try:
-            yield from ray_head_process(None, cpus=1)
-        finally:
-            if before is None:
-                record.unlink(missing_ok=True)
-            else:
-                record.write_bytes(before)
+    try:
+        yield from ray_head_process(None, cpus=1)
+    finally:
+        if before is None:
+            record.unlink(missing_ok=True)
+        else:
+            record.write_bytes(before)
 
 
 def run_cli(*args, env_extra=None, timeout=300):
