@@ -80,6 +80,10 @@ class DataConfig:
     download: bool = _opt(True, "Download missing files (md5-verified) when they are absent.")
     url: str = _opt("", "Base URL to download from instead of the publisher's (a mirror).")
     normalize: bool = _opt(True, "Standardize inputs with the dataset's per-channel mean and std.")
+    augment: str = _opt("none", "Training-batch augmentation: `flip` mirrors each image left to right with "
+                        "probability 1/2, drawn from (train.seed, step) alone, so that every trainer and every "
+                        "first stage sees the same batches (meant for CIFAR-10; digits are not symmetric).",
+                        ("none", "flip"))
     limit_train: int = _opt(0, "Use only the first N training samples; 0 uses all.", lo=0)
     limit_test: int = _opt(0, "Use only the first N test samples; 0 uses all.", lo=0)
     n_train: int = _opt(2048, "Synthetic only: number of training samples.", lo=1)

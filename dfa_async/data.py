@@ -212,10 +212,11 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
 class Batches:
     """The minibatch of every step: step t takes batch t % steps_per_epoch of epoch t // steps_per_epoch,
     in that epoch's seeded order (the last partial batch is dropped). The first stage (inputs) and the
-    head (labels) each hold one and pick the same samples without talking to each other."""
+    head (labels) each hold one and pick the same samples without talking to each other. `inputs` is the
+    first stage's batch, augmented (data.augment) by a pure function of (seed, step) as well."""
 
-    def __init__(self, n: int, batch_size: int, seed: int):
-        self.n, self.batch_size, self.seed = n, batch_size, seed
+    def __init__(self, n: int, batch_size: int, seed: int, augment: str = "none"):
+        self.n, self.batch_size, self.seed, self.augment = n, batch_size, seed, augment
         self.steps_per_epoch = n // batch_size
         self._epoch, self._order = -1, None
 
@@ -225,6 +226,15 @@ class Batches:
             self._order = torch.from_numpy(epoch_order(self.n, self.seed, epoch))
             self._epoch = epoch
         return self._order[i * self.batch_size:(i + 1) * self.batch_size]
+
+    def inputs(self, x: torch.Tensor, step: int) -> torch.Tensor:
+        """Step's rows of the inputs `x` (samples first, width last), a copy, augmented."""
+        xb = x.index_select(0, self.indices(step))
+        if self.augment == "flip":
+            rng = np.random.default_rng(seeding.derive(self.seed, "flip", step))
+            mirror = torch.from_numpy(rng.random(len(xb)) < 0.5).view(-1, *[1] * (xb.dim() - 1))
+            xb = torch.where(mirror, xb.flip(-1), xb)
+        return xb
 
 
 def as_tensor(a) -> torch.Tensor:

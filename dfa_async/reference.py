@@ -22,7 +22,8 @@ class LocalPipeline:
         self.errors: dict[int, torch.Tensor] = {}
         self.staleness: dict[int, int] = {}
         if ds is not None:
-            self.batches = data.Batches(len(ds.x_train), plan.cfg.train.batch_size, plan.cfg.train.seed)
+            self.batches = data.Batches(len(ds.x_train), plan.cfg.train.batch_size, plan.cfg.train.seed,
+                                        plan.cfg.data.augment)
 
     # -- the schedule's ops --------------------------------------------------------------------------
     def forward(self, step: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -43,7 +44,7 @@ class LocalPipeline:
         for kind, t in schedule.ops(start, stop, self.plan.cfg.runtime.depth, self.plan.marks):
             if kind == "forward":
                 idx = self.batches.indices(t)
-                losses.append(self.forward(t, self.ds.x_train.index_select(0, idx).to(self.device),
+                losses.append(self.forward(t, self.batches.inputs(self.ds.x_train, t).to(self.device),
                                            self.ds.y_train.index_select(0, idx).to(self.device)))
             elif kind == "update":
                 self.update(t)

@@ -145,3 +145,24 @@ def test_epoch_order_is_a_permutation_per_epoch():
     a, b = data.epoch_order(100, 0, 0), data.epoch_order(100, 0, 1)
     assert sorted(a) == list(range(100)) and not np.array_equal(a, b)
     assert np.array_equal(a, data.epoch_order(100, 0, 0))
+
+
+def test_flip_augmentation_mirrors_some_rows_by_seed_and_step_alone():
+    x = torch.arange(40 * 2 * 3 * 5, dtype=torch.float32).view(40, 2, 3, 5)
+    plain, flip = data.Batches(40, 16, seed=3), data.Batches(40, 16, seed=3, augment="flip")
+    assert torch.equal(plain.inputs(x, 4), x[plain.indices(4)])
+    mirrored = []
+    for t in range(6):
+        rows, got = x[flip.indices(t)], flip.inputs(x, t)
+        same = (got == rows).flatten(1).all(1)
+        mirror = (got == rows.flip(-1)).flatten(1).all(1)
+        assert bool((same ^ mirror).all())  # each row whole, either as it is or mirrored left to right
+        mirrored.append(mirror)
+        # a fresh object (another stage, a resumed run) draws the same mirrors, in any step order
+        assert torch.equal(data.Batches(40, 16, seed=3, augment="flip").inputs(x, t), got)
+    share = torch.cat(mirrored).float().mean().item()
+    assert 0.3 < share < 0.7
+    other = data.Batches(40, 16, seed=4, augment="flip")
+    assert not torch.equal(torch.stack(mirrored),
+                           torch.stack([(other.inputs(x, t) == x[other.indices(t)].flip(-1)).flatten(1).all(1)
+                                        for t in range(6)]))

@@ -36,7 +36,7 @@ class BackpropWorker:
         self.x_train = data.as_tensor(x_train) if x_train is not None else None
         self.y_train = data.as_tensor(y_train) if y_train is not None else None
         held = self.x_train if self.x_train is not None else self.y_train
-        self.batches = data.Batches(len(held), self.batch, plan.cfg.train.seed) if held is not None else None
+        self.batches = data.Batches(len(held), self.batch, plan.cfg.train.seed, plan.cfg.data.augment) if held is not None else None
         net = plan.build()
         ids = list(range(len(net))) if kind == "ddp" else plan.partition()[rank]
         # Named by block index, as in the whole model, so parameters compare by name.
@@ -77,11 +77,12 @@ class BackpropWorker:
         idx = self.batches.indices(step) if self.batches else None
         if self.kind == "ddp":
             part = idx.tensor_split(self.world)[self.rank]
-            loss = F.cross_entropy(self.net(self.x_train[part].to(self.device)), self.y_train[part].to(self.device))
+            x = self.batches.inputs(self.x_train, step).tensor_split(self.world)[self.rank]
+            loss = F.cross_entropy(self.net(x.to(self.device)), self.y_train[part].to(self.device))
             loss.backward()  # DDP averages the workers' gradients: the gradient of the minibatch mean
             return loss.item()
         first, last = self.rank == 0, self.rank == self.world - 1
-        args = (self.x_train[idx].to(self.device),) if first else ()
+        args = (self.batches.inputs(self.x_train, step).to(self.device),) if first else ()
         kwargs, losses = {}, []
         if last:
             kwargs = {"target": self.y_train[idx].to(self.device), "losses": losses}

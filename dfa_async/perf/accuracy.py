@@ -38,7 +38,8 @@ class _Backprop:
         self.plan, self.ds = plan, ds
         self.net = plan.build()
         self.opt = optim.make(list(self.net.parameters()), plan.cfg.optim)
-        self.batches = data.Batches(len(ds.x_train), plan.cfg.train.batch_size, plan.cfg.train.seed)
+        self.batches = data.Batches(len(ds.x_train), plan.cfg.train.batch_size, plan.cfg.train.seed,
+                                    plan.cfg.data.augment)
 
     def run(self, a: int, b: int) -> None:
         cfg = self.plan.cfg
@@ -47,7 +48,7 @@ class _Backprop:
                 g["lr"] = optim.lr_at(cfg.optim, t, self.plan.total_steps, self.plan.steps_per_epoch)
             idx = self.batches.indices(t)
             self.opt.zero_grad(set_to_none=True)
-            F.cross_entropy(self.net(self.ds.x_train[idx]), self.ds.y_train[idx]).backward()
+            F.cross_entropy(self.net(self.batches.inputs(self.ds.x_train, t)), self.ds.y_train[idx]).backward()
             self.opt.step()
 
     def model(self):

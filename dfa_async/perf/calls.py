@@ -40,7 +40,8 @@ class CallsPipeline:
 
     def __init__(self, plan: Plan, ds: data.Dataset):
         self.plan, self.ds = plan, ds
-        self.batches = data.Batches(len(ds.x_train), plan.cfg.train.batch_size, plan.cfg.train.seed)
+        self.batches = data.Batches(len(ds.x_train), plan.cfg.train.batch_size, plan.cfg.train.seed,
+                                    plan.cfg.data.augment)
         cls = ray.remote(num_cpus=1)(CallsStage)
         self.actors = [cls.remote(plan, ids, plan.cfg.runtime.threads) for ids in plan.partition()]
         self.errors: dict[int, ray.ObjectRef] = {}
@@ -51,7 +52,7 @@ class CallsPipeline:
         for kind, t in schedule.ops(start, stop, depth, self.plan.marks):
             if kind == "forward":
                 idx = self.batches.indices(t)
-                h = self.ds.x_train.index_select(0, idx).numpy()
+                h = self.batches.inputs(self.ds.x_train, t).numpy()
                 for actor in self.actors[:-1]:
                     h = actor.forward.remote(t, h)
                 loss, self.errors[t] = self.actors[-1].forward.options(num_returns=2).remote(

@@ -31,7 +31,7 @@ class StageWorker:
         self.x_train, self.x_test = (data.as_tensor(a) if a is not None else None for a in (x_train, x_test))
         self.y_train, self.y_test = (data.as_tensor(a) if a is not None else None for a in (y_train, y_test))
         held = self.x_train if self.first else self.y_train
-        self.batches = data.Batches(len(held), self.batch, cfg.train.seed) if held is not None else None
+        self.batches = data.Batches(len(held), self.batch, cfg.train.seed, cfg.data.augment) if held is not None else None
         self.n_test = n_test
         self.in_shape = plan.in_shape if self.first else plan.out_shapes[ids[0] - 1]
         self.rendezvous: Rendezvous | None = None
@@ -78,7 +78,7 @@ class StageWorker:
             if kind == "forward":
                 idx = self.batches.indices(t) if self.batches else None
                 if self.first:
-                    x = self.x_train.index_select(0, idx).to(self.device, non_blocking=True)
+                    x = self.batches.inputs(self.x_train, t).to(self.device, non_blocking=True)
                 else:
                     x = link.input(t)
                     if t + ahead < stop:

@@ -51,6 +51,17 @@ def test_same_weights_as_the_reference(tmp_path, net, placements, depth):
         assert run.test_accuracy == pytest.approx(ref.test_accuracy, abs=1e-9)
 
 
+def test_flip_augmentation_is_the_same_on_ray_as_on_the_reference(tmp_path):
+    """Stage 0 draws the mirrors itself, from (seed, step) alone, as the reference does."""
+    net = dict(MLP, data={"shape": [2, 4, 6]})
+    ref = train(cfg_for(net, 2, [], "local", data={"augment": "flip"}), tmp_path / "ref")
+    train(cfg_for(net, 2, [], "ray", data={"augment": "flip"}), tmp_path / "ray")
+    train(cfg_for(net, 2, [], "local"), tmp_path / "plain")
+    assert ref.steps == 22
+    assert max_diff(weights(tmp_path / "ref"), weights(tmp_path / "ray")) <= 1e-6
+    assert max_diff(weights(tmp_path / "ref"), weights(tmp_path / "plain")) > 1e-3
+
+
 def test_log_records_staleness_timestamps_and_throughput(tmp_path):
     train(cfg_for(MLP, 3, [], "ray"), tmp_path / "r")
     recs = runlog.read(tmp_path / "r" / "events.msgpack")
