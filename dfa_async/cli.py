@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -39,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # outside a run (a run reports its own step)
         print("dfa-async: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`dfa-async settings | head`): no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush is quiet
+        return 141
 
 
 def _main(argv: list[str] | None = None) -> int:

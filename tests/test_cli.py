@@ -301,3 +301,12 @@ def test_any_command_line_gives_a_result_or_one_line_of_error(tmp_path_factory, 
     if code:
         lines = [line for line in err.splitlines() if "warning:" not in line]
         assert len(lines) == 1, (argv, err)
+
+
+def test_a_reader_that_goes_away_gets_no_traceback(tmp_path):
+    """`dfa-async settings | head -1`: the output's reader closes before the command writes."""
+    proc = subprocess.Popen([sys.executable, "-m", "dfa_async.cli", "settings"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # before the child has imported anything, so its first write fails
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141 and "Traceback" not in err, err

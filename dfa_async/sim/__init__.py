@@ -23,7 +23,7 @@ def predict_mode(mode: str, prof: dict, batch: int, classes: int, link: links.Li
     """Samples/s of one bench mode (dataplane-D{d}, gpipe-M{m}, 1f1b-M{m}, ddp) on prof's partition."""
     blocks, sizes = prof["blocks"], prof["partition"]
     if mode.startswith("dataplane-D"):
-        return dfa(blocks, sizes, batch, classes, link, int(mode.rsplit("D", 1)[1]), contention, cores)
+        return dfa(blocks, sizes, batch, classes, link, int(mode.rsplit("D", 1)[1]), contention, cores, per_action_s)
     if mode.startswith(("gpipe-M", "1f1b-M")):
         kind, m = mode.split("-M")
         return pipeline(kind, blocks, sizes, batch, link, int(m), contention, cores, per_action_s)
@@ -44,20 +44,24 @@ def _load(folder: Path) -> tuple[dict, dict]:
 def validate(folder: Path, tolerance: float = 0.15) -> tuple[list[dict], str]:
     """Every simulated mode the bench measured in `folder`: measured and predicted samples/s, error.
 
-    Two figures are fitted, not predicted, each from its mode's run on one worker (no transfers, no
-    bubble): torch.distributed.pipelining's software time per forward or backward action, (measured step
-    - simulated step) / (2 x microbatches), and DDP's software time per step. Those one-worker rows are
-    marked `calibration`."""
+    Three figures are fitted, not predicted, each from a run on one worker (no transfers, no bubble):
+    torch.distributed.pipelining's software time per forward or backward action, (measured step -
+    simulated step) / (2 x microbatches); DDP's software time per step; and the DFA stages' time per
+    forward or update op beyond its compute, (measured step - simulated step) / 2, from the one-worker
+    run of the smallest depth, then used for every depth and N. Those one-worker rows are marked
+    `calibration`."""
     bench, profile = _load(folder)
     batch, classes, cores = profile["batch"], profile["classes"], profile["cpus"]
     per = profile["per_workers"]
     by = {(r["workers"], r["mode"]): r for r in bench["records"]}
     action: dict[str, float] = {}
+    dataplane = sorted((int(m.rsplit("D", 1)[1]), m) for n, m in by if n == 1 and m.startswith("dataplane-D"))
     for (n, mode), rec in by.items():
-        if n == 1 and mode.startswith(("gpipe-M", "1f1b-M", "ddp")) and "1" in per:
+        if n == 1 and "1" in per and (mode.startswith(("gpipe-M", "1f1b-M", "ddp")) or
+                                      (dataplane and mode == dataplane[0][1])):
             bare = predict_mode(mode, per["1"], batch, classes, links.Link(**profile["links"]["gloo"]),
                                 contention_of(per["1"], 1, cores), cores)
-            actions = 2 * int(mode.split("-M")[1]) if "-M" in mode else 1
+            actions = 2 * int(mode.split("-M")[1]) if "-M" in mode else 1 if mode == "ddp" else 2
             action[mode] = max(0.0, (batch / rec["samples_per_s"] - batch / bare) / actions)
     rows = []
     for (n, mode), rec in by.items():
@@ -66,8 +70,8 @@ def validate(folder: Path, tolerance: float = 0.15) -> tuple[list[dict], str]:
         prof = per[str(n)]
         wire = (prof.get("transport", "gloo") if n > 1 else "none") if mode.startswith("dataplane") else "gloo"
         link = links.Link(**profile["links"]["gloo" if wire == "none" else wire])
-        pred = predict_mode(mode, prof, batch, classes, link, contention_of(prof, n, cores), cores,
-                            action.get(mode, 0.0))
+        soft = action.get(dataplane[0][1], 0.0) if dataplane and mode.startswith("dataplane") else action.get(mode, 0.0)
+        pred = predict_mode(mode, prof, batch, classes, link, contention_of(prof, n, cores), cores, soft)
         err = pred / rec["samples_per_s"] - 1
         fitted = n == 1 and mode in action
         rows.append({"workers": n, "mode": mode, "link": wire, "measured": rec["samples_per_s"],
@@ -83,7 +87,7 @@ def validate(folder: Path, tolerance: float = 0.15) -> tuple[list[dict], str]:
               f"{r['error']:+.1%} | {'calibration' if r['calibration'] else 'yes' if r['within'] else '**no**'} |"
               for r in rows]
     if action:
-        lines += ["", "Calibrated software time per pipeline action or DDP step: " +
+        lines += ["", "Calibrated software time per pipeline action, DDP step or DFA op: " +
                   ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in sorted(action.items()))]
     return rows, "\n".join(lines)
 

@@ -7,8 +7,10 @@ slower a worker computes while others compute at once (shared caches and memory 
 the bench's ceiling, which is exactly N stages computing at once. With `cores` fewer than the workers,
 the engine also time-shares the cores among the ops that are running (processor sharing), so a stage
 that waits costs no core. On a `host` link the sender's and the receiver's cores move the bytes, so a
-transfer also keeps both busy; on GPU links a DMA engine does. `per_action_s` is a pipeline library's
-software time per forward or backward action (calibrated on one worker: see sim.validate)."""
+transfer also keeps both busy; on GPU links a DMA engine does. `per_action_s` / `per_op_s` is the
+software time per forward or backward action of a pipeline library, or per forward or update op of
+the DFA stages (their loop, bookkeeping and calls around the compute); both calibrated on one worker
+(see sim.validate)."""
 from __future__ import annotations
 
 from .. import schedule
@@ -37,11 +39,11 @@ def _rate(done: dict, key, batch: int) -> float:
 
 
 def dfa(blocks: list[dict], sizes: list[int], batch: int, classes: int, link: Link, depth: int,
-        contention: float = 1.0, cores: float = float("inf")) -> float:
+        contention: float = 1.0, cores: float = float("inf"), per_op_s: float = 0.0) -> float:
     st = stages_of(sizes)
     n = len(st)
-    fwd = [contention * sum(blocks[k]["dfa_forward_s"] for k in s) for s in st]
-    upd = [contention * sum(blocks[k]["dfa_update_s"] for k in s) for s in st]
+    fwd = [contention * sum(blocks[k]["dfa_forward_s"] for k in s) + per_op_s for s in st]
+    upd = [contention * sum(blocks[k]["dfa_update_s"] for k in s) + per_op_s for s in st]
     act = [blocks[s[-1]]["out_bytes"] for s in st]
     err = 4 * batch * classes
     workers = []

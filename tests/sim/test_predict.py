@@ -33,6 +33,8 @@ def test_dfa_depth_1_waits_for_the_error_and_deeper_pipelines_run_at_the_slowest
     # A transfer of the activation and of the error adds to D = 1's period: 2 x 0.5 s.
     slow = Link(0.5, math.inf)
     assert predict.dfa(blocks, [1, 1], 60, 10, slow, 1) == pytest.approx(60 / 7)
+    # The stages' software time per op lengthens each of D = 1's three ops in the chain: 6 + 3 x 0.5.
+    assert predict.dfa(blocks, [1, 1], 60, 10, FREE, 1, per_op_s=0.5) == pytest.approx(60 / 7.5)
 
 
 def test_gpipe_and_1f1b_closed_forms():
@@ -59,6 +61,11 @@ def test_validate_and_scaling_on_a_real_bench(tmp_path, capsys):
     assert modes == {(1, "dataplane-D2"), (1, "gpipe-M2"), (1, "1f1b-M2"), (1, "ddp"),
                      (2, "dataplane-D2"), (2, "gpipe-M2"), (2, "1f1b-M2"), (2, "ddp")}
     assert all(r["predicted"] > 0 and r["measured"] > 0 for r in rows) and "| 2 | dataplane-D2 | shm |" in table
+    # every one-worker run calibrates its mode's software time, which the rows of N = 2 then use
+    assert {(r["workers"], r["mode"]) for r in rows if r["calibration"]} == {m for m in modes if m[0] == 1}
+    one = next(r for r in rows if r["mode"] == "dataplane-D2" and r["workers"] == 1)
+    # matched exactly, unless the compute alone already predicts less than measured (no negative time)
+    assert one["predicted"] == pytest.approx(one["measured"], rel=1e-6) or one["predicted"] < one["measured"]
     capsys.readouterr()
     assert cli.main(["simulate", str(tmp_path), "--link", "nvlink", "--workers", "1,2,4,8",
                      "--microbatches", "2"]) == 0
