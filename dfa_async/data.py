@@ -227,14 +227,16 @@ class Batches:
             self._epoch = epoch
         return self._order[i * self.batch_size:(i + 1) * self.batch_size]
 
-    def inputs(self, x: torch.Tensor, step: int) -> torch.Tensor:
-        """Step's rows of the inputs `x` (samples first, width last), a copy, augmented."""
-        xb = x.index_select(0, self.indices(step))
+    def inputs(self, x: torch.Tensor, step: int, part: int = 0, parts: int = 1) -> torch.Tensor:
+        """Step's rows of the inputs `x` (samples first, width last), a copy, augmented; with `parts`, only
+        chunk `part` of the minibatch (a data-parallel worker's share, as `tensor_split` cuts it)."""
+        idx = self.indices(step)
         if self.augment == "flip":
             rng = np.random.default_rng(seeding.derive(self.seed, "flip", step))
-            mirror = torch.from_numpy(rng.random(len(xb)) < 0.5).view(-1, *[1] * (xb.dim() - 1))
-            xb = torch.where(mirror, xb.flip(-1), xb)
-        return xb
+            mirror = torch.from_numpy(rng.random(len(idx)) < 0.5).tensor_split(parts)[part]
+            xb = x.index_select(0, idx.tensor_split(parts)[part])
+            return torch.where(mirror.view(-1, *[1] * (xb.dim() - 1)), xb.flip(-1), xb)
+        return x.index_select(0, idx.tensor_split(parts)[part])
 
 
 def as_tensor(a) -> torch.Tensor:

@@ -160,6 +160,8 @@ def test_flip_augmentation_mirrors_some_rows_by_seed_and_step_alone():
         mirrored.append(mirror)
         # a fresh object (another stage, a resumed run) draws the same mirrors, in any step order
         assert torch.equal(data.Batches(40, 16, seed=3, augment="flip").inputs(x, t), got)
+        # a data-parallel worker's share: the same rows, mirrored the same way
+        assert torch.equal(torch.cat([flip.inputs(x, t, k, 3) for k in range(3)]), got)
     share = torch.cat(mirrored).float().mean().item()
     assert 0.3 < share < 0.7
     other = data.Batches(40, 16, seed=4, augment="flip")

@@ -77,7 +77,7 @@ class BackpropWorker:
         idx = self.batches.indices(step) if self.batches else None
         if self.kind == "ddp":
             part = idx.tensor_split(self.world)[self.rank]
-            x = self.batches.inputs(self.x_train, step).tensor_split(self.world)[self.rank]
+            x = self.batches.inputs(self.x_train, step, self.rank, self.world)
             loss = F.cross_entropy(self.net(x.to(self.device)), self.y_train[part].to(self.device))
             loss.backward()  # DDP averages the workers' gradients: the gradient of the minibatch mean
             return loss.item()

@@ -55,13 +55,14 @@ def validate(folder: Path, tolerance: float = 0.15) -> tuple[list[dict], str]:
     per = profile["per_workers"]
     by = {(r["workers"], r["mode"]): r for r in bench["records"]}
     action: dict[str, float] = {}
-    dataplane = sorted((int(m.rsplit("D", 1)[1]), m) for n, m in by if n == 1 and m.startswith("dataplane-D"))
+    # the DFA stages' per-op time: from the one-worker run of the smallest depth, used for every depth
+    one = sorted((int(m.rsplit("D", 1)[1]), m) for n, m in by if n == 1 and m.startswith("dataplane-D"))
+    dataplane = one[0][1] if one else None
     for (n, mode), rec in by.items():
-        if n == 1 and "1" in per and (mode.startswith(("gpipe-M", "1f1b-M", "ddp")) or
-                                      (dataplane and mode == dataplane[0][1])):
+        if n == 1 and "1" in per and (mode.startswith(("gpipe-M", "1f1b-M", "ddp")) or mode == dataplane):
             bare = predict_mode(mode, per["1"], batch, classes, links.Link(**profile["links"]["gloo"]),
                                 contention_of(per["1"], 1, cores), cores)
-            actions = 2 * int(mode.split("-M")[1]) if "-M" in mode else 1 if mode == "ddp" else 2
+            actions = 1 if mode == "ddp" else 2 * int(mode.split("-M")[1]) if "-M" in mode else 2  # F + U
             action[mode] = max(0.0, (batch / rec["samples_per_s"] - batch / bare) / actions)
     rows = []
     for (n, mode), rec in by.items():
@@ -70,7 +71,7 @@ def validate(folder: Path, tolerance: float = 0.15) -> tuple[list[dict], str]:
         prof = per[str(n)]
         wire = (prof.get("transport", "gloo") if n > 1 else "none") if mode.startswith("dataplane") else "gloo"
         link = links.Link(**profile["links"]["gloo" if wire == "none" else wire])
-        soft = action.get(dataplane[0][1], 0.0) if dataplane and mode.startswith("dataplane") else action.get(mode, 0.0)
+        soft = action.get(dataplane if mode.startswith("dataplane") else mode, 0.0)
         pred = predict_mode(mode, prof, batch, classes, link, contention_of(prof, n, cores), cores, soft)
         err = pred / rec["samples_per_s"] - 1
         fitted = n == 1 and mode in action
