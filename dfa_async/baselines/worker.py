@@ -99,7 +99,7 @@ class BackpropWorker:
                 group["lr"] = lr
             self.opt.zero_grad(set_to_none=True)
             loss = self._backward(t)
-            self.opt.step()
+            optim.step(self.opt)
             if loss is not None:
                 losses.append(loss)
         return {"seconds": time.perf_counter() - t0, "losses": losses}

@@ -49,7 +49,7 @@ class _Backprop:
             idx = self.batches.indices(t)
             self.opt.zero_grad(set_to_none=True)
             F.cross_entropy(self.net(self.batches.inputs(self.ds.x_train, t)), self.ds.y_train[idx]).backward()
-            self.opt.step()
+            optim.step(self.opt)
 
     def model(self):
         return self.net

@@ -130,7 +130,7 @@ def measure_backprop(plan, ds, warmup: int, steps: int, fused: bool, threads: in
         idx = batches.indices(t).to(device)
         opt.zero_grad(set_to_none=True)
         F.cross_entropy(net(x.index_select(0, idx)), y.index_select(0, idx)).backward()
-        opt.step()
+        optim.step(opt) if fused else opt.step()  # the stages' optimizer call, or a user's
 
     for t in range(warmup):
         step(t)
