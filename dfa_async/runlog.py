@@ -52,7 +52,7 @@ def _record(data: bytes, pos: int) -> tuple[dict | None, int]:
         return None, -1
     try:
         obj = msgpack.unpackb(data[pos + HEADER.size:end], raw=False, strict_map_key=False)
-    except (ValueError, msgpack.UnpackException):
+    except (ValueError, TypeError, msgpack.UnpackException):  # TypeError: a map or list as a map's key
         return None, -1
     return (obj, end) if isinstance(obj, dict) else (None, -1)
 
@@ -95,7 +95,7 @@ def _scan_legacy(data: bytes) -> Scan:
                 break
             out.records.append(obj)
             end = unpacker.tell()
-    except (ValueError, msgpack.UnpackException):
+    except (ValueError, TypeError, msgpack.UnpackException):
         pass
     out.tail = end if end != len(data) else None
     return out

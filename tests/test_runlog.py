@@ -1,6 +1,8 @@
 """The event log: framed records that survive a cut at any byte and damage anywhere."""
+import zlib
+
 import msgpack
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from dfa_async import runlog
 
@@ -130,9 +132,13 @@ def test_bit_flips_anywhere_lose_only_the_records_they_touch(tmp_path_factory, p
 
 @settings(max_examples=100, deadline=None)
 @given(st.binary(max_size=400))
+@example(b"\x81\x80\x00")  # a map whose key is a map: msgpack raises TypeError (unhashable), found by hypothesis
 def test_random_bytes_never_raise(tmp_path_factory, blob):
     path = tmp_path_factory.mktemp("log") / "e.msgpack"
     path.write_bytes(blob)
     assert all(isinstance(r, dict) for r in runlog.read(path))
     path.write_bytes(runlog.MAGIC + blob)
     runlog.read(path)
+    # the same bytes as the payload of a frame whose checksum holds: skipped, not raised
+    path.write_bytes(runlog.HEADER.pack(runlog.MAGIC, len(blob), zlib.crc32(blob)) + blob)
+    assert all(isinstance(r, dict) for r in runlog.read(path))
