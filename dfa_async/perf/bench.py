@@ -113,10 +113,10 @@ def busy_fractions(windows: list) -> list[float]:
     return out
 
 
-def measure_backprop(plan, ds, warmup: int, steps: int, fused: bool, threads: int = 1) -> float:
-    """Steps/s of plain backprop over the same minibatches."""
+def backprop_stepper(plan, ds, fused: bool):
+    """One plain backprop step over step t's minibatch: `optim.step` (the stages' optimizer call) when
+    `fused`, else PyTorch's SGD as a user writes it."""
     cfg = plan.cfg
-    torch.set_num_threads(threads)
     device = cfg.runtime.device
     net = plan.build().to(device)
     if fused:
@@ -130,17 +130,60 @@ def measure_backprop(plan, ds, warmup: int, steps: int, fused: bool, threads: in
         idx = batches.indices(t).to(device)
         opt.zero_grad(set_to_none=True)
         F.cross_entropy(net(x.index_select(0, idx)), y.index_select(0, idx)).backward()
-        optim.step(opt) if fused else opt.step()  # the stages' optimizer call, or a user's
+        optim.step(opt) if fused else opt.step()
 
+    return step
+
+
+def measure_backprop(plan, ds, warmup: int, steps: int, fused: bool, threads: int = 1) -> float:
+    """Steps/s of plain backprop over the same minibatches."""
+    torch.set_num_threads(threads)
+    step = backprop_stepper(plan, ds, fused)
     for t in range(warmup):
         step(t)
     t0 = time.perf_counter()
     for t in range(warmup, warmup + steps):
         step(t)
-    sync(device)
+    sync(plan.cfg.runtime.device)
     secs = time.perf_counter() - t0
-    torch.set_num_threads(cfg.runtime.threads)
+    torch.set_num_threads(plan.cfg.runtime.threads)
     return steps / secs
+
+
+def step_ratios(plan, ds, warmup: int, steps: int, threads: int, chunks: int = 8) -> dict:
+    """The single-process DFA step's time over backprop's (with the stages' optimizer call, and as a user
+    writes it), timed in alternating chunks of the same steps: chunk i runs DFA, then each backprop, in
+    that order or its reverse, so that a machine whose speed drifts during the bench (a shared host's
+    does, by 10-20 % over minutes) slows both alike. Best-of-rounds rates of modes timed minutes apart
+    do not cancel that drift. Returns the ratios and each chunk's ratio to fused backprop."""
+    torch.set_num_threads(threads)
+    plan.cfg.runtime.depth = 1
+    pipe = LocalPipeline(plan, None, ds, plan.cfg.runtime.device)
+    torch.set_num_threads(threads)
+    fused, plain = backprop_stepper(plan, ds, True), backprop_stepper(plan, ds, False)
+
+    def dfa(a, b):
+        pipe.collect(pipe.submit(a, b))
+
+    runners = {"dfa": dfa, "fused": lambda a, b: [fused(t) for t in range(a, b)],
+               "plain": lambda a, b: [plain(t) for t in range(a, b)]}
+    for run_ in runners.values():
+        run_(0, warmup)
+    size = max(steps // chunks, 1)
+    secs = {k: [] for k in runners}
+    try:
+        for i, a in enumerate(range(warmup, warmup + steps - size + 1, size)):
+            for name in (list(runners) if i % 2 == 0 else list(runners)[::-1]):
+                t0 = time.perf_counter()
+                runners[name](a, a + size)
+                sync(plan.cfg.runtime.device)
+                secs[name].append(time.perf_counter() - t0)
+    finally:
+        pipe.close()
+        torch.set_num_threads(plan.cfg.runtime.threads)
+    return {"dfa_step_over_backprop_step": sum(secs["dfa"]) / sum(secs["fused"]),
+            "dfa_step_over_plain_backprop_step": sum(secs["dfa"]) / sum(secs["plain"]),
+            "dfa_step_over_backprop_step_chunks": [round(d / f, 4) for d, f in zip(secs["dfa"], secs["fused"])]}
 
 
 def measure_reference(plan, ds, warmup: int, steps: int, threads: int, window: int) -> float:
@@ -305,8 +348,7 @@ def measure(width: int, batch: int, threads: int, stages: int, depths, warmup: i
             "partition": cfg.runtime.stages, "steps": steps, "warmup": warmup, "repeats": repeats,
             "window": window, "transport": transport, "microbatches": microbatches,
             # Time of a single-process DFA step over a backprop step of the same model and batch.
-            "dfa_step_over_backprop_step": bp / base,
-            "dfa_step_over_plain_backprop_step": by["pytorch-backprop"]["steps_per_s"] / base}
+            **step_ratios(plan, ds, warmup, steps, threads)}
     if device != "cpu":  # the simulator's profile is of CPU workers
         return records, meta, None
     # For the simulator: per-block costs, measured alone, and how much slower N stages compute at once.
@@ -437,6 +479,7 @@ def markdown(records: list[dict], meta: dict) -> str:
                      f"{r['vs_reference_dfa']:.2f}x | {r['vs_ceiling']:.2f}x | {busy} |")
     lines.append("")
     for n, m in meta["per_workers"].items():
-        lines.append(f"N = {n}: single-process DFA step time / backprop step time: {m['dfa_step_over_backprop_step']:.3f} "
-                     f"(same optimizer kernels), {m['dfa_step_over_plain_backprop_step']:.3f} (plain PyTorch backprop)")
+        lines.append(f"N = {n}: single-process DFA step time / backprop step time, timed in alternating chunks: "
+                     f"{m['dfa_step_over_backprop_step']:.3f} (same optimizer call), "
+                     f"{m['dfa_step_over_plain_backprop_step']:.3f} (plain PyTorch backprop)")
     return "\n".join(lines)
