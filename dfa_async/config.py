@@ -84,6 +84,10 @@ class DataConfig:
                         "probability 1/2, drawn from (train.seed, step) alone, so that every trainer and every "
                         "first stage sees the same batches (meant for CIFAR-10; digits are not symmetric).",
                         ("none", "flip"))
+    on_device: bool = _opt(True, "On a GPU, hold the training inputs (first stage) and labels (head) in device "
+                           "memory and gather each minibatch there, rather than gathering it on the host and "
+                           "copying it over at every step. Off for a training set larger than the GPU's free "
+                           "memory. No effect on CPUs.")
     limit_train: int = _opt(0, "Use only the first N training samples; 0 uses all.", lo=0)
     limit_test: int = _opt(0, "Use only the first N test samples; 0 uses all.", lo=0)
     n_train: int = _opt(2048, "Synthetic only: number of training samples.", lo=1)

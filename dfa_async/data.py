@@ -230,13 +230,23 @@ class Batches:
     def inputs(self, x: torch.Tensor, step: int, part: int = 0, parts: int = 1) -> torch.Tensor:
         """Step's rows of the inputs `x` (samples first, width last), a copy, augmented; with `parts`, only
         chunk `part` of the minibatch (a data-parallel worker's share, as `tensor_split` cuts it)."""
-        idx = self.indices(step)
+        idx = self.indices(step).to(x.device)
         if self.augment == "flip":
             rng = np.random.default_rng(seeding.derive(self.seed, "flip", step))
-            mirror = torch.from_numpy(rng.random(len(idx)) < 0.5).tensor_split(parts)[part]
+            mirror = torch.from_numpy(rng.random(len(idx)) < 0.5).tensor_split(parts)[part].to(x.device)
             xb = x.index_select(0, idx.tensor_split(parts)[part])
             return torch.where(mirror.view(-1, *[1] * (xb.dim() - 1)), xb.flip(-1), xb)
         return x.index_select(0, idx.tensor_split(parts)[part])
+
+    def labels(self, y: torch.Tensor, step: int, part: int = 0, parts: int = 1) -> torch.Tensor:
+        """Step's labels from `y`, gathered where `y` is; with `parts`, chunk `part` as `inputs` cuts it."""
+        return y.index_select(0, self.indices(step).tensor_split(parts)[part].to(y.device))
+
+
+def resident(t: torch.Tensor | None, device: torch.device | str, on_device: bool) -> torch.Tensor | None:
+    """A training tensor where its minibatches are gathered: moved to `device` once when `on_device`
+    (data.on_device), else left on the host and each batch copied over."""
+    return t.to(device) if t is not None and on_device else t
 
 
 def as_tensor(a) -> torch.Tensor:

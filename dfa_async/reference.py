@@ -24,6 +24,8 @@ class LocalPipeline:
         if ds is not None:
             self.batches = data.Batches(len(ds.x_train), plan.cfg.train.batch_size, plan.cfg.train.seed,
                                         plan.cfg.data.augment)
+            self.x_train, self.y_train = (data.resident(a, self.device, plan.cfg.data.on_device)
+                                          for a in (ds.x_train, ds.y_train))
 
     # -- the schedule's ops --------------------------------------------------------------------------
     def forward(self, step: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -43,9 +45,8 @@ class LocalPipeline:
         losses = []
         for kind, t in schedule.ops(start, stop, self.plan.cfg.runtime.depth, self.plan.marks):
             if kind == "forward":
-                idx = self.batches.indices(t)
-                losses.append(self.forward(t, self.batches.inputs(self.ds.x_train, t).to(self.device),
-                                           self.ds.y_train.index_select(0, idx).to(self.device)))
+                losses.append(self.forward(t, self.batches.inputs(self.x_train, t).to(self.device),
+                                           self.batches.labels(self.y_train, t).to(self.device)))
             elif kind == "update":
                 self.update(t)
         return Window(start, stop, torch.stack(losses).tolist(), [s.take_timeline() for s in self.stages],

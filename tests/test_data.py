@@ -168,3 +168,17 @@ def test_flip_augmentation_mirrors_some_rows_by_seed_and_step_alone():
     assert not torch.equal(torch.stack(mirrored),
                            torch.stack([(other.inputs(x, t) == x[other.indices(t)].flip(-1)).flatten(1).all(1)
                                         for t in range(6)]))
+
+
+def test_labels_are_the_inputs_rows_and_gathering_stays_on_the_datas_device():
+    x, y = torch.arange(40 * 3, dtype=torch.float32).view(40, 3), torch.arange(40) * 7
+    flip = data.Batches(40, 16, seed=3, augment="flip")
+    for t in range(4):
+        assert torch.equal(flip.labels(y, t), y[flip.indices(t)])
+        assert torch.equal(torch.cat([flip.labels(y, t, k, 3) for k in range(3)]), flip.labels(y, t))
+    # data.on_device: training tensors held on another device are gathered there, indices and mirrors
+    # moved to them (CUDA in use; the meta device here, which has no data but checks devices and shapes)
+    xm, ym = data.resident(x, "meta", True), data.resident(y, "meta", True)
+    assert xm.is_meta and data.resident(x, "meta", False) is x and data.resident(None, "meta", True) is None
+    got, labels = flip.inputs(xm, 5, 1, 3), flip.labels(ym, 5, 1, 3)
+    assert got.is_meta and labels.is_meta and got.shape == (5, 3) and labels.shape == (5,)

@@ -37,6 +37,8 @@ class BackpropWorker:
         self.y_train = data.as_tensor(y_train) if y_train is not None else None
         held = self.x_train if self.x_train is not None else self.y_train
         self.batches = data.Batches(len(held), self.batch, plan.cfg.train.seed, plan.cfg.data.augment) if held is not None else None
+        self.x_train, self.y_train = (data.resident(a, self.device, plan.cfg.data.on_device)
+                                      for a in (self.x_train, self.y_train))
         net = plan.build()
         ids = list(range(len(net))) if kind == "ddp" else plan.partition()[rank]
         # Named by block index, as in the whole model, so parameters compare by name.
@@ -74,18 +76,17 @@ class BackpropWorker:
 
     def _backward(self, step: int) -> float | None:
         """Forward and backward of `step`'s minibatch; the loss where this worker knows it."""
-        idx = self.batches.indices(step) if self.batches else None
         if self.kind == "ddp":
-            part = idx.tensor_split(self.world)[self.rank]
             x = self.batches.inputs(self.x_train, step, self.rank, self.world)
-            loss = F.cross_entropy(self.net(x.to(self.device)), self.y_train[part].to(self.device))
+            y = self.batches.labels(self.y_train, step, self.rank, self.world)
+            loss = F.cross_entropy(self.net(x.to(self.device)), y.to(self.device))
             loss.backward()  # DDP averages the workers' gradients: the gradient of the minibatch mean
             return loss.item()
         first, last = self.rank == 0, self.rank == self.world - 1
         args = (self.batches.inputs(self.x_train, step).to(self.device),) if first else ()
         kwargs, losses = {}, []
         if last:
-            kwargs = {"target": self.y_train[idx].to(self.device), "losses": losses}
+            kwargs = {"target": self.batches.labels(self.y_train, step).to(self.device), "losses": losses}
         self.schedule.step(*args, **kwargs)
         return torch.stack(losses).mean().item() if last else None
 

@@ -46,9 +46,9 @@ class _Backprop:
         for t in range(a, b):
             for g in self.opt.param_groups:
                 g["lr"] = optim.lr_at(cfg.optim, t, self.plan.total_steps, self.plan.steps_per_epoch)
-            idx = self.batches.indices(t)
             self.opt.zero_grad(set_to_none=True)
-            F.cross_entropy(self.net(self.batches.inputs(self.ds.x_train, t)), self.ds.y_train[idx]).backward()
+            F.cross_entropy(self.net(self.batches.inputs(self.ds.x_train, t)),
+                            self.batches.labels(self.ds.y_train, t)).backward()
             optim.step(self.opt)
 
     def model(self):

@@ -51,12 +51,11 @@ class CallsPipeline:
         depth = self.plan.cfg.runtime.depth
         for kind, t in schedule.ops(start, stop, depth, self.plan.marks):
             if kind == "forward":
-                idx = self.batches.indices(t)
                 h = self.batches.inputs(self.ds.x_train, t).numpy()
                 for actor in self.actors[:-1]:
                     h = actor.forward.remote(t, h)
                 loss, self.errors[t] = self.actors[-1].forward.options(num_returns=2).remote(
-                    t, h, self.ds.y_train.index_select(0, idx).numpy())
+                    t, h, self.batches.labels(self.ds.y_train, t).numpy())
                 losses.append(loss)
                 in_flight.append(loss)
                 while len(in_flight) > depth + 1:  # throttle: bounded queues and stashes

@@ -31,6 +31,8 @@ class StageWorker:
         self.x_train, self.x_test = (data.as_tensor(a) if a is not None else None for a in (x_train, x_test))
         self.y_train, self.y_test = (data.as_tensor(a) if a is not None else None for a in (y_train, y_test))
         held = self.x_train if self.first else self.y_train
+        self.x_train, self.y_train = (data.resident(a, self.device, cfg.data.on_device)
+                                      for a in (self.x_train, self.y_train))
         self.batches = data.Batches(len(held), self.batch, cfg.train.seed, cfg.data.augment) if held is not None else None
         self.n_test = n_test
         self.in_shape = plan.in_shape if self.first else plan.out_shapes[ids[0] - 1]
@@ -76,7 +78,6 @@ class StageWorker:
                 link.post_input(t, shape)
         for kind, t in schedule.ops(start, stop, self.depth, self.plan.marks):
             if kind == "forward":
-                idx = self.batches.indices(t) if self.batches else None
                 if self.first:
                     x = self.batches.inputs(self.x_train, t).to(self.device, non_blocking=True)
                 else:
@@ -84,7 +85,7 @@ class StageWorker:
                     if t + ahead < stop:
                         link.post_input(t + ahead, shape)
                 if self.head:
-                    loss, e = stage.forward(t, x, self.y_train.index_select(0, idx).to(self.device))
+                    loss, e = stage.forward(t, x, self.batches.labels(self.y_train, t).to(self.device))
                     losses.append(loss)
                     link.share_error(t, e)
                 else:
