@@ -124,12 +124,12 @@ def backprop_stepper(plan, ds, fused: bool):
     else:
         opt = torch.optim.SGD(net.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum)
     batches = data.Batches(len(ds.x_train), cfg.train.batch_size, cfg.train.seed)
-    x, y = ds.x_train.to(device), ds.y_train.to(device)
+    # The minibatches gathered where the DFA stages gather theirs (data.on_device).
+    x, y = (data.resident(a, device, cfg.data.on_device) for a in (ds.x_train, ds.y_train))
 
     def step(t):
-        idx = batches.indices(t).to(device)
         opt.zero_grad(set_to_none=True)
-        F.cross_entropy(net(x.index_select(0, idx)), y.index_select(0, idx)).backward()
+        F.cross_entropy(net(batches.inputs(x, t).to(device)), batches.labels(y, t).to(device)).backward()
         optim.step(opt) if fused else opt.step()
 
     return step
@@ -300,7 +300,7 @@ def measure(width: int, batch: int, threads: int, stages: int, depths, warmup: i
         "backprop-fused-opt": lambda: (measure_backprop(plan, ds, warmup, steps, True, threads), None),
         "reference-dfa": lambda: (measure_reference(plan, ds, warmup, steps, threads, window), None),
     }
-    if stages > 1:
+    if stages > 1 and device == "cpu":  # torch threads do not spread a GPU's kernels: no such mode there
         n = stages * threads
         modes[f"backprop-threads{n}"] = lambda: (measure_backprop(plan, ds, warmup, steps, True, n), None)
         modes[f"reference-dfa-threads{n}"] = lambda: (measure_reference(plan, ds, warmup, steps, n, window), None)
@@ -394,33 +394,45 @@ def run(width: int = 4096, batch: int = 256, threads: int = 1, stages=(2,), dept
         baselines = False
     records, metas, profiles = [], {}, {}
     try:
+        wires = {w: link.measure(w) for w in ("shm", "gloo") if w == "gloo" or shm.available()} \
+            if device == "cpu" else {}
         for n in stages:
             recs, meta, prof = measure(width, batch, threads, n, depths, warmup, steps, transport, repeats, calls,
                                        baselines, microbatches, fixed_blocks, device, gpus_per_stage)
             records += recs
             metas[n], profiles[n] = meta, prof
-        wires = {w: link.measure(w) for w in ("shm", "gloo") if w == "gloo" or shm.available()} \
-            if device == "cpu" else {}
+            # Written after every N, so a sweep cut short (a job's time limit, a lent machine's end) keeps
+            # every N it measured; each file replaced whole, so a kill mid-write leaves the previous one.
+            done = [m for m in stages if m in metas]
+            meta = {**metas[stages[0]], "stages": done, "stages_planned": stages, "fixed_blocks": fixed_blocks,
+                    "per_workers": metas, "torch": torch.__version__, "ray": ray.__version__,
+                    "machine": platform.platform(), "cpu": cpu_model(), "cpus": os.cpu_count()}
+            table = markdown(records, meta)
+            if out:
+                save(Path(out), records, meta, table, profiles if device == "cpu" else None, wires, batch,
+                     threads, fixed_blocks)
     finally:
         if started:
             cluster.shutdown()
-    meta = {**metas[stages[0]], "stages": stages, "fixed_blocks": fixed_blocks, "per_workers": metas,
-            "torch": torch.__version__, "ray": ray.__version__, "machine": platform.platform(),
-            "cpu": cpu_model(), "cpus": os.cpu_count()}
-    table = markdown(records, meta)
     print(table)
-    if out:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "bench.json").write_text(json.dumps({"meta": meta, "records": records}, indent=2))
-        (out / "bench.md").write_text(table + "\n")
-        if device == "cpu":
-            (out / "profile.json").write_text(json.dumps({
-                "batch": batch, "classes": 10, "threads": threads, "cpus": os.cpu_count(), "cpu": meta["cpu"],
-                "fixed_blocks": fixed_blocks, "links": wires, "per_workers": profiles}, indent=1))
-        if len(stages) > 1:
-            plot(records, meta, out / "scaling.png")
+    if out and len(stages) > 1:
+        plot(records, meta, Path(out) / "scaling.png")
     return records
+
+
+def save(out: Path, records: list[dict], meta: dict, table: str, profiles: dict | None, wires: dict,
+         batch: int, threads: int, fixed_blocks: int | None) -> None:
+    """bench.json, bench.md and (CPU workers) the simulator's profile.json, each replaced atomically."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"bench.json": json.dumps({"meta": meta, "records": records}, indent=2), "bench.md": table + "\n"}
+    if profiles is not None:
+        files["profile.json"] = json.dumps({
+            "batch": batch, "classes": 10, "threads": threads, "cpus": os.cpu_count(), "cpu": meta["cpu"],
+            "fixed_blocks": fixed_blocks, "links": wires, "per_workers": profiles}, indent=1)
+    for name, text in files.items():
+        tmp = out / f".{name}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, out / name)
 
 
 def plot(records: list[dict], meta: dict, path: Path) -> None:

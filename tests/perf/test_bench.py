@@ -1,6 +1,9 @@
 """The benchmark program runs every mode side by side and writes its JSON and Markdown (no timing
 assertions: speed is reported, not tested)."""
 import json
+import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -44,6 +47,35 @@ def test_a_sweep_over_worker_counts_writes_a_plot(tmp_path):
     assert saved["meta"]["per_workers"]["3"]["partition"] == [1, 1, 2]
     assert saved["meta"]["per_workers"]["1"]["partition"] == [4]
     assert (tmp_path / "scaling.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_sweep_cut_short_keeps_every_n_it_measured(tmp_path):
+    """A time limit's SIGTERM in the middle of N = 2 leaves N = 1's files whole (written before N = 2 began)."""
+    out = tmp_path / "b"
+    proc = subprocess.Popen([sys.executable, "-m", "dfa_async.cli", "bench", "--width", "16", "--batch", "8",
+                             "--stages", "1,2", "--depths", "1", "--steps", "6", "--warmup", "2", "--repeats", "1",
+                             "--no-calls", "--no-baselines", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            if line.startswith("N=2 "):
+                break
+        assert seen and seen[-1].startswith("N=2 "), "".join(seen)[-2000:]
+        first = json.loads((out / "bench.json").read_text())
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode != 0
+    assert first["meta"]["stages"] == [1] and first["meta"]["stages_planned"] == [1, 2]
+    assert {r["workers"] for r in first["records"]} == {1} and len(first["records"]) == 5
+    assert json.loads((out / "bench.json").read_text()) == first
+    assert "| 1 | dataplane-D1 |" in (out / "bench.md").read_text()
+    assert set(json.loads((out / "profile.json").read_text())["per_workers"]) == {"1"}
 
 
 def test_split_is_balanced_and_keeps_the_head_last():
