@@ -214,6 +214,34 @@ def measure_group(kind: str, plan, ds, warmup: int, steps: int, microbatches: in
         group.close()
 
 
+def tiny_runs(batch: int, threads: int, stages: list[int], depths: list[int], transport: str,
+              microbatches: list[int], baselines: bool, warmup: int, steps: int) -> dict:
+    """For the simulator: the data plane (every depth) and, with the baselines, GPipe and 1F1B, on a tiny
+    model (16-wide blocks: ops of microseconds) on one worker and on every N of the sweep, with the tiny
+    model's block profile. What N workers add to one is then the cost of their messages: the software
+    around each (torch.distributed.pipelining's, the stages' own) and, with more workers than cores, the
+    wake-up of a worker that slept waiting for it. The simulator fits it here, per mode and N, and applies
+    it to the measured model (`sim.message_costs`)."""
+    from ..runtime import RayPipeline
+
+    out = {}
+    for n in sorted({1, *stages}):
+        _, plan, ds = setup(16, batch, threads, n, warmup, steps)
+        plan.cfg.runtime.transport = transport
+        rec: dict = {"blocks": block_profile(plan, microbatches if baselines else (), n),
+                     "partition": plan.stage_sizes, "slowdown": 1.0}
+        for d in depths:
+            plan.cfg.runtime.depth = d
+            rec[f"dataplane-D{d}"] = batch * measure_pipeline(lambda: RayPipeline(plan, ds), warmup, steps,
+                                                              plan.cfg.runtime.window)[0]
+        for kind in ("gpipe", "1f1b") if baselines else ():
+            for m in microbatches:
+                if kind == "gpipe" or m >= n:
+                    rec[f"{kind}-M{m}"] = batch * measure_group(kind, plan, ds, warmup, steps, m)
+        out[str(n)] = rec
+    return out
+
+
 def measure_pipeline(make, warmup: int, steps: int, window: int) -> tuple[float, list[float] | None]:
     pipe = make()
     try:
@@ -396,6 +424,8 @@ def run(width: int = 4096, batch: int = 256, threads: int = 1, stages=(2,), dept
     try:
         wires = {w: link.measure(w) for w in ("shm", "gloo") if w == "gloo" or shm.available()} \
             if device == "cpu" else {}
+        tiny = tiny_runs(batch, threads, stages, depths, transport, microbatches, baselines, warmup, steps) \
+            if device == "cpu" and max(stages) > 1 else None
         for n in stages:
             recs, meta, prof = measure(width, batch, threads, n, depths, warmup, steps, transport, repeats, calls,
                                        baselines, microbatches, fixed_blocks, device, gpus_per_stage)
@@ -410,7 +440,7 @@ def run(width: int = 4096, batch: int = 256, threads: int = 1, stages=(2,), dept
             table = markdown(records, meta)
             if out:
                 save(Path(out), records, meta, table, profiles if device == "cpu" else None, wires, batch,
-                     threads, fixed_blocks)
+                     threads, fixed_blocks, tiny)
     finally:
         if started:
             cluster.shutdown()
@@ -421,14 +451,15 @@ def run(width: int = 4096, batch: int = 256, threads: int = 1, stages=(2,), dept
 
 
 def save(out: Path, records: list[dict], meta: dict, table: str, profiles: dict | None, wires: dict,
-         batch: int, threads: int, fixed_blocks: int | None) -> None:
+         batch: int, threads: int, fixed_blocks: int | None, tiny: dict | None = None) -> None:
     """bench.json, bench.md and (CPU workers) the simulator's profile.json, each replaced atomically."""
     out.mkdir(parents=True, exist_ok=True)
     files = {"bench.json": json.dumps({"meta": meta, "records": records}, indent=2), "bench.md": table + "\n"}
     if profiles is not None:
         files["profile.json"] = json.dumps({
             "batch": batch, "classes": 10, "threads": threads, "cpus": os.cpu_count(), "cpu": meta["cpu"],
-            "fixed_blocks": fixed_blocks, "links": wires, "per_workers": profiles}, indent=1)
+            "fixed_blocks": fixed_blocks, "links": wires, "per_workers": profiles,
+            **({"tiny": tiny} if tiny else {})}, indent=1)
     for name, text in files.items():
         tmp = out / f".{name}.tmp"
         tmp.write_text(text)

@@ -4,6 +4,7 @@ baselines use), and for gloo the rate of a 16 MB all-reduce (what DDP does with 
 bandwidth. Between processes on CPUs both ends' cores move the bytes (`host` links)."""
 from __future__ import annotations
 
+import statistics
 import time
 
 import torch
@@ -45,19 +46,22 @@ class PingPong:
         return (time.perf_counter() - t0) / repeats
 
     def run(self, nbytes: int, repeats: int = REPEATS) -> float:
-        """Seconds of one one-way trip (rank 0's measure; both ranks must call it)."""
+        """Seconds of one one-way trip (rank 0's measure; both ranks must call it): half the median round
+        trip: on a shared machine a few round trips meet a context switch, and a mean of 30 once read 6x
+        the latency that every other bench measured."""
         buf = torch.zeros(nbytes // 4)
         peer = 1 - self.rank
+        trips = []
         for i in range(repeats + 2):
-            if i == 2:
-                t0 = time.perf_counter()
+            t0 = time.perf_counter()
             if self.rank == 0:
                 self.pg.send([buf], peer, i).wait()
                 self.pg.recv([buf], peer, i).wait()
             else:
                 self.pg.recv([buf], peer, i).wait()
                 self.pg.send([buf], peer, i).wait()
-        return (time.perf_counter() - t0) / (2 * repeats)
+            trips.append(time.perf_counter() - t0)
+        return statistics.median(trips[2:]) / 2
 
 
 def measure(backend: str) -> dict:

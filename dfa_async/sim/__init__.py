@@ -4,6 +4,7 @@ link and compute slowdown of this machine), and its check against the bench's ow
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from . import links
@@ -32,6 +33,59 @@ def predict_mode(mode: str, prof: dict, batch: int, classes: int, link: links.Li
     raise ValueError(f"mode: {mode!r} is not simulated (dataplane-D*, gpipe-M*, 1f1b-M*, ddp)")
 
 
+def _per_action(mode: str, prof: dict, measured: float, batch: int, classes: int, link: links.Link,
+                cores: float) -> float:
+    """Software time fitted on one worker (no transfers, no bubble): per forward or backward action of a
+    block for the pipelines, per step for DDP, per forward or update op for the DFA stages."""
+    bare = predict_mode(mode, prof, batch, classes, link, contention_of(prof, 1, cores), cores)
+    if mode == "ddp":
+        actions = 1
+    elif "-M" in mode:
+        actions = 2 * int(mode.split("-M")[1]) * sum(prof["partition"])
+    else:
+        actions = 2  # a forward and an update
+    return max(0.0, (batch / measured - batch / bare) / actions)
+
+
+def message_costs(profile: dict, batch: int, classes: int, cores: float) -> dict[tuple[int, str], float]:
+    """Each mode's cost per message on N workers, (N, mode) -> seconds of CPU at each end beyond the link's
+    ping-pong, fitted on the bench's tiny-model runs (`perf.bench.tiny_runs`): with the software time
+    fitted on the tiny model's one-worker run, the cost that makes the N-worker prediction equal the
+    N-worker measurement. Empty for a profile without those runs."""
+    tiny = profile.get("tiny")
+    if not tiny:
+        return {}
+    one = tiny["1"]
+    dataplane = min((m for m in one if m.startswith("dataplane-D")), key=lambda m: int(m.rsplit("D", 1)[1]),
+                    default=None)
+    out = {}
+    for n, runs in ((int(k), v) for k, v in tiny.items() if k != "1"):
+        wire = profile["per_workers"].get(str(n), {}).get("transport", "gloo")
+        for mode, measured in runs.items():
+            if not mode.startswith(("gpipe-M", "1f1b-M", "dataplane-D")):
+                continue
+            dfa = mode.startswith("dataplane-D")
+            base = links.Link(**profile["links"][wire if dfa else "gloo"])
+            calib = dataplane if dfa else mode
+            if calib not in one:
+                continue
+            act = _per_action(calib, one, one[calib], batch, classes, links.Link(**profile["links"]["gloo"]), cores)
+
+            def predicted(c: float) -> float:
+                link = replace(base, per_message_s=base.per_message_s + c)
+                return predict_mode(mode, runs, batch, classes, link, contention_of(runs, n, cores), cores, act)
+
+            lo, hi = 0.0, 0.05  # predictions fall as the cost grows: bisect
+            if predicted(lo) <= measured:
+                out[n, mode] = 0.0
+                continue
+            for _ in range(40):
+                mid = (lo + hi) / 2
+                lo, hi = (mid, hi) if predicted(mid) > measured else (lo, mid)
+            out[n, mode] = (lo + hi) / 2
+    return out
+
+
 def _load(folder: Path) -> tuple[dict, dict]:
     folder = Path(folder)
     for name in ("bench.json", "profile.json"):
@@ -45,11 +99,12 @@ def validate(folder: Path, tolerance: float = 0.15) -> tuple[list[dict], str]:
     """Every simulated mode the bench measured in `folder`: measured and predicted samples/s, error.
 
     Three figures are fitted, not predicted, each from a run on one worker (no transfers, no bubble):
-    torch.distributed.pipelining's software time per forward or backward action, (measured step -
-    simulated step) / (2 x microbatches); DDP's software time per step; and the DFA stages' time per
-    forward or update op beyond its compute, (measured step - simulated step) / 2, from the one-worker
-    run of the smallest depth, then used for every depth and N. Those one-worker rows are marked
-    `calibration`."""
+    torch.distributed.pipelining's software time per forward or backward action of a block, (measured
+    step - simulated step) / (2 x microbatches x blocks); DDP's software time per step; and the DFA
+    stages' time per forward or update op beyond its compute, (measured step - simulated step) / 2, from
+    the one-worker run of the smallest depth, then used for every depth and N. Those one-worker rows are
+    marked `calibration`. A fourth, each mode's cost per message on N workers, is fitted on separate
+    runs of a tiny model where the profile has them (`message_costs`)."""
     bench, profile = _load(folder)
     batch, classes, cores = profile["batch"], profile["classes"], profile["cpus"]
     per = profile["per_workers"]
@@ -60,10 +115,9 @@ def validate(folder: Path, tolerance: float = 0.15) -> tuple[list[dict], str]:
     dataplane = one[0][1] if one else None
     for (n, mode), rec in by.items():
         if n == 1 and "1" in per and (mode.startswith(("gpipe-M", "1f1b-M", "ddp")) or mode == dataplane):
-            bare = predict_mode(mode, per["1"], batch, classes, links.Link(**profile["links"]["gloo"]),
-                                contention_of(per["1"], 1, cores), cores)
-            actions = 1 if mode == "ddp" else 2 * int(mode.split("-M")[1]) if "-M" in mode else 2  # F + U
-            action[mode] = max(0.0, (batch / rec["samples_per_s"] - batch / bare) / actions)
+            action[mode] = _per_action(mode, per["1"], rec["samples_per_s"], batch, classes,
+                                       links.Link(**profile["links"]["gloo"]), cores)
+    messages = message_costs(profile, batch, classes, cores)
     rows = []
     for (n, mode), rec in by.items():
         if not mode.startswith(("dataplane-D", "gpipe-M", "1f1b-M", "ddp")):
@@ -71,6 +125,8 @@ def validate(folder: Path, tolerance: float = 0.15) -> tuple[list[dict], str]:
         prof = per[str(n)]
         wire = (prof.get("transport", "gloo") if n > 1 else "none") if mode.startswith("dataplane") else "gloo"
         link = links.Link(**profile["links"]["gloo" if wire == "none" else wire])
+        if (n, mode) in messages:
+            link = replace(link, per_message_s=link.per_message_s + messages[n, mode])
         soft = action.get(dataplane if mode.startswith("dataplane") else mode, 0.0)
         pred = predict_mode(mode, prof, batch, classes, link, contention_of(prof, n, cores), cores, soft)
         err = pred / rec["samples_per_s"] - 1
@@ -88,8 +144,11 @@ def validate(folder: Path, tolerance: float = 0.15) -> tuple[list[dict], str]:
               f"{r['error']:+.1%} | {'calibration' if r['calibration'] else 'yes' if r['within'] else '**no**'} |"
               for r in rows]
     if action:
-        lines += ["", "Calibrated software time per pipeline action, DDP step or DFA op: " +
+        lines += ["", "Calibrated software time per pipeline action of a block, DDP step or DFA op: " +
                   ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in sorted(action.items()))]
+    if messages:
+        lines += ["", "Time per message beyond the ping-pong, fitted on the tiny model's runs: " +
+                  ", ".join(f"{m} N={n} {v * 1e3:.2f} ms" for (n, m), v in sorted(messages.items()))]
     return rows, "\n".join(lines)
 
 

@@ -8,8 +8,8 @@ the bench's ceiling, which is exactly N stages computing at once. With `cores` f
 the engine also time-shares the cores among the ops that are running (processor sharing), so a stage
 that waits costs no core. On a `host` link the sender's and the receiver's cores move the bytes, so a
 transfer also keeps both busy; on GPU links a DMA engine does. `per_action_s` / `per_op_s` is the
-software time per forward or backward action of a pipeline library, or per forward or update op of
-the DFA stages (their loop, bookkeeping and calls around the compute); both calibrated on one worker
+software time per forward or backward action of a pipeline library on one block, or per forward or
+update op of the DFA stages (their loop, bookkeeping and calls around the compute); both calibrated on one worker
 (see sim.validate)."""
 from __future__ import annotations
 
@@ -88,13 +88,15 @@ def _bp_costs(blocks, st, rows, contention):
 def pipeline(kind: str, blocks: list[dict], sizes: list[int], batch: int, link: Link, microbatches: int,
              contention: float = 1.0, cores: float = float("inf"), per_action_s: float = 0.0) -> float:
     """GPipe (every forward, then every backward) or 1F1B (N - s - 1 forwards, then a backward after each
-    forward, then the rest of the backwards) with an optimizer step per minibatch on every stage."""
+    forward, then the rest of the backwards) with an optimizer step per minibatch on every stage.
+    `per_action_s`: the library's software time per forward or backward action of each block (autograd
+    and module calls are per block, so a stage of k blocks pays k of it)."""
     st = stages_of(sizes)
     n, m = len(st), microbatches
     rows = batch // m
     f, b, o = _bp_costs(blocks, st, rows, contention)
-    f = [v + per_action_s for v in f]
-    b = [v + per_action_s for v in b]
+    f = [v + per_action_s * len(s) for v, s in zip(f, st)]
+    b = [v + per_action_s * len(s) for v, s in zip(b, st)]
     act = [blocks[s[-1]]["out_bytes"] * rows / batch for s in st]
     workers = []
     for s in range(n):

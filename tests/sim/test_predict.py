@@ -46,6 +46,32 @@ def test_gpipe_and_1f1b_closed_forms():
     assert predict.pipeline("1f1b", blocks, [1] * n, 8, FREE, m) == pytest.approx(8 / ((m + n - 1) * (F + B) + 0.5))
 
 
+def test_a_pipelines_software_time_is_paid_per_block():
+    blocks = [block(bp={"4": [1.0, 2.0]}) for _ in range(2)]
+    # one stage of two blocks, 2 microbatches: each action runs both blocks and pays 2 x 0.5 s
+    assert predict.pipeline("gpipe", blocks, [2], 8, FREE, 2, per_action_s=0.5) == pytest.approx(8 / (2 * 3 + 2 * 5))
+
+
+def test_message_costs_recover_the_cost_that_made_the_tiny_runs_times():
+    tiny = {"blocks": [block(f=1e-4, u=1e-4, bp={"2": [1e-4, 2e-4], "4": [2e-4, 4e-4]}, out=64) for _ in range(3)],
+            "slowdown": 1.0}
+    one, two = {**tiny, "partition": [3]}, {**tiny, "partition": [1, 2]}
+    gloo = Link(50e-6, 1e9, host=True, per_message_s=20e-6)
+    cost = {"gpipe-M2": 0.7e-3, "dataplane-D2": 0.2e-3}
+    for mode in cost:  # "measured": the one-worker runs 2 ms a step slower than their compute, N = 2 as simulated
+        one[mode] = 4 / (4 / sim.predict_mode(mode, one, 4, 10, gloo) + 2e-3)
+    act = {mode: sim._per_action(mode, one, one[mode], 4, 10, gloo, 2) for mode in cost}
+    assert act["gpipe-M2"] == pytest.approx(2e-3 / (2 * 2 * 3)) and act["dataplane-D2"] == pytest.approx(1e-3)
+    for mode, c in cost.items():
+        two[mode] = sim.predict_mode(mode, two, 4, 10, Link(50e-6, 1e9, True, 20e-6 + c), 1.0, 2, act[mode])
+    profile = {"tiny": {"1": one, "2": two}, "links": {"gloo": vars(gloo), "shm": vars(gloo)},
+               "per_workers": {"2": {"transport": "shm"}}}
+    got = sim.message_costs(profile, 4, 10, 2)
+    assert set(got) == {(2, "gpipe-M2"), (2, "dataplane-D2")}
+    assert got[2, "gpipe-M2"] == pytest.approx(0.7e-3, rel=1e-4) and got[2, "dataplane-D2"] == pytest.approx(0.2e-3, rel=1e-4)
+    assert sim.message_costs({"links": {}}, 4, 10, 2) == {}  # a profile of an older bench: none
+
+
 def test_ddp_closed_form():
     blocks = [block(bp={"4": [1.0, 2.0]}, opt=0.5, params=800)]
     link = Link(0.1, 100.0)
@@ -63,6 +89,8 @@ def test_validate_and_scaling_on_a_real_bench(tmp_path, capsys):
     assert all(r["predicted"] > 0 and r["measured"] > 0 for r in rows) and "| 2 | dataplane-D2 | shm |" in table
     # every one-worker run calibrates its mode's software time, which the rows of N = 2 then use
     assert {(r["workers"], r["mode"]) for r in rows if r["calibration"]} == {m for m in modes if m[0] == 1}
+    # the tiny model's runs on 1 and 2 workers calibrate each mode's time per message at N = 2
+    assert "Time per message beyond the ping-pong" in table and "gpipe-M2 N=2" in table and "dataplane-D2 N=2" in table
     one = next(r for r in rows if r["mode"] == "dataplane-D2" and r["workers"] == 1)
     # matched exactly, unless the compute alone already predicts less than measured (no negative time)
     assert one["predicted"] == pytest.approx(one["measured"], rel=1e-6) or one["predicted"] < one["measured"]
