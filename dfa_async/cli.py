@@ -80,6 +80,8 @@ def _main(argv: list[str] | None = None) -> int:
     be.add_argument("--warmup", type=int, default=5)
     be.add_argument("--transport", default="auto", choices=["auto", "shm", "gloo"])
     be.add_argument("--no-calls", action="store_true", help="skip the per-op Ray-call baseline")
+    be.add_argument("--no-tiny", action="store_true",
+                    help="skip the tiny-model runs that calibrate the simulator's cost per message")
     be.add_argument("--out", default="bench-results", help="folder for bench.json and bench.md")
     be.add_argument("--to-accuracy", type=float, metavar="ACC", help="instead: train the model of --config with "
                     "every mode until this test accuracy (e.g. 0.97); wall seconds and steps of each")
@@ -149,7 +151,7 @@ def _main(argv: list[str] | None = None) -> int:
                       args.out, args.transport, args.repeats, calls=not args.no_calls,
                       baselines=not args.no_baselines, microbatches=microbatches,
                       fixed_blocks=args.fixed_blocks or None, device=args.device,
-                      gpus_per_stage=args.gpus_per_stage)
+                      gpus_per_stage=args.gpus_per_stage, tiny=not args.no_tiny)
         except (ValueError, ConfigError, DataError) as err:
             print(f"dfa-async: error: {err}", file=sys.stderr)
             return 2

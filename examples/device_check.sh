@@ -3,8 +3,9 @@
 #   1. the equivalence test on the device: the Ray trainer's final weights against the single-process
 #      reference on the same device, D = 1 and 3 (two stages sharing the one GPU: runtime.gpus_per_stage
 #      = 0.5, tensors staged through host memory over shm, since nccl needs a GPU per rank);
-#   2, 3. the bench with 2 and 4 stages sharing the GPU (gpus_per_stage 0.5 and 0.25);
-#   4. the bench with N = 1, 2, 4, 8 CPU stages (every mode, baselines included).
+#   2. the per-step overhead: a tiny model (16-wide blocks, batch 8) on 2 and 4 stages sharing the GPU;
+#   3, 4. the bench with 2 and 4 stages sharing the GPU (gpus_per_stage 0.5 and 0.25);
+#   5. the bench with N = 1, 2, 4, 8 CPU stages (every mode, baselines included).
 # JSON and Markdown land in OUT (default device-check/), at most two folders down.
 #
 # Usage, from the project root:  examples/device_check.sh [OUT]
@@ -36,18 +37,20 @@ share2=0.5 share4=0.25
 if [ "$device" = cpu ]; then share2=1 share4=1; fi
 if [ -n "${QUICK:-}" ]; then
   cpu=(--width 16 --batch 8 --stages 1,2 --depths 1,3 --steps 20 --warmup 3 --repeats 1 --microbatches 2)
-  gpu=(--width 16 --batch 8 --depths 3 --steps 20 --warmup 3 --repeats 1 --no-baselines)
+  gpu=(--width 16 --batch 8 --depths 3 --steps 20 --warmup 3 --repeats 1 --no-baselines --no-tiny)
+  tiny=(--width 16 --batch 8 --stages 2 --depths 3 --steps 20 --warmup 3 --repeats 1 --no-baselines --no-tiny)
 else
+  tiny=(--width 16 --batch 8 --stages 2,4 --depths 1,3 --steps 300 --warmup 30 --repeats 1 --no-baselines --no-tiny)
   cpu=(--width 1024 --batch 256 --stages 1,2,4,8 --depths 1,3 --steps 30 --warmup 5 --repeats 1 --microbatches 8)
-  gpu=(--width 4096 --batch 1024 --depths 1,3 --steps 100 --warmup 10 --repeats 1 --no-baselines)
+  gpu=(--width 4096 --batch 1024 --depths 1,3 --steps 100 --warmup 10 --repeats 1 --no-baselines --no-tiny)
 fi
 
 # Each step runs under its own time budget (seconds; the four sum to under 8 minutes with the set-up), says
 # how long it took, and the script goes on past one that fails or is cut: a lent machine's minutes are
 # few, and the bench saves every N as soon as it is measured, so a cut sweep still leaves its JSON.
-# BUDGET_EQ, BUDGET_SHARE, BUDGET_CPU override them.
-if [ -n "${QUICK:-}" ]; then b_eq=600 b_share=600 b_cpu=600; else b_eq=100 b_share=90 b_cpu=190; fi
-b_eq=${BUDGET_EQ:-$b_eq} b_share=${BUDGET_SHARE:-$b_share} b_cpu=${BUDGET_CPU:-$b_cpu}
+# BUDGET_EQ, BUDGET_TINY, BUDGET_SHARE, BUDGET_CPU override them.
+if [ -n "${QUICK:-}" ]; then b_eq=600 b_tiny=600 b_share=600 b_cpu=600; else b_eq=90 b_tiny=50 b_share=80 b_cpu=160; fi
+b_eq=${BUDGET_EQ:-$b_eq} b_tiny=${BUDGET_TINY:-$b_tiny} b_share=${BUDGET_SHARE:-$b_share} b_cpu=${BUDGET_CPU:-$b_cpu}
 failed=()
 step() {  # step NAME BUDGET COMMAND...
   local name=$1 budget=$2 t0=$SECONDS rc=0
@@ -63,11 +66,13 @@ step "1. equivalence on $device" "$b_eq" \
   env DFA_ASYNC_TEST_DEVICE="$device" DFA_ASYNC_TEST_GPUS_PER_STAGE="$share2" bash -c '"$0" -m pytest -q -p no:cacheprovider tests/runtime/test_device.py \
   2>&1 | tee "$1"; exit "${PIPESTATUS[0]}"' "$py" "$out/equivalence.txt"
 # The stages sharing the device first: never measured on a GPU so far (the CPU sweep has been).
-step "2. bench, 2 stages sharing the $device" "$b_share" \
+step "2. overhead, tiny model, 2 and 4 stages sharing the $device" "$b_tiny" \
+  "$py" -m dfa_async.cli bench "${tiny[@]}" --device "$device" --gpus-per-stage "$share4" --out "$out/tiny"
+step "3. bench, 2 stages sharing the $device" "$b_share" \
   "$py" -m dfa_async.cli bench "${gpu[@]}" --stages 2 --device "$device" --gpus-per-stage "$share2" --out "$out/share2"
-step "3. bench, 4 stages sharing the $device" "$b_share" \
+step "4. bench, 4 stages sharing the $device" "$b_share" \
   "$py" -m dfa_async.cli bench "${gpu[@]}" --stages 4 --device "$device" --gpus-per-stage "$share4" --out "$out/share4"
-step "4. bench, CPU stages" "$b_cpu" "$py" -m dfa_async.cli bench "${cpu[@]}" --no-calls --out "$out/cpu"
+step "5. bench, CPU stages" "$b_cpu" "$py" -m dfa_async.cli bench "${cpu[@]}" --no-calls --out "$out/cpu"
 echo "== total $SECONDS s"
 if [ ${#failed[@]} -gt 0 ]; then echo "device check FAILED: ${failed[*]}; results so far in $out"; exit 1; fi
 echo "device check passed; results in $out"

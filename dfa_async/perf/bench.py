@@ -390,8 +390,10 @@ def measure(width: int, batch: int, threads: int, stages: int, depths, warmup: i
 def run(width: int = 4096, batch: int = 256, threads: int = 1, stages=(2,), depths=(1, 2, 3),
         warmup: int = 5, steps: int = 30, out: Path | None = None, transport: str = "auto",
         repeats: int = 2, calls: bool = True, baselines: bool = True, microbatches=(2, 4),
-        fixed_blocks: int | None = None, device: str = "cpu", gpus_per_stage: float = 1.0) -> list[dict]:
-    """The bench over every N in `stages`; all records (each with its `workers` = N)."""
+        fixed_blocks: int | None = None, device: str = "cpu", gpus_per_stage: float = 1.0,
+        tiny: bool = True) -> list[dict]:
+    """The bench over every N in `stages`; all records (each with its `workers` = N). `tiny`: also the
+    tiny-model runs that calibrate the simulator (CPU workers, N > 1)."""
     import ray
 
     from ..runtime import cluster
@@ -424,8 +426,8 @@ def run(width: int = 4096, batch: int = 256, threads: int = 1, stages=(2,), dept
     try:
         wires = {w: link.measure(w) for w in ("shm", "gloo") if w == "gloo" or shm.available()} \
             if device == "cpu" else {}
-        tiny = tiny_runs(batch, threads, stages, depths, transport, microbatches, baselines, warmup, steps) \
-            if device == "cpu" and max(stages) > 1 else None
+        calib = tiny_runs(batch, threads, stages, depths, transport, microbatches, baselines, warmup, steps) \
+            if tiny and device == "cpu" and max(stages) > 1 else None
         for n in stages:
             recs, meta, prof = measure(width, batch, threads, n, depths, warmup, steps, transport, repeats, calls,
                                        baselines, microbatches, fixed_blocks, device, gpus_per_stage)
@@ -440,7 +442,7 @@ def run(width: int = 4096, batch: int = 256, threads: int = 1, stages=(2,), dept
             table = markdown(records, meta)
             if out:
                 save(Path(out), records, meta, table, profiles if device == "cpu" else None, wires, batch,
-                     threads, fixed_blocks, tiny)
+                     threads, fixed_blocks, calib)
     finally:
         if started:
             cluster.shutdown()

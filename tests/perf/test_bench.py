@@ -54,7 +54,7 @@ def test_a_sweep_cut_short_keeps_every_n_it_measured(tmp_path):
     out = tmp_path / "b"
     proc = subprocess.Popen([sys.executable, "-m", "dfa_async.cli", "bench", "--width", "16", "--batch", "8",
                              "--stages", "1,2", "--depths", "1", "--steps", "6", "--warmup", "2", "--repeats", "1",
-                             "--no-calls", "--no-baselines", "--out", str(out)],
+                             "--no-calls", "--no-baselines", "--no-tiny", "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         seen = []
@@ -75,7 +75,8 @@ def test_a_sweep_cut_short_keeps_every_n_it_measured(tmp_path):
     assert {r["workers"] for r in first["records"]} == {1} and len(first["records"]) == 5
     assert json.loads((out / "bench.json").read_text()) == first
     assert "| 1 | dataplane-D1 |" in (out / "bench.md").read_text()
-    assert set(json.loads((out / "profile.json").read_text())["per_workers"]) == {"1"}
+    profile = json.loads((out / "profile.json").read_text())
+    assert set(profile["per_workers"]) == {"1"} and "tiny" not in profile  # --no-tiny: no calibration runs
 
 
 def test_split_is_balanced_and_keeps_the_head_last():
