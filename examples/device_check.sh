@@ -36,12 +36,12 @@ PY
 share2=0.5 share4=0.25
 if [ "$device" = cpu ]; then share2=1 share4=1; fi
 if [ -n "${QUICK:-}" ]; then
-  cpu=(--width 16 --batch 8 --stages 1,2 --depths 1,3 --steps 20 --warmup 3 --repeats 1 --microbatches 2)
+  cpu=(--width 16 --batch 8 --stages 1,2 --depths 1,3 --steps 20 --warmup 3 --repeats 1 --microbatches 2 --no-tiny)
   gpu=(--width 16 --batch 8 --depths 3 --steps 20 --warmup 3 --repeats 1 --no-baselines --no-tiny)
   tiny=(--width 16 --batch 8 --stages 2 --depths 3 --steps 20 --warmup 3 --repeats 1 --no-baselines --no-tiny)
 else
   tiny=(--width 16 --batch 8 --stages 2,4 --depths 1,3 --steps 300 --warmup 30 --repeats 1 --no-baselines --no-tiny)
-  cpu=(--width 1024 --batch 256 --stages 1,2,4,8 --depths 1,3 --steps 30 --warmup 5 --repeats 1 --microbatches 8)
+  cpu=(--width 1024 --batch 256 --stages 1,2,4,8 --depths 1,3 --steps 30 --warmup 5 --repeats 1 --microbatches 8 --no-tiny)
   gpu=(--width 4096 --batch 1024 --depths 1,3 --steps 100 --warmup 10 --repeats 1 --no-baselines --no-tiny)
 fi
 

@@ -12,7 +12,7 @@ from dfa_async.perf import bench
 
 def test_bench_writes_one_record_per_mode(tmp_path):
     records = bench.run(width=16, batch=8, threads=1, stages=2, depths=[2], warmup=3, steps=12, out=tmp_path,
-                        repeats=2)
+                        repeats=2, tiny=False)  # the tiny-model runs: tests/sim
     assert [r["mode"] for r in records] == ["pytorch-backprop", "backprop-fused-opt", "reference-dfa",
                                                "backprop-threads2", "reference-dfa-threads2",
                                                "ceiling-independent-stages", "dataplane-D2", "raycalls-D2",
@@ -41,7 +41,7 @@ def test_bench_writes_one_record_per_mode(tmp_path):
 
 def test_a_sweep_over_worker_counts_writes_a_plot(tmp_path):
     records = bench.run(width=16, batch=12, stages=[1, 3], depths=[2], warmup=2, steps=6, out=tmp_path,
-                        repeats=1, calls=False, fixed_blocks=3, microbatches=[2])
+                        repeats=1, calls=False, fixed_blocks=3, microbatches=[2], tiny=False)
     assert {r["workers"] for r in records} == {1, 3}
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert saved["meta"]["per_workers"]["3"]["partition"] == [1, 1, 2]
