@@ -230,17 +230,25 @@ class Batches:
     def inputs(self, x: torch.Tensor, step: int, part: int = 0, parts: int = 1) -> torch.Tensor:
         """Step's rows of the inputs `x` (samples first, width last), a copy, augmented; with `parts`, only
         chunk `part` of the minibatch (a data-parallel worker's share, as `tensor_split` cuts it)."""
-        idx = self.indices(step).to(x.device)
+        idx = _to(self.indices(step), x.device)
         if self.augment == "flip":
             rng = np.random.default_rng(seeding.derive(self.seed, "flip", step))
-            mirror = torch.from_numpy(rng.random(len(idx)) < 0.5).tensor_split(parts)[part].to(x.device)
+            mirror = _to(torch.from_numpy(rng.random(len(idx)) < 0.5).tensor_split(parts)[part], x.device)
             xb = x.index_select(0, idx.tensor_split(parts)[part])
             return torch.where(mirror.view(-1, *[1] * (xb.dim() - 1)), xb.flip(-1), xb)
         return x.index_select(0, idx.tensor_split(parts)[part])
 
     def labels(self, y: torch.Tensor, step: int, part: int = 0, parts: int = 1) -> torch.Tensor:
         """Step's labels from `y`, gathered where `y` is; with `parts`, chunk `part` as `inputs` cuts it."""
-        return y.index_select(0, self.indices(step).tensor_split(parts)[part].to(y.device))
+        return y.index_select(0, _to(self.indices(step).tensor_split(parts)[part], y.device))
+
+
+def _to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small host tensor (indices, a mask) where the data is. To a GPU through pinned memory without
+    blocking: a copy from pageable memory would make the host wait for the GPU at every step."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 def resident(t: torch.Tensor | None, device: torch.device | str, on_device: bool) -> torch.Tensor | None:

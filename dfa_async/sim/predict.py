@@ -9,8 +9,8 @@ the engine also time-shares the cores among the ops that are running (processor 
 that waits costs no core. On a `host` link the sender's and the receiver's cores move the bytes, so a
 transfer also keeps both busy; on GPU links a DMA engine does. `per_action_s` / `per_op_s` is the
 software time per forward or backward action of a pipeline library on one block, or per forward or
-update op of the DFA stages (their loop, bookkeeping and calls around the compute); both calibrated on one worker
-(see sim.validate)."""
+update op of the DFA stages (their loop, bookkeeping and calls around the compute); both calibrated on
+one worker (see sim.validate)."""
 from __future__ import annotations
 
 from .. import schedule
