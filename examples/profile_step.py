@@ -1,8 +1,11 @@
 """Where a single-process step's time goes, DFA against backprop, op by op (torch profiler, one thread).
 
 The bench's balanced model (N square tanh blocks of WIDTH and a head, as `dfa-async bench` builds it),
-both rules on the same minibatches, the same optimizer call. Prints, per op and input shapes, the
-self CPU time per step of each rule and the difference, largest first, and both totals.
+both rules on the same minibatches, the same optimizer call, each profiled over two halves of the steps
+in the order DFA, backprop, backprop, DFA (a host whose speed drifts slows both alike). Prints, per op and
+input shapes, the self CPU time per step of each rule, largest first, both totals, and the split into
+ops only one rule runs and ops both run: the ratio DFA would reach if the shared ops cost it what they
+cost backprop is what skipping backprop's input-gradient products can buy at most.
 
     python examples/profile_step.py --width 576 --batch 128 --stages 2 --steps 200
 
@@ -49,21 +52,43 @@ def main(argv=None) -> list[tuple]:
     pipe.collect(pipe.submit(0, warmup))
     for t in range(warmup):
         bp(t)
-    span = range(warmup, warmup + args.steps)
-    dfa = per_step(lambda: pipe.collect(pipe.submit(span.start, span.stop)), args.steps)
-    back = per_step(lambda: [bp(t) for t in span], args.steps)
+    half = args.steps // 2
+    a, b = (range(warmup, warmup + half), range(warmup + half, warmup + 2 * half))
+    dfa = per_step(lambda: pipe.collect(pipe.submit(a.start, a.stop)), 2 * half)
+    back = per_step(lambda: [bp(t) for t in a], 2 * half)
+    back += per_step(lambda: [bp(t) for t in b], 2 * half)
+    dfa += per_step(lambda: pipe.collect(pipe.submit(b.start, b.stop)), 2 * half)
     pipe.close()
     rows = sorted(set(dfa) | set(back), key=lambda k: -max(dfa[k], back[k]))
     table = [(op, shapes, dfa[(op, shapes)], back[(op, shapes)]) for op, shapes in rows]
     print(f"{args.width}-wide, batch {args.batch}, {plan.num_blocks} blocks; self CPU us per step, "
-          f"{args.steps} steps, 1 thread\n")
+          f"{2 * half} steps, 1 thread\n")
     print(f"{'op':<34} {'input shapes':<58} {'dfa':>8} {'backprop':>9}")
     for op, shapes, d, b in table[:args.rows]:
         print(f"{op[:34]:<34} {shapes[:58]:<58} {d:8.0f} {b:9.0f}")
     d_all, b_all = sum(dfa.values()), sum(back.values())
     print(f"\ntotal per step: dfa {d_all:.0f} us, backprop {b_all:.0f} us, ratio {d_all / b_all:.3f} "
           "(the profiler's own cost included)")
+    s = split(table)
+    print(f"ops only backprop runs: {s['bp_only']:.0f} us ({s['bp_only'] / b_all:.0%} of its step); only DFA: "
+          f"{s['dfa_only']:.0f} us; ops both run: dfa {s['shared_dfa']:.0f} us, backprop {s['shared_bp']:.0f} us\n"
+          f"ratio with the shared ops at backprop's cost (what skipping its input-gradient products can buy): "
+          f"{s['bound']:.3f}")
     return table
+
+
+def split(table: list[tuple]) -> dict:
+    """Self time of the ops only one rule runs and of those both run (per op and input shapes), and the
+    ratio DFA's step would have if the shared ops cost it what they cost backprop."""
+    out = {"bp_only": 0.0, "dfa_only": 0.0, "shared_dfa": 0.0, "shared_bp": 0.0}
+    for _, _, d, b in table:
+        if d and b:
+            out["shared_dfa"] += d
+            out["shared_bp"] += b
+        else:
+            out["dfa_only" if d else "bp_only"] += d or b
+    out["bound"] = (out["shared_bp"] + out["dfa_only"]) / (out["shared_bp"] + out["bp_only"])
+    return out
 
 
 if __name__ == "__main__":
