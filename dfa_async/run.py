@@ -252,6 +252,12 @@ def _train(cfg, plan, ds, store, begin, cleaned, total, spe, progress, metrics) 
         if hasattr(pipe, "pids"):
             log.write("stages", 0, pids=pipe.pids, partition=plan.partition(), device=pipe.device,
                       transport=pipe.backend)
+            if pipe.device == "cpu" and pipe.one_node:
+                from .runtime.cluster import time_shared
+
+                note = time_shared(len(plan.partition()), cfg.runtime.threads, len(os.sched_getaffinity(0)))
+                if note:
+                    warn(note)
         probe = None
         if cfg.alignment.every:
             held = ds.x_train if cfg.alignment.data == "train" else ds.x_test

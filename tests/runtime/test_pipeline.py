@@ -62,8 +62,11 @@ def test_flip_augmentation_is_the_same_on_ray_as_on_the_reference(tmp_path):
     assert max_diff(weights(tmp_path / "ref"), weights(tmp_path / "plain")) > 1e-3
 
 
-def test_log_records_staleness_timestamps_and_throughput(tmp_path):
+def test_log_records_staleness_timestamps_and_throughput(tmp_path, capsys):
     train(cfg_for(MLP, 3, [], "ray"), tmp_path / "r")
+    # three one-thread CPU stages on this machine alone: warned where they outnumber its cores
+    err = capsys.readouterr().err
+    assert ("3 stages x 1 thread(s)" in err) == (len(os.sched_getaffinity(0)) < 3), err
     recs = runlog.read(tmp_path / "r" / "events.msgpack")
     stages = [r for r in recs if r["kind"] == "stages"]
     assert len(stages[0]["pids"]) == 3 and stages[0]["device"] == "cpu"
