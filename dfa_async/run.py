@@ -252,7 +252,7 @@ def _train(cfg, plan, ds, store, begin, cleaned, total, spe, progress, metrics) 
         if hasattr(pipe, "pids"):
             log.write("stages", 0, pids=pipe.pids, partition=plan.partition(), device=pipe.device,
                       transport=pipe.backend)
-            if pipe.device == "cpu" and pipe.one_node:
+            if pipe.device == "cpu" and pipe.this_machine_only:
                 from .runtime.cluster import time_shared
 
                 note = time_shared(len(plan.partition()), cfg.runtime.threads, len(os.sched_getaffinity(0)))

@@ -54,8 +54,10 @@ class RayPipeline:
         if cfg.runtime.transport == "nccl" and not use_gpu:
             raise ConfigError("runtime.transport: nccl needs a GPU per stage; use shm, gloo or auto")
         self.device = "cuda" if use_gpu else "cpu"
-        # Stages that can only be placed on this machine share its cores (see cluster.time_shared).
-        self.one_node = sum(node["Alive"] for node in ray.nodes()) == 1
+        # Stages that can only be placed on this machine share its cores (see cluster.time_shared); a
+        # cluster's one node elsewhere may have other cores.
+        alive = [node for node in ray.nodes() if node["Alive"]]
+        self.this_machine_only = len(alive) == 1 and alive[0]["NodeID"] == ray.get_runtime_context().get_node_id()
         self.transport = cfg.runtime.transport
         self.own_gpu = use_gpu and share == 1  # nccl needs a GPU per rank
         self.bundle = {"GPU": share, "CPU": 1} if use_gpu else {"CPU": 1}
