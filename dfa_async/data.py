@@ -219,6 +219,7 @@ class Batches:
         self.n, self.batch_size, self.seed, self.augment = n, batch_size, seed, augment
         self.steps_per_epoch = n // batch_size
         self._epoch, self._order = -1, None
+        self._labels, self._labels_of, self._labels_epoch = None, None, -1  # see labels
 
     def indices(self, step: int) -> torch.Tensor:
         epoch, i = divmod(step, self.steps_per_epoch)
@@ -239,8 +240,16 @@ class Batches:
         return x.index_select(0, idx.tensor_split(parts)[part])
 
     def labels(self, y: torch.Tensor, step: int, part: int = 0, parts: int = 1) -> torch.Tensor:
-        """Step's labels from `y`, gathered where `y` is; with `parts`, chunk `part` as `inputs` cuts it."""
-        return y.index_select(0, _to(self.indices(step).tensor_split(parts)[part], y.device))
+        """Step's labels from `y`, gathered where `y` is; with `parts`, chunk `part` as `inputs` cuts it.
+        The whole epoch's labels are gathered once, in its order, and each step takes a slice (a view that
+        nothing writes into): the head stage, the pipeline's busiest, then spends no gather per step."""
+        epoch, i = divmod(step, self.steps_per_epoch)
+        if self._labels_of is not y or self._labels_epoch != epoch:
+            self.indices(step)  # this epoch's order
+            used = self._order[:self.steps_per_epoch * self.batch_size]
+            self._labels, self._labels_of, self._labels_epoch = y.index_select(0, _to(used, y.device)), y, epoch
+        rows = self._labels[i * self.batch_size:(i + 1) * self.batch_size]
+        return rows.tensor_split(parts)[part] if parts > 1 else rows
 
 
 def _to(t: torch.Tensor, device: torch.device) -> torch.Tensor:

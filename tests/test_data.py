@@ -176,6 +176,7 @@ def test_labels_are_the_inputs_rows_and_gathering_stays_on_the_datas_device():
     for t in range(4):
         assert torch.equal(flip.labels(y, t), y[flip.indices(t)])
         assert torch.equal(torch.cat([flip.labels(y, t, k, 3) for k in range(3)]), flip.labels(y, t))
+        assert torch.equal(flip.labels(-y, t), -y[flip.indices(t)])  # another tensor: its own labels
     # data.on_device: training tensors held on another device are gathered there, indices and mirrors
     # moved to them (CUDA in use; the meta device here, which has no data but checks devices and shapes)
     xm, ym = data.resident(x, "meta", True), data.resident(y, "meta", True)
