@@ -186,6 +186,42 @@ def step_ratios(plan, ds, warmup: int, steps: int, threads: int, chunks: int = 8
             "dfa_step_over_backprop_step_chunks": [round(d / f, 4) for d, f in zip(secs["dfa"], secs["fused"])]}
 
 
+def paired_speedup(plan, ds, depth: int, warmup: int, steps: int, threads: int, window: int,
+                   chunks: int = 6) -> dict:
+    """Steps/s of the data plane at `depth` over the single-process reference's, both kept alive and
+    timed in alternating chunks of the same steps (reference first, then the pipeline, then the
+    reverse), as `step_ratios` times the rules: the modes' best-of-rounds rates are taken minutes apart,
+    and on a shared host consecutive runs of one mode differ by 5-10 %. While one runs the other waits
+    without a core (the stages block in their next Ray call). Returns the ratio of the summed times and
+    each chunk pair's ratio."""
+    import copy
+
+    from ..runtime import RayPipeline
+
+    ref_plan = copy.deepcopy(plan)
+    ref_plan.cfg.runtime.depth = 1
+    plan.cfg.runtime.depth = depth
+    ref = LocalPipeline(ref_plan, None, ds, plan.cfg.runtime.device)  # it sets runtime.threads
+    pipe = RayPipeline(plan, ds)
+    torch.set_num_threads(threads)
+    secs: dict[str, list[float]] = {"ref": [], "pipe": []}
+    try:
+        drive(ref, 0, warmup, window)
+        drive(pipe, 0, warmup, window)
+        size = max(steps // chunks, 1)
+        for i, a in enumerate(range(warmup, warmup + steps - size + 1, size)):
+            order = [("ref", ref), ("pipe", pipe)] if i % 2 == 0 else [("pipe", pipe), ("ref", ref)]
+            for name, p in order:
+                secs[name].append(drive(p, a, a + size, window)[0])
+    finally:
+        pipe.close()
+        torch.set_num_threads(plan.cfg.runtime.threads)
+    timed = size * len(secs["ref"])
+    return {"depth": depth, "speedup": sum(secs["ref"]) / sum(secs["pipe"]),
+            "reference_steps_per_s": timed / sum(secs["ref"]), "dataplane_steps_per_s": timed / sum(secs["pipe"]),
+            "chunks": [round(r / q, 4) for r, q in zip(secs["ref"], secs["pipe"])]}
+
+
 def measure_reference(plan, ds, warmup: int, steps: int, threads: int, window: int) -> float:
     plan.cfg.runtime.depth = 1
 
@@ -371,12 +407,17 @@ def measure(width: int, batch: int, threads: int, stages: int, depths, warmup: i
         r["efficiency"] = r["speedup"] / stages
         if "-D" in r["mode"]:  # what the transfers and the waiting add to a step, beyond the stages' compute
             r["overhead_ms_per_step"] = r["ms_per_step"] - 1e3 / ceiling
+    if stages > 1:  # the best depth against the reference, paired in time (see paired_speedup)
+        best = max((r for r in records if r["mode"].startswith("dataplane-D")), key=lambda r: r["steps_per_s"])
+        paired = paired_speedup(plan, ds, best["depth"], warmup, steps, threads, window)
     meta = {"width": width, "batch": batch, "threads": threads, "stages": stages, "blocks": plan.num_blocks,
             "device": device, "gpus_per_stage": gpus_per_stage,
             "partition": cfg.runtime.stages, "steps": steps, "warmup": warmup, "repeats": repeats,
             "window": window, "transport": transport, "microbatches": microbatches,
             # Time of a single-process DFA step over a backprop step of the same model and batch.
             **step_ratios(plan, ds, warmup, steps, threads)}
+    if stages > 1:
+        meta["dataplane_over_reference_paired"] = paired
     if device != "cpu":  # the simulator's profile is of CPU workers
         return records, meta, None
     # For the simulator: per-block costs, measured alone, and how much slower N stages compute at once.
@@ -527,4 +568,9 @@ def markdown(records: list[dict], meta: dict) -> str:
         lines.append(f"N = {n}: single-process DFA step time / backprop step time, timed in alternating chunks: "
                      f"{m['dfa_step_over_backprop_step']:.3f} (same optimizer call), "
                      f"{m['dfa_step_over_plain_backprop_step']:.3f} (plain PyTorch backprop)")
+        if "dataplane_over_reference_paired" in m:
+            p = m["dataplane_over_reference_paired"]
+            lines.append(f"N = {n}: data plane at D = {p['depth']} over single-process DFA, timed in alternating "
+                         f"chunks: {p['speedup']:.3f}x (chunks {min(p['chunks']):.2f}-{max(p['chunks']):.2f}; "
+                         f"{p['dataplane_steps_per_s']:.1f} against {p['reference_steps_per_s']:.1f} steps/s)")
     return "\n".join(lines)

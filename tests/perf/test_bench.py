@@ -33,6 +33,13 @@ def test_bench_writes_one_record_per_mode(tmp_path):
     assert len(chunks) == 12 and all(c > 0 for c in chunks)
     assert min(chunks) - 1e-3 <= meta["dfa_step_over_backprop_step"] <= max(chunks) + 1e-3
     assert meta["dfa_step_over_plain_backprop_step"] > 0
+    # the best depth (the only one here) against the reference, paired in time: 12 // 6 = 2-step chunks
+    paired = meta["dataplane_over_reference_paired"]
+    assert paired["depth"] == 2 and len(paired["chunks"]) == 6 and all(c > 0 for c in paired["chunks"])
+    assert min(paired["chunks"]) - 1e-3 <= paired["speedup"] <= max(paired["chunks"]) + 1e-3
+    assert paired["speedup"] == pytest.approx(paired["dataplane_steps_per_s"] / paired["reference_steps_per_s"])
+    assert f"data plane at D = 2 over single-process DFA, timed in alternating chunks: {paired['speedup']:.3f}x" \
+        in (tmp_path / "bench.md").read_text()
     assert "timed in alternating chunks" in (tmp_path / "bench.md").read_text()
     assert "| 2 | dataplane-D2 |" in (tmp_path / "bench.md").read_text()
     assert by["gpipe-M4"]["speedup"] == pytest.approx(by["gpipe-M4"]["steps_per_s"] / by["backprop-fused-opt"]["steps_per_s"])
