@@ -9,7 +9,8 @@
 # JSON and Markdown land in OUT (default device-check/), at most two folders down.
 #
 # Usage, from the project root:  examples/device_check.sh [OUT]
-#   DEVICE=cpu  stands the CPU in for the GPU (what CI runs, with QUICK=1: tiny sizes)
+#   DEVICE=cpu  stands the CPU in for the GPU (what CI runs, with QUICK=1: tiny sizes, no per-op-call
+#               baseline, and step 4 skipped: it is step 3's command with 4 stages)
 #   WHEELS=DIR  wheels to install where Ray is missing (default .whl). Build them here with
 #               ../shared/tools/device-wheels.sh .whl, then add the package's own needs:
 #               pip download -d .whl --no-deps --only-binary=:all: --python-version 3.12 \
@@ -37,8 +38,8 @@ share2=0.5 share4=0.25
 if [ "$device" = cpu ]; then share2=1 share4=1; fi
 if [ -n "${QUICK:-}" ]; then
   cpu=(--width 16 --batch 8 --stages 1,2 --depths 1,3 --steps 20 --warmup 3 --repeats 1 --microbatches 2 --no-tiny)
-  gpu=(--width 16 --batch 8 --depths 3 --steps 20 --warmup 3 --repeats 1 --no-baselines --no-tiny)
-  tiny=(--width 16 --batch 8 --stages 2 --depths 3 --steps 20 --warmup 3 --repeats 1 --no-baselines --no-tiny)
+  gpu=(--width 16 --batch 8 --depths 3 --steps 20 --warmup 3 --repeats 1 --no-baselines --no-tiny --no-calls)
+  tiny=(--width 16 --batch 8 --stages 2 --depths 3 --steps 20 --warmup 3 --repeats 1 --no-baselines --no-tiny --no-calls)
 else
   tiny=(--width 16 --batch 8 --stages 2,4 --depths 1,3 --steps 300 --warmup 30 --repeats 1 --no-baselines --no-tiny)
   cpu=(--width 1024 --batch 256 --stages 1,2,4,8 --depths 1,3 --steps 30 --warmup 5 --repeats 1 --microbatches 8 --no-tiny)
@@ -70,8 +71,10 @@ step "2. overhead, tiny model, 2 and 4 stages sharing the $device" "$b_tiny" \
   "$py" -m dfa_async.cli bench "${tiny[@]}" --device "$device" --gpus-per-stage "$share4" --out "$out/tiny"
 step "3. bench, 2 stages sharing the $device" "$b_share" \
   "$py" -m dfa_async.cli bench "${gpu[@]}" --stages 2 --device "$device" --gpus-per-stage "$share2" --out "$out/share2"
-step "4. bench, 4 stages sharing the $device" "$b_share" \
+if [ -n "${QUICK:-}" ]; then echo "== 4. bench, 4 stages sharing the $device: skipped (QUICK)"
+else step "4. bench, 4 stages sharing the $device" "$b_share" \
   "$py" -m dfa_async.cli bench "${gpu[@]}" --stages 4 --device "$device" --gpus-per-stage "$share4" --out "$out/share4"
+fi
 step "5. bench, CPU stages" "$b_cpu" "$py" -m dfa_async.cli bench "${cpu[@]}" --no-calls --out "$out/cpu"
 echo "== total $SECONDS s"
 if [ ${#failed[@]} -gt 0 ]; then echo "device check FAILED: ${failed[*]}; results so far in $out"; exit 1; fi
