@@ -407,7 +407,10 @@ def measure(width: int, batch: int, threads: int, stages: int, depths, warmup: i
         r["efficiency"] = r["speedup"] / stages
         if "-D" in r["mode"]:  # what the transfers and the waiting add to a step, beyond the stages' compute
             r["overhead_ms_per_step"] = r["ms_per_step"] - 1e3 / ceiling
-    if stages > 1:  # the best depth against the reference, paired in time (see paired_speedup)
+    # The best depth against the reference, paired in time (see paired_speedup). Not on a GPU: a lent
+    # machine's minutes are few, and a new pipeline there costs every stage a CUDA start.
+    paired = None
+    if stages > 1 and device == "cpu":
         best = max((r for r in records if r["mode"].startswith("dataplane-D")), key=lambda r: r["steps_per_s"])
         paired = paired_speedup(plan, ds, best["depth"], warmup, steps, threads, window)
     meta = {"width": width, "batch": batch, "threads": threads, "stages": stages, "blocks": plan.num_blocks,
@@ -416,7 +419,7 @@ def measure(width: int, batch: int, threads: int, stages: int, depths, warmup: i
             "window": window, "transport": transport, "microbatches": microbatches,
             # Time of a single-process DFA step over a backprop step of the same model and batch.
             **step_ratios(plan, ds, warmup, steps, threads)}
-    if stages > 1:
+    if paired:
         meta["dataplane_over_reference_paired"] = paired
     if device != "cpu":  # the simulator's profile is of CPU workers
         return records, meta, None
