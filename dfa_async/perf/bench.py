@@ -150,12 +150,27 @@ def measure_backprop(plan, ds, warmup: int, steps: int, fused: bool, threads: in
     return steps / secs
 
 
+def alternate(runners: dict, warmup: int, steps: int, chunks: int, device: str) -> tuple[dict, int]:
+    """Seconds of each runner (a function of a step range) over the same chunks of steps warmup..
+    warmup + steps, the runners taking turns in each chunk, in their order or its reverse, so that a
+    machine whose speed drifts during the bench (a shared host's does, by 10-20 % over minutes) slows
+    all alike; best-of-rounds rates of modes timed minutes apart do not cancel that drift. Returns each
+    runner's chunk times and the chunk size."""
+    size = max(steps // chunks, 1)
+    secs = {k: [] for k in runners}
+    for i, a in enumerate(range(warmup, warmup + steps - size + 1, size)):
+        for name in (list(runners) if i % 2 == 0 else list(runners)[::-1]):
+            t0 = time.perf_counter()
+            runners[name](a, a + size)
+            sync(device)
+            secs[name].append(time.perf_counter() - t0)
+    return secs, size
+
+
 def step_ratios(plan, ds, warmup: int, steps: int, threads: int, chunks: int = 8) -> dict:
     """The single-process DFA step's time over backprop's (with the stages' optimizer call, and as a user
-    writes it), timed in alternating chunks of the same steps: chunk i runs DFA, then each backprop, in
-    that order or its reverse, so that a machine whose speed drifts during the bench (a shared host's
-    does, by 10-20 % over minutes) slows both alike. Best-of-rounds rates of modes timed minutes apart
-    do not cancel that drift. Returns the ratios and each chunk's ratio to fused backprop."""
+    writes it), timed in alternating chunks of the same steps (`alternate`). Returns the ratios and each
+    chunk's ratio to fused backprop."""
     torch.set_num_threads(threads)
     plan.cfg.runtime.depth = 1
     pipe = LocalPipeline(plan, None, ds, plan.cfg.runtime.device)
@@ -169,15 +184,8 @@ def step_ratios(plan, ds, warmup: int, steps: int, threads: int, chunks: int = 8
                "plain": lambda a, b: [plain(t) for t in range(a, b)]}
     for run_ in runners.values():
         run_(0, warmup)
-    size = max(steps // chunks, 1)
-    secs = {k: [] for k in runners}
     try:
-        for i, a in enumerate(range(warmup, warmup + steps - size + 1, size)):
-            for name in (list(runners) if i % 2 == 0 else list(runners)[::-1]):
-                t0 = time.perf_counter()
-                runners[name](a, a + size)
-                sync(plan.cfg.runtime.device)
-                secs[name].append(time.perf_counter() - t0)
+        secs, _ = alternate(runners, warmup, steps, chunks, plan.cfg.runtime.device)
     finally:
         pipe.close()
         torch.set_num_threads(plan.cfg.runtime.threads)
@@ -189,11 +197,10 @@ def step_ratios(plan, ds, warmup: int, steps: int, threads: int, chunks: int = 8
 def paired_speedup(plan, ds, depth: int, warmup: int, steps: int, threads: int, window: int,
                    chunks: int = 6) -> dict:
     """Steps/s of the data plane at `depth` over the single-process reference's, both kept alive and
-    timed in alternating chunks of the same steps (reference first, then the pipeline, then the
-    reverse), as `step_ratios` times the rules: the modes' best-of-rounds rates are taken minutes apart,
-    and on a shared host consecutive runs of one mode differ by 5-10 %. While one runs the other waits
-    without a core (the stages block in their next Ray call). Returns the ratio of the summed times and
-    each chunk pair's ratio."""
+    timed in alternating chunks of the same steps (`alternate`): the modes' best-of-rounds rates are
+    taken minutes apart, and on a shared host consecutive runs of one mode differ by 5-10 %. While one
+    runs the other waits without a core (the stages block in their next Ray call). Returns the ratio of
+    the summed times, both rates and each chunk's ratio."""
     import copy
 
     from ..runtime import RayPipeline
@@ -204,15 +211,11 @@ def paired_speedup(plan, ds, depth: int, warmup: int, steps: int, threads: int, 
     ref = LocalPipeline(ref_plan, None, ds, plan.cfg.runtime.device)  # it sets runtime.threads
     pipe = RayPipeline(plan, ds)
     torch.set_num_threads(threads)
-    secs: dict[str, list[float]] = {"ref": [], "pipe": []}
+    runners = {"ref": lambda a, b: drive(ref, a, b, window), "pipe": lambda a, b: drive(pipe, a, b, window)}
     try:
-        drive(ref, 0, warmup, window)
-        drive(pipe, 0, warmup, window)
-        size = max(steps // chunks, 1)
-        for i, a in enumerate(range(warmup, warmup + steps - size + 1, size)):
-            order = [("ref", ref), ("pipe", pipe)] if i % 2 == 0 else [("pipe", pipe), ("ref", ref)]
-            for name, p in order:
-                secs[name].append(drive(p, a, a + size, window)[0])
+        for run_ in runners.values():
+            run_(0, warmup)
+        secs, size = alternate(runners, warmup, steps, chunks, plan.cfg.runtime.device)
     finally:
         pipe.close()
         torch.set_num_threads(plan.cfg.runtime.threads)
