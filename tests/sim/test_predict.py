@@ -19,6 +19,20 @@ def test_engine_table_and_deadlock():
         engine.finish_times([[engine.Op("x", 1, [("y", 0)])], [engine.Op("y", 1, [("x", 0)])]])
 
 
+def test_engine_shares_the_cores_among_the_running_ops():
+    def one(name, after=()):
+        return [engine.Op(name, 1.0, list(after))]
+
+    # 3 ops of 1 s on 2 cores: each runs at 2/3 of its speed
+    assert engine.finish_times([one("a"), one("b"), one("c")], cores=2) == pytest.approx({"a": 1.5, "b": 1.5, "c": 1.5})
+    # b waits for a: a, c and d share 2 cores until 1.5 s, then b has a core to itself
+    chain = [one("a"), one("b", [("a", 0.0)]), one("c"), one("d")]
+    assert engine.finish_times(chain, cores=2) == pytest.approx({"a": 1.5, "b": 2.5, "c": 1.5, "d": 1.5})
+    # a waiting worker holds no core; enough cores run every op at full speed
+    assert engine.finish_times([one("a"), one("b", [("a", 1.0)])], cores=1) == pytest.approx({"a": 1, "b": 3})
+    assert engine.finish_times([one("a"), one("b"), one("c")], cores=3) == pytest.approx({"a": 1, "b": 1, "c": 1})
+
+
 def block(f=0.0, u=0.0, bp=None, opt=0.0, out=0, params=0):
     return {"dfa_forward_s": f, "dfa_update_s": u, "bp": bp or {}, "optimizer_s": opt, "out_bytes": out,
             "param_bytes": params}
