@@ -292,6 +292,35 @@ def measure_pipeline(make, warmup: int, steps: int, window: int) -> tuple[float,
     return steps / secs, busy
 
 
+def idle_fraction(span: float) -> float | None:
+    """Fraction of this machine's CPU time spent idle over the next `span` seconds (None without
+    /proc/stat)."""
+    def snap():
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:]]
+        return ticks[3] + ticks[4], sum(ticks)  # idle + iowait, all
+
+    try:
+        (idle0, all0), _ = snap(), time.sleep(span)
+        idle1, all1 = snap()
+    except OSError:
+        return None
+    return (idle1 - idle0) / max(all1 - all0, 1)
+
+
+def wait_quiet(idle: float = 0.8, span: float = 0.5, limit: float = 30.0) -> bool:
+    """Wait until the cores are at least `idle` idle over `span` seconds, at most `limit` seconds; True when
+    they were. For ~2 s after a local Ray starts, its prestarted workers keep both cores of this machine
+    half busy; a link measured then read 40x the latency of an idle machine."""
+    deadline = time.monotonic() + limit
+    while True:
+        frac = idle_fraction(span)
+        if frac is None or frac >= idle:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+
+
 def sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
@@ -471,6 +500,9 @@ def run(width: int = 4096, batch: int = 256, threads: int = 1, stages=(2,), dept
         baselines = False
     records, metas, profiles = [], {}, {}
     try:
+        if not wait_quiet():
+            print("bench: the cores stayed busy for 30 s before the first measure; other work on this machine "
+                  "slows every mode", flush=True)
         wires = {w: link.measure(w) for w in ("shm", "gloo") if w == "gloo" or shm.available()} \
             if device == "cpu" else {}
         calib = tiny_runs(batch, threads, stages, depths, transport, microbatches, baselines, warmup, steps) \

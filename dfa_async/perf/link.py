@@ -13,6 +13,7 @@ from ..runtime.plane import Rendezvous, process_group
 
 SMALL, LARGE, REDUCE = 64, 4 << 20, 16 << 20
 REPEATS = 30
+BATCHES = 3
 
 
 class PingPong:
@@ -34,34 +35,41 @@ class PingPong:
                                 torch.device("cpu"), ring_bytes=2 * LARGE + 4096)
 
     def allreduce(self, nbytes: int, repeats: int = 5) -> float:
-        """Seconds of one all-reduce (sum) of nbytes between the two ranks."""
+        """Seconds of one all-reduce (sum) of nbytes between the two ranks: the median of `repeats`."""
         import torch.distributed as dist
 
         buf = torch.ones(nbytes // 4)
         opts = dist.AllreduceOptions()
-        for i in range(repeats + 1):
-            if i == 1:
-                t0 = time.perf_counter()
+        self.pg.allreduce([buf], opts).wait()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
             self.pg.allreduce([buf], opts).wait()
-        return (time.perf_counter() - t0) / repeats
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
 
-    def run(self, nbytes: int, repeats: int = REPEATS) -> float:
+    def run(self, nbytes: int, repeats: int = REPEATS, batches: int = BATCHES) -> float:
         """Seconds of one one-way trip (rank 0's measure; both ranks must call it): half the median round
-        trip: on a shared machine a few round trips meet a context switch, and a mean of 30 once read 6x
-        the latency that every other bench measured."""
+        trip of a batch, the smallest over `batches` batches. On a shared machine a few round trips meet a
+        context switch (a mean of 30 once read 6x the latency that every other bench measured), and a
+        whole batch can meet a busy spell (a median once read 40x: Ray's workers still starting)."""
         buf = torch.zeros(nbytes // 4)
         peer = 1 - self.rank
-        trips = []
-        for i in range(repeats + 2):
-            t0 = time.perf_counter()
-            if self.rank == 0:
-                self.pg.send([buf], peer, i).wait()
-                self.pg.recv([buf], peer, i).wait()
-            else:
-                self.pg.recv([buf], peer, i).wait()
-                self.pg.send([buf], peer, i).wait()
-            trips.append(time.perf_counter() - t0)
-        return statistics.median(trips[2:]) / 2
+        medians = []
+        for b in range(batches):
+            trips = []
+            for i in range(repeats + 2):
+                tag = b * (repeats + 2) + i
+                t0 = time.perf_counter()
+                if self.rank == 0:
+                    self.pg.send([buf], peer, tag).wait()
+                    self.pg.recv([buf], peer, tag).wait()
+                else:
+                    self.pg.recv([buf], peer, tag).wait()
+                    self.pg.send([buf], peer, tag).wait()
+                trips.append(time.perf_counter() - t0)
+            medians.append(statistics.median(trips[2:]) / 2)
+        return min(medians)
 
 
 def measure(backend: str) -> dict:

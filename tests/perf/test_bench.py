@@ -4,6 +4,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -44,6 +45,11 @@ def test_bench_writes_one_record_per_mode(tmp_path):
     assert "| 2 | dataplane-D2 |" in (tmp_path / "bench.md").read_text()
     assert by["gpipe-M4"]["speedup"] == pytest.approx(by["gpipe-M4"]["steps_per_s"] / by["backprop-fused-opt"]["steps_per_s"])
     assert by["dataplane-D2"]["efficiency"] == pytest.approx(by["dataplane-D2"]["speedup"] / 2)
+    # the links the simulator reads: a positive latency, bandwidth and (gloo) all-reduce rate each
+    links = json.loads((tmp_path / "profile.json").read_text())["links"]
+    assert all(w["latency_s"] > 0 and w["bandwidth"] > 0 and w["per_message_s"] == w["latency_s"] / 2
+               for w in links.values())
+    assert links["gloo"]["allreduce_rate"] > 0
 
 
 def test_a_sweep_over_worker_counts_writes_a_plot(tmp_path):
@@ -108,3 +114,13 @@ def test_every_mode_sees_the_same_minibatches_and_drains_after_the_warmup():
     cfg, plan, ds = bench.setup(16, 8, 1, 2, warmup=3, steps=5)
     assert len(ds.x_train) == 8 * 8 and plan.total_steps == 8 and plan.marks == [2, 7]
     assert cfg.runtime.stages == [1, 2]
+
+
+def test_wait_quiet_returns_once_the_cores_are_idle_enough_and_gives_up_at_its_limit():
+    frac = bench.idle_fraction(0.1)
+    assert frac is None or 0.0 <= frac <= 1.0
+    assert bench.wait_quiet(idle=0.0, span=0.05, limit=10.0)  # any machine is at least 0 % idle
+    t0 = time.monotonic()
+    quiet = bench.wait_quiet(idle=1.01, span=0.05, limit=0.2)  # never 101 % idle
+    assert (quiet, frac is None) in ((False, False), (True, True))
+    assert frac is None or time.monotonic() - t0 >= 0.2
