@@ -308,7 +308,7 @@ def idle_fraction(span: float) -> float | None:
     return (idle1 - idle0) / max(all1 - all0, 1)
 
 
-def wait_quiet(idle: float = 0.8, span: float = 0.5, limit: float = 30.0) -> bool:
+def wait_quiet(idle: float = 0.9, span: float = 1.0, limit: float = 30.0) -> bool:
     """Wait until the cores are at least `idle` idle over `span` seconds, at most `limit` seconds; True when
     they were. For ~2 s after a local Ray starts, its prestarted workers keep both cores of this machine
     half busy; a link measured then read 40x the latency of an idle machine."""
