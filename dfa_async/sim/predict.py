@@ -5,8 +5,8 @@ and a link: the asynchronous DFA pipeline (the stages' own schedule, depth D), G
 Each worker's compute is the sum of its blocks' costs (measured alone) times `contention`: how much
 slower a worker computes while others compute at once (shared caches and memory bandwidth), taken from
 the bench's ceiling, which is exactly N stages computing at once. With `cores` fewer than the workers,
-the engine also time-shares the cores among the ops that are running (processor sharing), so a stage
-that waits costs no core. On a `host` link the sender's and the receiver's cores move the bytes, so a
+the engine also time-shares each core among the running ops of the workers placed on it (engine.py),
+so a stage that waits costs no core. On a `host` link the sender's and the receiver's cores move the bytes, so a
 transfer also keeps both busy; on GPU links a DMA engine does. `per_action_s` / `per_op_s` is the
 software time per forward or backward action of a pipeline library on one block, or per forward or
 update op of the DFA stages (their loop, bookkeeping and calls around the compute); both calibrated on

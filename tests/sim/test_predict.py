@@ -19,17 +19,20 @@ def test_engine_table_and_deadlock():
         engine.finish_times([[engine.Op("x", 1, [("y", 0)])], [engine.Op("y", 1, [("x", 0)])]])
 
 
-def test_engine_shares_the_cores_among_the_running_ops():
+def test_engine_shares_each_core_among_the_workers_on_it():
     def one(name, after=()):
         return [engine.Op(name, 1.0, list(after))]
 
-    # 3 ops of 1 s on 2 cores: each runs at 2/3 of its speed
-    assert engine.finish_times([one("a"), one("b"), one("c")], cores=2) == pytest.approx({"a": 1.5, "b": 1.5, "c": 1.5})
-    # b waits for a: a, c and d share 2 cores until 1.5 s, then b has a core to itself
+    # 3 workers on 2 cores: workers 0 and 1 share core 0, worker 2 has core 1 to itself
+    assert engine.finish_times([one("a"), one("b"), one("c")], cores=2) == pytest.approx({"a": 2, "b": 2, "c": 1})
+    # 4 workers on 2 cores, b waiting for a: core 0 runs a, then b, at full speed while c and d share core 1
+    # (all four sharing both cores, a, c and d would run at 2/3 of their speed and b would end at 2.5)
     chain = [one("a"), one("b", [("a", 0.0)]), one("c"), one("d")]
-    assert engine.finish_times(chain, cores=2) == pytest.approx({"a": 1.5, "b": 2.5, "c": 1.5, "d": 1.5})
-    # a waiting worker holds no core; enough cores run every op at full speed
+    assert engine.finish_times(chain, cores=2) == pytest.approx({"a": 1, "b": 2, "c": 2, "d": 2})
+    # a waiting worker holds no core
     assert engine.finish_times([one("a"), one("b", [("a", 1.0)])], cores=1) == pytest.approx({"a": 1, "b": 3})
+    # a fractional number of cores is shared by all alike; enough cores run every op at full speed
+    assert engine.finish_times([one("a"), one("b"), one("c")], cores=1.5) == pytest.approx({"a": 2, "b": 2, "c": 2})
     assert engine.finish_times([one("a"), one("b"), one("c")], cores=3) == pytest.approx({"a": 1, "b": 1, "c": 1})
 
 

@@ -1,0 +1,31 @@
+"""examples/core_placement.py: the summary of sampled cores worked out by hand, and a real run of the data
+plane's stages sampled through /proc."""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "examples"))
+import core_placement  # noqa: E402
+
+
+def test_summary_of_a_hand_table():
+    rows = [[0, 0, 1], [0, 1, 1], [1, 1, 1]]
+    out = core_placement.summarize(rows, seconds=2.0)
+    assert out["same_core"][0][1] == pytest.approx(2 / 3) and out["same_core"][0][2] == pytest.approx(1 / 3)
+    assert out["neighbours"] == pytest.approx(2 / 3) and out["others"] == pytest.approx(1 / 3)
+    assert out["moves_per_s"] == [0.5, 0.5, 0.0] and out["samples"] == 3
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc")
+def test_a_real_run_is_sampled(ray_instance, capsys):
+    out = core_placement.main(["--stages", "3", "--depth", "2", "--width", "16", "--batch", "8", "--blocks", "3",
+                               "--steps", "300", "--every", "0.0005"])
+    same = out["same_core"]
+    assert out["samples"] > 0 and out["steps_per_s"] > 0
+    assert len(same) == 3 and all(same[i][i] == 1.0 for i in range(3))
+    assert all(same[i][j] == same[j][i] and 0 <= same[i][j] <= 1 for i in range(3) for j in range(3))
+    assert len(out["moves_per_s"]) == 3 and all(m >= 0 for m in out["moves_per_s"])
+    assert f"neighbours (s, s + 1): {out['neighbours']:.2f}" in capsys.readouterr().out
