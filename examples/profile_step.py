@@ -9,9 +9,9 @@ cost backprop is what skipping backprop's input-gradient products can buy at mos
 
     python examples/profile_step.py --width 576 --batch 128 --stages 2 --steps 200
 
-It shows which products the running step makes expensive: a weight-gradient product reads the input
-its block produced a whole forward earlier (out of cache), where backprop's input-gradient product,
-the one DFA skips, reads operands just written."""
+A single op's time can differ by 2x between processes: a product's cost depends on whether its output
+and operands are still cached, which the allocator decides and the profiler's own allocations change
+(docs/results.md). Compare totals over runs, not one op in one run."""
 from __future__ import annotations
 
 import argparse
