@@ -301,7 +301,8 @@ def idle_fraction(span: float) -> float | None:
         return ticks[3] + ticks[4], sum(ticks)  # idle + iowait, all
 
     try:
-        (idle0, all0), _ = snap(), time.sleep(span)
+        idle0, all0 = snap()
+        time.sleep(span)
         idle1, all1 = snap()
     except OSError:
         return None

@@ -5,7 +5,7 @@ a transfer). The same rule the stages follow, with costs in place of work.
 With `cores` fewer than the workers, each worker keeps to one core, consecutive workers on the same one
 (worker w of N on core w * cores // N), and while k of a core's workers run an op each advances at 1 / k
 of its speed (processor sharing, as an OS time-slices runnable processes). Why: Linux keeps a process on
-one core's run queue between load balances (measured here: 4-21 moves a second per stage), and wakes a
+one core's run queue between load balances (measured here: 3-21 moves a second per stage), and wakes a
 process near the one that woke it, so pipeline neighbours share a core more often than other pairs
 (examples/core_placement.py). With a fractional number of cores all workers share them alike."""
 from __future__ import annotations

@@ -6,8 +6,8 @@ Each worker's compute is the sum of its blocks' costs (measured alone) times `co
 slower a worker computes while others compute at once (shared caches and memory bandwidth), taken from
 the bench's ceiling, which is exactly N stages computing at once. With `cores` fewer than the workers,
 the engine also time-shares each core among the running ops of the workers placed on it (engine.py),
-so a stage that waits costs no core. On a `host` link the sender's and the receiver's cores move the bytes, so a
-transfer also keeps both busy; on GPU links a DMA engine does. `per_action_s` / `per_op_s` is the
+so a stage that waits costs no core. On a `host` link the sender's and the receiver's cores move the
+bytes, so a transfer also keeps both busy; on GPU links a DMA engine does. `per_action_s` / `per_op_s` is the
 software time per forward or backward action of a pipeline library on one block, or per forward or
 update op of the DFA stages (their loop, bookkeeping and calls around the compute); both calibrated on
 one worker (see sim.validate)."""
