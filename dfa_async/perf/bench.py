@@ -39,7 +39,7 @@ from ..run import Windows
 from ..runtime import shm
 from ..stage import Plan, Stage, keep_freed_memory
 from . import link
-from .profile import block_profile
+from .profile import block_profile, fastest
 
 MODES_FIXED = ("pytorch-backprop", "backprop-fused-opt", "reference-dfa", "ceiling-independent-stages")
 
@@ -292,21 +292,28 @@ def measure_pipeline(make, warmup: int, steps: int, window: int) -> tuple[float,
     return steps / secs, busy
 
 
+def machine_ticks() -> tuple[int, int]:
+    """This machine's idle (with iowait) and total CPU ticks so far (/proc/stat)."""
+    with open("/proc/stat") as f:
+        ticks = [int(v) for v in f.readline().split()[1:]]
+    return ticks[3] + ticks[4], sum(ticks)
+
+
+def idle_between(a: tuple[int, int], b: tuple[int, int]) -> float:
+    """Fraction of the CPU time between two `machine_ticks` readings spent idle."""
+    return (b[0] - a[0]) / max(b[1] - a[1], 1)
+
+
 def idle_fraction(span: float) -> float | None:
     """Fraction of this machine's CPU time spent idle over the next `span` seconds (None without
     /proc/stat)."""
-    def snap():
-        with open("/proc/stat") as f:
-            ticks = [int(v) for v in f.readline().split()[1:]]
-        return ticks[3] + ticks[4], sum(ticks)  # idle + iowait, all
-
     try:
-        idle0, all0 = snap()
+        a = machine_ticks()
         time.sleep(span)
-        idle1, all1 = snap()
+        b = machine_ticks()
     except OSError:
         return None
-    return (idle1 - idle0) / max(all1 - all0, 1)
+    return idle_between(a, b)
 
 
 def wait_quiet(idle: float = 0.9, span: float = 1.0, limit: float = 30.0) -> bool:
@@ -339,6 +346,9 @@ class _OwnLoop:
         self.y = torch.randint(0, plan.classes, (len(self.x),), generator=g).to(self.device)
         self.e = (torch.randn(len(self.x), plan.classes, generator=g) / len(self.x)).to(self.device)
         self.t = 0
+
+    def pid(self) -> int:
+        return os.getpid()
 
     def steps(self, n: int) -> float:
         t0 = time.perf_counter()
@@ -415,12 +425,15 @@ def measure(width: int, batch: int, threads: int, stages: int, depths, warmup: i
                 modes[f"{kind}-M{m}"] = lambda kind=kind, m=m: (measure_group(kind, plan, ds, warmup, steps, m), None)
         modes["ddp"] = lambda: (measure_group("ddp", plan, ds, warmup, steps, 1), None)
     runs: dict[str, list] = {m: [] for m in modes}
+    rounds_profiled = []  # for the simulator, timed in every round as the modes are
     for r in range(repeats):
         for mode, fn in modes.items():
             sps, busy = fn()
             runs[mode].append((sps, busy))
             print(f"N={stages} round {r + 1}  {mode:<28} {sps:10.1f} steps/s  {sps * batch:10.1f} samples/s"
                   + (f"  busy {busy}" if busy else ""), flush=True)
+        if device == "cpu":
+            rounds_profiled.append(block_profile(plan, microbatches, stages))
     records = []
     for mode, results in runs.items():
         sps, busy = max(results, key=lambda t: t[0])
@@ -456,8 +469,9 @@ def measure(width: int, batch: int, threads: int, stages: int, depths, warmup: i
         meta["dataplane_over_reference_paired"] = paired
     if device != "cpu":  # the simulator's profile is of CPU workers
         return records, meta, None
-    # For the simulator: per-block costs, measured alone, and how much slower N stages compute at once.
-    blocks = block_profile(plan, microbatches, stages)
+    # For the simulator: per-block costs, measured alone (each its best round, as for the modes), and how
+    # much slower N stages compute at once.
+    blocks = fastest(rounds_profiled)
     alone = max(sum(blocks[k]["dfa_forward_s"] + blocks[k]["dfa_update_s"] for k in ids) for ids in plan.partition())
     profile = {"blocks": blocks, "partition": plan.stage_sizes, "slowdown": (1 / ceiling) / alone,
                "transport": "shm" if transport in ("auto", "shm") and shm.available() and stages > 1 else "gloo"}
