@@ -104,6 +104,7 @@ def test_validate_and_scaling_on_a_real_bench(tmp_path, capsys):
     assert modes == {(1, "dataplane-D2"), (1, "gpipe-M2"), (1, "1f1b-M2"), (1, "ddp"),
                      (2, "dataplane-D2"), (2, "gpipe-M2"), (2, "1f1b-M2"), (2, "ddp")}
     assert all(r["predicted"] > 0 and r["measured"] > 0 for r in rows) and "| 2 | dataplane-D2 | shm |" in table
+    assert all(r["spread"] is None for r in rows) and "| - |" in table  # one round: no spread to show
     # every one-worker run calibrates its mode's software time, which the rows of N = 2 then use
     assert {(r["workers"], r["mode"]) for r in rows if r["calibration"]} == {m for m in modes if m[0] == 1}
     # the tiny model's runs on 1 and 2 workers calibrate each mode's time per message at N = 2
