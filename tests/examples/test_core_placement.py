@@ -28,4 +28,12 @@ def test_a_real_run_is_sampled(ray_instance, capsys):
     assert len(same) == 3 and all(same[i][i] == 1.0 for i in range(3))
     assert all(same[i][j] == same[j][i] and 0 <= same[i][j] <= 1 for i in range(3) for j in range(3))
     assert len(out["moves_per_s"]) == 3 and all(m >= 0 for m in out["moves_per_s"])
-    assert f"neighbours (s, s + 1): {out['neighbours']:.2f}" in capsys.readouterr().out
+    # each stage ran on a CPU for part of every step, in the pipeline and in the ceiling's loops
+    ceiling = out["ceiling"]
+    assert len(out["cpu_ms_per_step"]) == 3 and all(x > 0 for x in out["cpu_ms_per_step"])
+    assert len(ceiling["cpu_ms_per_step"]) == 3 and all(x > 0 for x in ceiling["cpu_ms_per_step"])
+    assert 0 <= out["idle"] <= 1 and 0 <= ceiling["idle"] <= 1 and ceiling["steps_per_s"] > 0
+    # the stages' CPU time cannot exceed the wall time of the steps on this machine's cores
+    assert sum(out["cpu_ms_per_step"]) <= os.cpu_count() * 1e3 / out["steps_per_s"] * 1.05
+    text = capsys.readouterr().out
+    assert f"neighbours (s, s + 1): {out['neighbours']:.2f}" in text and "ceiling:" in text
