@@ -44,7 +44,9 @@ teardown() {
   [ -z "$created_run_sshd" ] || rmdir /run/sshd
   if [ ${#installed[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get purge -y -q "${installed[@]}" >/dev/null 2>&1
-    DEBIAN_FRONTEND=noninteractive apt-get autoremove -y -q >/dev/null 2>&1
+    # --purge: a plain autoremove leaves the dependencies' config files (dpkg state rc), so the package
+    # list differs from the one found (seen on a machine whose first run installed libwrap0)
+    DEBIAN_FRONTEND=noninteractive apt-get autoremove --purge -y -q >/dev/null 2>&1
   fi
   rm -rf "$S"
 }
