@@ -3,6 +3,8 @@
 trained or placed."""
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -66,40 +68,54 @@ def cnn_blocks(in_shape: tuple[int, int, int], channels: list[int], widths: list
     return blocks + fc
 
 
-def build(cfg: Config, in_shape: tuple[int, ...], classes: int) -> nn.Sequential:
-    """The model a config describes. Block k is initialized from its own seed stream, so the same
-    weights come out whichever process builds it."""
+def _structure(cfg: Config, in_shape: tuple[int, ...], classes: int) -> list[nn.Sequential]:
     m = cfg.model
-    widths = cfg.hidden_widths()
     common = dict(act=m.activation, slope=m.leaky_slope, batchnorm=m.batchnorm,
                   dropout_input=m.dropout_input, dropout_hidden=m.dropout_hidden, order=m.block_order)
-    # Build once to learn the shapes, then rebuild each block under its own seed.
-    def make():
-        if m.kind == "mlp":
-            n = 1
-            for s in in_shape:
-                n *= s
-            return mlp_blocks(n, widths, classes, **common)
-        return cnn_blocks(tuple(in_shape), m.channels, widths, classes, **common)
+    if m.kind == "mlp":
+        return mlp_blocks(math.prod(in_shape), cfg.hidden_widths(), classes, **common)
+    return cnn_blocks(tuple(in_shape), m.channels, cfg.hidden_widths(), classes, **common)
 
-    blocks = make()
-    for k, block in enumerate(blocks):
-        g = seeding.generator(cfg.train.seed, "init", k)
-        reset(block, g)
-    return nn.Sequential(*blocks)
+
+def skeleton(cfg: Config, in_shape: tuple[int, ...], classes: int) -> nn.Sequential:
+    """The model a config describes, on the meta device: its structure and shapes, no memory."""
+    with torch.device("meta"):
+        return nn.Sequential(*_structure(cfg, in_shape, classes))
+
+
+def build_blocks(cfg: Config, in_shape: tuple[int, ...], classes: int, ids, device="cpu") -> dict[int, nn.Module]:
+    """Blocks `ids` of the model a config describes, and no other: each is materialized from the meta
+    skeleton and initialized from its own seed stream, so the same weights come out whichever process
+    builds it, and a stage never holds the blocks of another."""
+    shell, out = skeleton(cfg, in_shape, classes), {}
+    for k in ids:
+        block = shell[k].to_empty(device="cpu")  # the seed streams are CPU generators
+        reset(block, seeding.generator(cfg.train.seed, "init", k))
+        out[k] = block.to(device)
+    return out
+
+
+def build(cfg: Config, in_shape: tuple[int, ...], classes: int) -> nn.Sequential:
+    """The whole model a config describes (every block, see build_blocks)."""
+    n = len(skeleton(cfg, in_shape, classes))
+    return nn.Sequential(*build_blocks(cfg, in_shape, classes, range(n)).values())
 
 
 def reset(block: nn.Module, g: torch.Generator) -> None:
-    """PyTorch's default initialization (kaiming-uniform weights, uniform biases) drawn from `g`."""
+    """PyTorch's default initialization (kaiming-uniform weights, uniform biases) drawn from `g`; every
+    other layer's own (batchnorm: weight 1, bias 0, fresh running statistics)."""
     with torch.no_grad():
         for mod in block.modules():
-            if isinstance(mod, (nn.Linear, nn.Conv2d)):
-                fan_in = mod.weight[0].numel()
-                bound = 1.0 / fan_in ** 0.5
-                # kaiming_uniform_(a=sqrt(5)) reduces to U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-                mod.weight.uniform_(-bound, bound, generator=g)
-                if mod.bias is not None:
-                    mod.bias.uniform_(-bound, bound, generator=g)
+            if not isinstance(mod, (nn.Linear, nn.Conv2d)):
+                if hasattr(mod, "reset_parameters"):
+                    mod.reset_parameters()
+                continue
+            fan_in = mod.weight[0].numel()
+            bound = 1.0 / fan_in ** 0.5
+            # kaiming_uniform_(a=sqrt(5)) reduces to U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+            mod.weight.uniform_(-bound, bound, generator=g)
+            if mod.bias is not None:
+                mod.bias.uniform_(-bound, bound, generator=g)
 
 
 def from_sequential(seq: nn.Sequential, boundaries: list[int]) -> nn.Sequential:
@@ -113,7 +129,8 @@ def from_sequential(seq: nn.Sequential, boundaries: list[int]) -> nn.Sequential:
 
 def output_shapes(model: nn.Sequential, in_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
     """Per-sample output shape of every block."""
-    shapes, x = [], torch.zeros(2, *in_shape)
+    where = next(model.parameters(), torch.empty(0)).device
+    shapes, x = [], torch.zeros(2, *in_shape, device=where)
     was = model.training
     model.eval()
     with torch.no_grad():

@@ -187,7 +187,7 @@ def check_run_dir(store: storage.RunStore, cfg: Config, plan: Plan) -> Start:
                               f"{'; …' if len(learned) > 3 else ''}); resume it with its settings or choose "
                               "another directory")
         changed = config_mod.differences(old, cfg.to_dict())
-    if found is not None and (why := checkpoint.mismatch(found[1], plan.build())):
+    if found is not None and (why := checkpoint.mismatch(found[1], plan.shell())):
         raise ConfigError(f"--run-dir {shown}: checkpoint {found[0].name} does not fit this model ({why}); "
                           "choose another directory")
     if (found is not None and int(found[1]["step"]) >= total - 1 and log_path.exists()
@@ -251,7 +251,7 @@ def _train(cfg, plan, ds, store, begin, cleaned, total, spe, progress, metrics) 
             log.write("metrics", 0, host=metrics.host, port=metrics.port)
         if hasattr(pipe, "pids"):
             log.write("stages", 0, pids=pipe.pids, partition=plan.partition(), device=pipe.device,
-                      transport=pipe.backend)
+                      transport=pipe.transport, stages=pipe.plan_rows())
             if pipe.device == "cpu" and pipe.this_machine_only:
                 from .runtime.cluster import time_shared
 
@@ -269,9 +269,8 @@ def _train(cfg, plan, ds, store, begin, cleaned, total, spe, progress, metrics) 
         driver = _Driver(cfg, plan, ds, pipe, log, store, probe, metrics, bar, total, spe)
         failures = 0
         while True:
-            start = driver.restore(found, begin.changed)
-            try:
-                driver.run(start)
+            try:  # a stage that cannot connect fails at the first call, here too
+                driver.run(driver.restore(found, begin.changed))
                 break
             except StageFailure as err:
                 failures += 1

@@ -72,7 +72,7 @@ class Plan:
         # Where the schedule drains (epoch ends, checkpoints, the last step): the same for every stage.
         self.marks = schedule.boundaries(total_steps, steps_per_epoch, cfg.checkpoint.every)
         self.net = net  # a user's own model (blocks of an nn.Sequential); None builds cfg.model
-        net = self.build()
+        net = self.shell()
         self.out_shapes = models.output_shapes(net, self.in_shape)
         self.num_blocks = len(net)
         if isinstance(cfg.runtime.stages, list) and cfg.runtime.stages and sum(cfg.runtime.stages) != self.num_blocks:
@@ -84,10 +84,20 @@ class Plan:
             self.stage_sizes = self._balanced()
 
     def build(self) -> torch.nn.Sequential:
-        """A fresh copy of the initial model (every stage builds it the same way)."""
+        """A fresh copy of the whole initial model."""
         if self.net is not None:
             return copy.deepcopy(self.net)
         return models.build(self.cfg, self.in_shape, self.classes)
+
+    def shell(self) -> torch.nn.Sequential:
+        """The model's structure without its memory (meta tensors): shapes, block count."""
+        return self.net if self.net is not None else models.skeleton(self.cfg, self.in_shape, self.classes)
+
+    def blocks(self, ids: list[int], device) -> dict[int, torch.nn.Module]:
+        """Fresh copies of blocks `ids` alone, on `device`: a stage builds its own blocks and no other."""
+        if self.net is not None:
+            return {k: copy.deepcopy(self.net[k]).to(device) for k in ids}
+        return models.build_blocks(self.cfg, self.in_shape, self.classes, ids, device)
 
     def _balanced(self) -> list[int]:
         """Blocks per stage that minimise the slowest stage, from each block's cost measured here (on the
@@ -124,7 +134,7 @@ class Stage:
         keep_freed_memory()
         cfg = plan.cfg
         self.plan, self.cfg, self.ids = plan, cfg, list(blocks)
-        net = plan.build().to(device)
+        net = plan.blocks(self.ids, device)
         dims = [math.prod(s) for s in plan.out_shapes[:-1]]
         last = plan.num_blocks - 1
         self.learners = []

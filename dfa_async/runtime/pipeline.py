@@ -25,6 +25,33 @@ class _Actor(StageWorker):
     def node_ip(self) -> str:
         return ray.util.get_node_ip_address()
 
+    def gpu_ids(self) -> list:
+        return [str(g) for g in ray.get_runtime_context().get_accelerator_ids().get("GPU", [])]
+
+
+def choose_transport(setting: str, stages: int, nodes: int, own_gpu: bool, shm_ok: bool) -> tuple[str, str]:
+    """The data plane for `stages` stages on `nodes` nodes, and why; a ConfigError for a setting that
+    cannot work there. `auto`: nccl with a GPU per stage, shm on one node, gloo across nodes."""
+    if stages == 1:
+        return "none", "one stage: nothing to exchange"
+    if setting == "auto":
+        if own_gpu:
+            return "nccl", "a GPU per stage: device memory to device memory"
+        if nodes == 1 and shm_ok:
+            return "shm", "every stage on one node: shared-memory rings"
+        if nodes == 1:
+            return "gloo", "one node, but shared-memory rings need x86-64 Linux with /dev/shm"
+        return "gloo", f"stages on {nodes} nodes: TCP, each stage listening on its own node's address"
+    if setting == "shm" and nodes > 1:
+        raise ConfigError(f"runtime.transport: shm needs every stage on one node; the stages are on {nodes} nodes. "
+                          "Use gloo or auto")
+    if setting == "shm" and not shm_ok:
+        raise ConfigError("runtime.transport: shm needs x86-64 Linux with /dev/shm; use gloo or auto")
+    if setting == "nccl" and not own_gpu:
+        raise ConfigError("runtime.transport: nccl needs a whole GPU per stage (runtime.gpus_per_stage = 1); "
+                          "use shm, gloo or auto")
+    return setting, "runtime.transport"
+
 
 RemoteWorker = ray.remote(_Actor)
 
@@ -51,14 +78,14 @@ class RayPipeline:
             raise ConfigError(f"runtime.device: cuda needs {share:g} GPU per stage ({n} stages: {n * share:g}); the "
                               f"cluster has {gpus:g}. Use runtime.gpus_per_stage = {max(gpus, 1) / n:g} to share, "
                               "runtime.device = cpu, or fewer runtime.stages")
-        if cfg.runtime.transport == "nccl" and not use_gpu:
-            raise ConfigError("runtime.transport: nccl needs a GPU per stage; use shm, gloo or auto")
+        if cfg.runtime.transport == "nccl" and not (use_gpu and share == 1):
+            raise ConfigError("runtime.transport: nccl needs a whole GPU per stage (runtime.gpus_per_stage = 1); "
+                              "use shm, gloo or auto")
         self.device = "cuda" if use_gpu else "cpu"
         # Stages that can only be placed on this machine share its cores (see cluster.time_shared); a
         # cluster's one node elsewhere may have other cores.
         alive = [node for node in ray.nodes() if node["Alive"]]
         self.this_machine_only = len(alive) == 1 and alive[0]["NodeID"] == ray.get_runtime_context().get_node_id()
-        self.transport = cfg.runtime.transport
         self.own_gpu = use_gpu and share == 1  # nccl needs a GPU per rank
         self.bundle = {"GPU": share, "CPU": 1} if use_gpu else {"CPU": 1}
         # Into the object store once per run; the first stage reads the inputs, the head the labels.
@@ -85,23 +112,39 @@ class RayPipeline:
             self.actors.append(RemoteWorker.options(name=name, namespace=self.namespace,
                                                     **self.placement.options(i)).remote(
                 self.plan, ids, i, n, self.n_test, self.cfg.runtime.threads, self.device, **held))
+        self.hosts = self.pids = self.ips = self.gpu_ids = [None] * n
+        self.bound = [{} for _ in range(n)]
+        self.transport, self.why, self.lost = "none", "", None
+        try:  # a failure here is raised at the first call, inside the run's restart loop
+            self._connect()
+        except StageFailure as err:
+            self.lost = err
+
+    def _connect(self) -> None:
+        n = len(self.actors)
         self.pids = self._get([a.pid.remote() for a in self.actors])
-        self.backend = "none"  # one stage: nothing to exchange
+        self.ips = self._get([a.node_ip.remote() for a in self.actors])
+        self.gpu_ids = self._get([a.gpu_ids.remote() for a in self.actors])
+        self.transport, self.why = choose_transport(self.cfg.runtime.transport, n, len(set(self.ips)),
+                                                    self.own_gpu, shm.available())
+        # Stages on one node meet over loopback; across nodes each listens on its own node's address and
+        # the rendezvous on stage 0's.
+        self.hosts = ["127.0.0.1"] * n if len(set(self.ips)) == 1 else list(self.ips)
         if n > 1:
-            ips = self._get([a.node_ip.remote() for a in self.actors])
-            one_node = len(set(ips)) == 1
-            self.backend = self.transport
-            if self.transport == "auto":
-                self.backend = "nccl" if self.own_gpu else "shm" if one_node and shm.available() else "gloo"
-            if self.backend == "shm" and not one_node:
-                raise ConfigError(f"runtime.transport: shm needs every stage on one node; the stages are on "
-                                  f"{len(set(ips))} nodes. Use gloo or auto")
-            if self.backend == "shm" and not shm.available():
-                raise ConfigError("runtime.transport: shm needs x86-64 Linux with /dev/shm; use gloo or auto")
-            # Stages on one node meet over loopback; across nodes, over the nodes' addresses.
-            host = "127.0.0.1" if one_node else ips[0]
-            port = self._get(self.actors[0].open_rendezvous.remote(host))
-            self._get([a.connect.remote(host, port, self.backend) for a in self.actors])
+            port = self._get(self.actors[0].open_rendezvous.remote(self.hosts[0]))
+            self.bound = self._get([a.connect.remote(self.hosts[0], port, self.transport, h)
+                                    for a, h in zip(self.actors, self.hosts)])
+
+    def plan_rows(self) -> list[dict]:
+        """Each stage: its blocks, node, GPUs and the address its data plane bound (the `stages` record
+        and the doctor's table)."""
+        return [{"stage": i, "blocks": ids, "pid": pid, "node": ip, "gpus": gpus, **bound}
+                for i, (ids, pid, ip, gpus, bound) in enumerate(zip(self.partition, self.pids, self.ips,
+                                                                    self.gpu_ids, self.bound))]
+
+    def ping(self) -> list[float | None]:
+        """Every channel once (wire.ping); each non-head stage's cycle time."""
+        return self._get([a.ping.remote() for a in self.actors])
 
     def _kill(self) -> None:
         release(self.actors, self.placement)
@@ -131,7 +174,12 @@ class RayPipeline:
             raise
 
     # -- windows, evaluation, state ------------------------------------------------------------------
+    def _connected(self) -> None:
+        if self.lost is not None:
+            raise self.lost
+
     def submit(self, start: int, stop: int):
+        self._connected()
         return start, stop, [a.run.remote(start, stop) for a in self.actors]
 
     def collect(self, handle) -> Window:
@@ -141,6 +189,7 @@ class RayPipeline:
                       [r["stats"] for r in results])
 
     def evaluate(self) -> tuple[float, float]:
+        self._connected()
         correct, total, n = self._get([a.evaluate.remote() for a in self.actors])[-1]
         return correct / n, total / n
 
@@ -151,6 +200,7 @@ class RayPipeline:
         return out
 
     def load_state(self, state: dict) -> None:
+        self._connected()
         self._get([a.load_state.remote({k: state[k] for k in map(str, ids)})
                    for a, ids in zip(self.actors, self.partition)])
 

@@ -1,16 +1,17 @@
-"""The data plane: a torch.distributed process group (gloo on CPUs, nccl on GPUs) among the stages. Each
-stage receives its input from the stage before and sends its output to the next; the head sends the error
-e_t to every other stage. All transfers are point-to-point and asynchronous, and a transfer is waited on
-only where the schedule needs its tensor: a stage posts the receives of its next inputs before it
-computes the current step, and the receive of e_t at its forward(t), waited on at update(t). Transfers
-overlap compute.
+"""The data plane: every tensor between stages, point-to-point and asynchronous, on the channels of the
+wire schedule (`dfa_async/wire.py`): stage k -> k + 1 (activations, evaluation batches) and head -> k
+(errors), each one direction of one edge and its own communicator. A stage carries out its wire items
+in order: a receive is posted well before its tensor is waited on, a send is reaped lazily.
 
-Backends: `shm` (stages on one node: shared-memory rings, see shm.py), `gloo` (across nodes, host
-memory) and `nccl` (CUDA tensors). Why point-to-point for the error and the backend object itself (not
-`dist.broadcast`/`dist.isend`): measured between two processes on this 2-core machine, an asynchronous
-gloo broadcast of a 8x10 tensor costs ~250 us per step, an `isend`/`irecv` pair through the Python
-wrappers ~85 us of CPU, and the same pair on the `ProcessGroupGloo` object ~35 us. Nothing here knows
-about Ray or about a model."""
+Transports: `shm` (stages on one node: a shared-memory ring per channel, see shm.py), `gloo` (host
+memory over TCP; each channel a 2-rank process group, each rank listening on its own node's address)
+and `nccl` (CUDA tensors; each channel a 2-rank communicator, so no two channels share nccl's in-order
+stream). CUDA stages on a host transport (GPU-sharing stages) stage every tensor through pinned host
+memory with asynchronous copies, never pageable memory. Why point-to-point on the backend objects
+rather than `dist.broadcast` or the `dist.isend` wrappers: measured between two processes on a 2-core
+machine, an asynchronous gloo broadcast of an 8x10 tensor costs ~250 us per step, an isend/irecv pair
+through the wrappers ~85 us of CPU, the same pair on the `ProcessGroupGloo` object ~35 us. Nothing here
+knows about Ray or about a model."""
 from __future__ import annotations
 
 import math
@@ -21,9 +22,12 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from .. import wire
 from .shm import ShmGroup
 
-ERROR_TAG, EVAL_TAG = 1 << 29, 1 << 30  # tag spaces: activations of step t use t mod 2^29
+# Tag spaces within a channel (gloo and shm match by tag; nccl by order, which the wire schedule fixes).
+TAGS = {wire.ACT: 0, wire.ERR: 1 << 28, wire.EVAL: 2 << 28, wire.HELLO: 3 << 28, wire.PING: (3 << 28) + (1 << 27)}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "int64": torch.int64}
 
 
 class PeerLost(RuntimeError):
@@ -44,77 +48,166 @@ class Rendezvous:
 
 
 def edges(world: int) -> list[tuple[int, int]]:
-    """Who sends to whom: each stage to the next (activations), the head to every other stage (errors)."""
-    return sorted({(s, s + 1) for s in range(world - 1)} | {(world - 1, s) for s in range(world - 1)})
+    """Who sends to whom: the wire schedule's channels, sorted."""
+    return sorted(wire.channels(world))
 
 
 def process_group(backend: str, store, rank: int, world: int, host: str, timeout_s: float, device: torch.device,
-                  ring_bytes: int = 1 << 20):
-    """The backend object of a process group (not the global default group: a stage holds its own)."""
+                  ring_bytes: int = 1 << 20, pairs: list[tuple[int, int]] | None = None):
+    """The backend object of a process group (not the global default group: a stage holds its own).
+    `host`: the address this rank listens on (gloo), its own node's. `pairs`: the directions shm needs
+    rings for (default: every channel of a pipeline of `world` stages)."""
     if backend == "shm":
-        return ShmGroup(store, rank, world, timeout_s, ring_bytes, edges(world))
+        return ShmGroup(store, rank, world, timeout_s, ring_bytes, pairs if pairs is not None else edges(world))
     timeout = timedelta(seconds=timeout_s)
     if backend == "gloo":
         opts = dist.ProcessGroupGloo._Options()
         opts._devices = [dist.ProcessGroupGloo.create_device(hostname=host)]  # listen on `host` only
         opts._timeout = timeout
         return dist.ProcessGroupGloo(store, rank, world, opts)
-    torch.cuda.set_device(device)
+    torch.cuda.set_device(indexed(device))
     opts = dist.ProcessGroupNCCL.Options()
     opts._timeout = timeout
     return dist.ProcessGroupNCCL(store, rank, world, opts)
 
 
+def indexed(device: torch.device | str) -> torch.device:
+    """A CUDA device with its index. In a Ray actor given one GPU, CUDA_VISIBLE_DEVICES holds that GPU
+    alone, so the actor's own GPU is the current device (index 0); torch.cuda.set_device refuses a bare
+    `cuda` (torch 2.13: "Expected a torch.device with a specified index")."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def buffer_kind(device: torch.device, transport: str) -> str:
+    """Where a stage's tensors wait for the wire: on the device (nccl moves device memory), in pinned
+    host memory (a CUDA stage on a host transport: copies are asynchronous, no pageable staging), or in
+    plain host memory (a CPU stage)."""
+    if transport == "nccl":
+        return "device"
+    return "pinned" if device.type == "cuda" else "host"
+
+
 class Link:
-    """One stage's end of the data plane. Keys are training steps (>= 0) or evaluation batches (-1, -2,
-    …). Every receive is posted before it is waited on; every send is reaped lazily (its tensor kept alive
-    until it completes). With one stage there is no process group: the error only loops back."""
+    """One stage's end of the data plane: its channels (those it sends or receives on), opened in the
+    wire schedule's global order and checked with its hello. `post`/`wait` a receive, `send`, `flush`,
+    each naming the channel and the message (`wire.Msg`); a received tensor arrives on the stage's
+    device. With one stage there is no channel: the error only loops back."""
 
-    def __init__(self, rank: int, world: int, *, backend: str = "shm", device: torch.device | str = "cpu",
-                 host: str = "127.0.0.1", port: int = 0, rendezvous: Rendezvous | None = None,
-                 timeout_s: float = 120.0, error_shape: tuple[int, int] = (0, 0), max_sends: int = 4,
+    def __init__(self, rank: int, world: int, *, transport: str = "shm", device: torch.device | str = "cpu",
+                 host: str = "127.0.0.1", store_host: str = "127.0.0.1", port: int = 0,
+                 rendezvous: Rendezvous | None = None, timeout_s: float = 120.0, max_sends: int = 4,
                  ring_bytes: int = 1 << 20):
-        self.rank, self.world, self.head = rank, world, world - 1
-        self.device = torch.device(device)
-        # shm and gloo move host memory (CUDA tensors are staged through it); nccl moves device memory.
-        self.wire = self.device if backend == "nccl" else torch.device("cpu")
-        self.error_shape, self.max_sends = error_shape, max_sends
-        self.inputs: dict[int, tuple] = {}
-        self.errors: dict[int, tuple] = {}
+        self.rank, self.world, self.transport = rank, world, transport
+        self.device = indexed(device) if transport == "nccl" else torch.device(device)
+        self.buffers = buffer_kind(self.device, transport)
+        self.wire = self.device if self.buffers == "device" else torch.device("cpu")
+        self.max_sends = max_sends
+        self.posted: dict[tuple, tuple] = {}
         self.sends: deque = deque()
-        self.pg = None
+        self.comms: dict[tuple[int, int], tuple] = {}  # channel -> (backend object, the peer's rank in it)
         if world > 1:
-            store = rendezvous.store if rendezvous else dist.TCPStore(
-                host, port, world, is_master=False, timeout=timedelta(seconds=timeout_s))
-            self.pg = self._guard(lambda: process_group(backend, dist.PrefixStore("dfa", store), rank, world, host,
-                                                        timeout_s, self.device, ring_bytes))
+            store = rendezvous.store if rendezvous else self._guard(lambda: dist.TCPStore(
+                store_host, port, world, is_master=False, timeout=timedelta(seconds=timeout_s)),
+                f"cannot reach the rendezvous on stage 0's node ({store_host}:{port})")
+            self._open(dist.PrefixStore("dfa", store), host, timeout_s, ring_bytes)
+            self.run(wire.hello(rank, world))
 
-    def _guard(self, fn):
+    def _open(self, store, host: str, timeout_s: float, ring_bytes: int) -> None:
+        mine = [ch for ch in wire.channels(self.world) if self.rank in ch]
+        if self.transport == "shm":  # one group, a ring per channel
+            group = self._guard(lambda: process_group("shm", store, self.rank, self.world, host, timeout_s,
+                                                      self.device, ring_bytes),
+                                "cannot map the shared-memory rings")
+            self.comms = {ch: (group, ch[1] if ch[0] == self.rank else ch[0]) for ch in mine}
+            return
+        for ch in mine:  # one 2-rank group per channel, in the global order (gloo connects at construction)
+            me = ch.index(self.rank)
+            pg = self._guard(lambda: process_group(self.transport, dist.PrefixStore(f"{ch[0]}-{ch[1]}", store), me,
+                                                   2, host, timeout_s, self.device),
+                             _pair(ch, wire.ACT if ch[1] == ch[0] + 1 else wire.ERR) + ": cannot connect")
+            self.comms[ch] = (pg, 1 - me)
+
+    def _guard(self, fn, what: str = ""):
         try:
             return fn()
         except (RuntimeError, OSError) as err:  # connection errors, timeouts (an OSError), DistBackendError
             first = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
-            raise PeerLost(f"stage {self.rank}: data plane: {first}") from err
+            raise PeerLost(f"stage {self.rank}: data plane: {what + ': ' if what else ''}{first}") from err
 
-    def _recv(self, shape, src: int, tag: int) -> tuple:
-        if isinstance(self.pg, ShmGroup):
-            arrived = self.pg.take(src, tag)
+    # -- the wire items ------------------------------------------------------------------------------------
+    def run(self, items: list[wire.Item]) -> None:
+        """Carry out items that move tensors only (the hello, the ping): each sends a one-element tensor
+        holding its key, and each receive checks it."""
+        for item in items:
+            if item.op == "send":
+                self.send(item.channel, item.msg, torch.full(item.msg.shape, float(item.key), device=self.device))
+            elif item.op == "recv":
+                self.post(item.channel, item.msg)
+            elif item.op == "wait":
+                got = float(self.wait(item.channel, item.msg).flatten()[0])
+                if got != item.key:
+                    raise PeerLost(f"stage {self.rank}: data plane: {_pair(item.channel, item.msg.kind)} carried "
+                                   f"{got:g}, expected {item.key}")
+            elif item.op == "flush":
+                self.flush()
+
+    def post(self, ch: tuple[int, int], msg: wire.Msg) -> None:
+        key = (ch, msg.kind, msg.key)
+        if key in self.posted:
+            return
+        pg, peer = self.comms[ch]
+        tag = _tag(msg)
+        dtype = DTYPES[msg.dtype]
+        if isinstance(pg, ShmGroup) and self.buffers == "host":
+            arrived = pg.take(peer, tag)
             if arrived is not None:  # already here: its bytes become the tensor
-                buf = torch.frombuffer(arrived, dtype=torch.float32)
-                if buf.numel() != math.prod(shape):
-                    raise RuntimeError(f"stage {self.rank}: message {tag} from rank {src} has {buf.numel()} "
-                                       f"values, expected {math.prod(shape)}")
-                return None, buf.view(shape)
-        buf = torch.empty(shape, device=self.wire)
-        return self._guard(lambda: self.pg.recv([buf], src, tag)), buf
+                buf = torch.frombuffer(arrived, dtype=dtype)
+                if buf.numel() != math.prod(msg.shape):
+                    raise PeerLost(f"stage {self.rank}: data plane: {_pair(ch, msg.kind)} message {msg.key} has "
+                                   f"{buf.numel()} values, expected {math.prod(msg.shape)}")
+                self.posted[key] = (None, buf.view(msg.shape))
+                return
+        # Pinned host memory for a CUDA stage: its copy to the device is asynchronous (PyTorch's caching
+        # host allocator keeps the block until that copy is done).
+        buf = torch.empty(msg.shape, dtype=dtype, device=self.wire, pin_memory=self.buffers == "pinned")
+        self.posted[key] = (self._guard(lambda: pg.recv([buf], peer, tag), _pair(ch, msg.kind)), buf)
 
-    def _send(self, t: torch.Tensor, dst: int, tag: int) -> None:
+    def wait(self, ch: tuple[int, int], msg: wire.Msg) -> torch.Tensor:
+        work, buf = self.posted.pop((ch, msg.kind, msg.key))
+        if work is not None:
+            self._guard(work.wait, _pair(ch, msg.kind))
+        return buf.to(self.device, non_blocking=True)
+
+    def send(self, ch: tuple[int, int], msg: wire.Msg, t: torch.Tensor) -> None:
         """Start a send and keep it (and its tensor) until it completes; block only when more than
         `max_sends` are outstanding (the schedule keeps the receivers within depth steps, so they do)."""
-        t = t.to(self.wire)
-        self.sends.append((self._guard(lambda: self.pg.send([t], dst, tag)), t))
+        if tuple(t.shape) != msg.shape or t.dtype != DTYPES[msg.dtype]:
+            raise RuntimeError(f"stage {self.rank}: {_pair(ch, msg.kind)} {msg.key}: the wire schedule says "
+                               f"{msg.shape} {msg.dtype}, the stage sends {tuple(t.shape)} {t.dtype}")
+        if self.buffers == "pinned":
+            # The bytes go into the ring from the host: copy into pinned memory and wait for that copy
+            # alone (not a pageable copy, which would also sync the device twice).
+            host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            host.copy_(t, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record()
+            done.synchronize()
+            t = host
+        elif self.buffers == "host":
+            t = t.detach().cpu()
+        pg, peer = self.comms[ch]
+        self.sends.append((self._guard(lambda: pg.send([t.contiguous()], peer, _tag(msg)), _pair(ch, msg.kind)), t))
         while self.sends and (len(self.sends) > self.max_sends or self.sends[0][0].is_completed()):
-            self._guard(self.sends.popleft()[0].wait)
+            self._reap(self.sends.popleft()[0])
+
+    def _reap(self, work) -> None:
+        self._guard(work.wait)
+        if self.buffers == "device":
+            # nccl's wait only orders the current stream after the send; back-pressure must hold the host.
+            torch.cuda.current_stream(self.device).synchronize()
 
     def flush(self) -> None:
         """Wait until every started send has completed. A stage calls it before returning from a window:
@@ -122,40 +215,12 @@ class Link:
         stage needs this window's activations within its own window. (The head's error sends may stay
         queued: their receivers need them in the next window, which starts the head too.)"""
         while self.sends:
-            self._guard(self.sends.popleft()[0].wait)
-
-    # -- activations ---------------------------------------------------------------------------------
-    def post_input(self, key: int, shape: tuple[int, ...]) -> None:
-        if key not in self.inputs:
-            self.inputs[key] = self._recv(shape, self.rank - 1, _tag(key))
-
-    def input(self, key: int) -> torch.Tensor:
-        work, buf = self.inputs.pop(key)
-        if work is not None:
-            self._guard(work.wait)
-        return buf.to(self.device, non_blocking=True)
-
-    def output(self, key: int, t: torch.Tensor) -> None:
-        self._send(t, self.rank + 1, _tag(key))
-
-    # -- the error -------------------------------------------------------------------------------------
-    def share_error(self, step: int, e: torch.Tensor | None = None) -> None:
-        """At forward(step): the head passes e and sends it to every other stage; every other stage posts
-        its receive."""
-        if e is None:
-            self.errors[step] = self._recv(self.error_shape, self.head, ERROR_TAG + _tag(step))
-            return
-        self.errors[step] = (None, e)
-        for dst in range(self.world - 1):
-            self._send(e, dst, ERROR_TAG + _tag(step))
-
-    def error(self, step: int) -> torch.Tensor:
-        """e_step, once it has arrived (a stage waits for it at update(step))."""
-        work, e = self.errors.pop(step)
-        if work is not None:
-            self._guard(work.wait)
-        return e.to(self.device, non_blocking=True)
+            self._reap(self.sends.popleft()[0])
 
 
-def _tag(key: int) -> int:
-    return key % ERROR_TAG if key >= 0 else EVAL_TAG + (-key - 1)
+def _pair(ch: tuple[int, int], kind: str) -> str:
+    return f"stage {ch[0]} -> stage {ch[1]} ({kind})"
+
+
+def _tag(msg: wire.Msg) -> int:
+    return TAGS[msg.kind] + msg.key % (1 << 27)

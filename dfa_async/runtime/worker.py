@@ -9,10 +9,11 @@ from __future__ import annotations
 import copy
 import math
 import os
+import time
 
 import torch
 
-from .. import data, schedule
+from .. import data, wire
 from ..stage import Plan, Stage
 from .plane import Link, Rendezvous
 
@@ -22,6 +23,7 @@ class StageWorker:
                  device: str = "cpu", x_train=None, y_train=None, x_test=None, y_test=None):
         torch.set_num_threads(threads)
         self.plan, self.rank, self.world = plan, rank, world
+        self.partition = plan.partition()
         self.device = torch.device(device)
         self.stage = Stage(plan, ids, device=self.device)
         self.first, self.head = rank == 0, rank == world - 1
@@ -35,7 +37,7 @@ class StageWorker:
                                       for a in (self.x_train, self.y_train))
         self.batches = data.Batches(len(held), self.batch, cfg.train.seed, cfg.data.augment) if held is not None else None
         self.n_test = n_test
-        self.in_shape = plan.in_shape if self.first else plan.out_shapes[ids[0] - 1]
+        self.errors: dict[int, torch.Tensor] = {}
         self.rendezvous: Rendezvous | None = None
         self.link: Link | None = None
         if world == 1:
@@ -50,13 +52,21 @@ class StageWorker:
         self.rendezvous = Rendezvous(host, self.world, self.plan.cfg.runtime.peer_timeout_s)
         return self.rendezvous.port
 
-    def connect(self, host: str, port: int, backend: str) -> None:
-        """Join the process group (every rank at once: it returns when all have joined)."""
-        sends = (self.depth + 2) * (self.world - 1 if self.head else 1)
-        self.link = Link(self.rank, self.world, backend=backend, device=self.device, host=host, port=port,
-                         rendezvous=self.rendezvous, timeout_s=self.plan.cfg.runtime.peer_timeout_s,
-                         error_shape=(self.batch, self.plan.classes), max_sends=sends,
-                         ring_bytes=self.ring_bytes())
+    def connect(self, store_host: str, port: int, transport: str, host: str = "127.0.0.1") -> dict:
+        """Join the data plane (every rank at once: it returns when every channel said hello). `host`: the
+        address this stage listens on, its own node's. Returns what it bound, for the event log."""
+        self.link = Link(self.rank, self.world, transport=transport, device=self.device, host=host,
+                         store_host=store_host, port=port, rendezvous=self.rendezvous,
+                         timeout_s=self.plan.cfg.runtime.peer_timeout_s,
+                         max_sends=wire.max_sends(self.rank, self.world, self.depth), ring_bytes=self.ring_bytes())
+        return {"host": host, "buffers": self.link.buffers, "device": str(self.link.device)}
+
+    def ping(self) -> float | None:
+        """The doctor's ping (wire.ping): the seconds of this stage's own cycle (None for the head)."""
+        items = wire.ping(self.rank, self.world)
+        t0 = time.perf_counter()
+        self.link.run(items)
+        return time.perf_counter() - t0 if self.rank != self.world - 1 else None
 
     def ring_bytes(self) -> int:
         """Room for depth + 2 of the largest message any stage sends (1 to 64 MiB; a larger message
@@ -66,37 +76,41 @@ class StageWorker:
         return min(max((self.depth + 2) * (largest + 64), 1 << 20), 64 << 20)
 
     # -- the schedule ------------------------------------------------------------------------------------
+    def shapes(self) -> tuple[list[tuple[int, ...]], tuple[int, ...]]:
+        """What each stage sends on (batch first), and the error's shape."""
+        ends = [ids[-1] for ids in self.partition]
+        return [(self.batch, *self.plan.out_shapes[k]) for k in ends], (self.batch, self.plan.classes)
+
     def run(self, start: int, stop: int) -> dict:
-        """This stage's part of window [start, stop). Returns the head's losses (one per step) and the
-        stage's op timestamps."""
-        stage, link = self.stage, self.link
-        losses = []
-        ahead = self.depth + 1  # inputs whose receive is posted before they are needed
-        shape = (self.batch, *self.in_shape)
-        if not self.first:
-            for t in range(start, min(start + ahead, stop)):
-                link.post_input(t, shape)
-        for kind, t in schedule.ops(start, stop, self.depth, self.plan.marks):
-            if kind == "forward":
+        """This stage's part of window [start, stop): its items of the wire schedule, in order. Returns the
+        head's losses (one per step) and the stage's op timestamps."""
+        stage, link, head = self.stage, self.link, self.world - 1
+        acts, error_shape = self.shapes()
+        items = wire.window(self.rank, self.world, start, stop, self.depth, self.plan.marks, acts, error_shape)
+        got, errors, losses = {}, self.errors, []  # the head's errors outlive a window: D - 1 await update
+        for op, t, ch, msg in items:
+            if op == "recv":
+                link.post(ch, msg)
+            elif op == "wait":
+                got[msg.kind, t] = link.wait(ch, msg)
+            elif op == "forward":
                 if self.first:
                     x = self.batches.inputs(self.x_train, t).to(self.device, non_blocking=True)
                 else:
-                    x = link.input(t)
-                    if t + ahead < stop:
-                        link.post_input(t + ahead, shape)
-                if self.head:
-                    loss, e = stage.forward(t, x, self.batches.labels(self.y_train, t).to(self.device))
+                    x = got.pop((wire.ACT, t))
+                if self.rank == head:
+                    loss, errors[t] = stage.forward(t, x, self.batches.labels(self.y_train, t).to(self.device))
                     losses.append(loss)
-                    link.share_error(t, e)
                 else:
-                    link.share_error(t)
-                    link.output(t, stage.forward(t, x))
-            elif kind == "update":
-                stage.update(t, link.error(t))
-        if not self.head:
-            link.flush()
+                    got["out", t] = stage.forward(t, x)
+            elif op == "send":
+                link.send(ch, msg, errors[t] if msg.kind == wire.ERR else got.pop(("out", t)))
+            elif op == "update":
+                stage.update(t, errors.pop(t) if self.rank == head else got.pop((wire.ERR, t)))
+            elif op == "flush":
+                link.flush()
         out = {"timeline": stage.take_timeline(), "stats": stage.take_stats()}
-        if self.head:
+        if self.rank == head:
             out["losses"] = torch.stack(losses).tolist() if losses else []  # one device sync per window
         return out
 
@@ -104,20 +118,28 @@ class StageWorker:
         """The test set through every stage in eval mode; the head returns (correct, summed loss, n)."""
         bs = self.plan.cfg.train.eval_batch_size
         spans = [(i, min(i + bs, self.n_test)) for i in range(0, self.n_test, bs)]
-        link, correct, total = self.link, 0, 0.0
-        if not self.first:
-            for j, (a, b) in enumerate(spans):
-                link.post_input(-1 - j, (b - a, *self.in_shape))
-        for j, (a, b) in enumerate(spans):
-            x = self.x_test[a:b].to(self.device, non_blocking=True) if self.first else link.input(-1 - j)
-            if self.head:
-                c, s = self.stage.evaluate(x, self.y_test[a:b].to(self.device))
-                correct, total = correct + int(c), total + float(s)
-            else:
-                link.output(-1 - j, self.stage.evaluate(x))
-        if not self.head:
-            link.flush()
-        return (correct, total, self.n_test) if self.head else None
+        ends = [ids[-1] for ids in self.partition]
+        items = wire.evaluation(self.rank, self.world, [b - a for a, b in spans],
+                                [self.plan.out_shapes[k] for k in ends])
+        link, head, got, correct, total = self.link, self.rank == self.world - 1, {}, 0, 0.0
+        for op, j, ch, msg in items:
+            if op == "recv":
+                link.post(ch, msg)
+            elif op == "wait":
+                got[j] = link.wait(ch, msg)
+            elif op == "evaluate":
+                a, b = spans[j]
+                x = self.x_test[a:b].to(self.device, non_blocking=True) if self.first else got.pop(j)
+                if head:
+                    c, s = self.stage.evaluate(x, self.y_test[a:b].to(self.device))
+                    correct, total = correct + int(c), total + float(s)
+                else:
+                    got["out", j] = self.stage.evaluate(x)
+            elif op == "send":
+                link.send(ch, msg, got.pop(("out", j)))
+            elif op == "flush":
+                link.flush()
+        return (correct, total, self.n_test) if head else None
 
     # -- the alignment probe (at a drained boundary; tensors pass stage to stage as Ray objects) ---------
     def probe_forward(self, n: int, x=None, data: str = "train", mode: str = "train"):
