@@ -55,6 +55,11 @@ def _main(argv: list[str] | None = None) -> int:
     tr.add_argument("--run-dir", help="run directory, a path or an fsspec URI (default train.root/<name>); resumes from "
                     "its checkpoint")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    doc = sub.add_parser("doctor", help="before training on a new cluster: the plan (stages, nodes, GPUs, the "
+                         "transport of each channel) and a ping through every channel of the data plane")
+    doc.add_argument("config", nargs="?", help="settings file (TOML); the built-in default when omitted")
+    doc.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                     help="override one setting, as for train (repeatable)")
     sub.add_parser("settings", help="list every setting with its default and meaning")
     rep = sub.add_parser("report", help="tables and plots of a run, from its event log")
     rep.add_argument("run_dir", metavar="RUN_DIR")
@@ -175,6 +180,18 @@ def _main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "settings":
         print(config_mod.describe())
+        return 0
+    if args.command == "doctor":
+        from .runtime.doctor import Unreachable, doctor
+
+        try:
+            doctor(config_mod.load(args.config, args.set))
+        except (ConfigError, DataError) as err:
+            print(f"dfa-async: error: {err}", file=sys.stderr)
+            return 2
+        except Unreachable as err:
+            print(f"dfa-async doctor: {err}", file=sys.stderr)
+            return 1
         return 0
     try:
         cfg = config_mod.load(args.config, args.set)

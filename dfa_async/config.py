@@ -142,7 +142,10 @@ class RuntimeConfig:
     address: str = _opt("", "Ray address to join (e.g. `auto`); empty starts a local instance for the run.")
     threads: int = _opt(1, "Torch threads per stage actor (and of the local backend).", lo=1)
     num_cpus: int = _opt(0, "CPUs of the local Ray instance; 0 means max(stages, cores).", lo=0)
-    placement: str = _opt("pack", "Placement-group strategy for the stage actors.", ("pack", "spread"))
+    placement: str = _opt("pack", "Placement-group strategy for the stage actors: `pack` (as few nodes as "
+                          "possible), `spread` (across nodes, best effort), `strict_spread` (one stage per node; "
+                          "waits for, or is refused, a cluster with fewer nodes than stages).",
+                          ("pack", "spread", "strict_spread"))
     transport: str = _opt("auto", "Data plane between the stages: `shm` (stages on one node: shared-memory "
                           "rings, host memory), `gloo` (torch.distributed over TCP, host memory; across nodes), "
                           "`nccl` (torch.distributed, CUDA tensors, one GPU per stage), or `auto` (nccl when every "

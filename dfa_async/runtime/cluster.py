@@ -112,6 +112,13 @@ class Placement:
             fix = ("raise runtime.num_cpus or use fewer stages" if fixed else "use fewer stages, a larger cluster, "
                    "or runtime.autoscale = true if the cluster adds nodes on demand")
             raise ConfigError(f"runtime.stages: {n} stages need {short}, but the cluster has {have} in all; {fix}")
+        if strategy == "strict_spread" and not autoscale:
+            fit = [node for node in ray.nodes() if node["Alive"]
+                   and all(node["Resources"].get(k, 0) >= v - 1e-9 for k, v in bundle.items())]
+            if len(fit) < n:
+                raise ConfigError(f"runtime.placement: strict_spread puts each of the {n} stages on a node of its own, "
+                                  f"and the cluster has {len(fit)} node(s) that can hold one ({bundle}); use spread, "
+                                  "fewer stages, or more nodes")
         self.pg = placement_group([dict(bundle)] * n, strategy=strategy.upper())
         try:
             ray.get(self.pg.ready(), timeout=1.0)

@@ -10,6 +10,7 @@ import uuid
 import ray
 import torch
 
+from .. import wire
 from ..config import ConfigError
 from ..stage import Plan, StageFailure, Window, assemble
 from . import shm
@@ -27,6 +28,25 @@ class _Actor(StageWorker):
 
     def gpu_ids(self) -> list:
         return [str(g) for g in ray.get_runtime_context().get_accelerator_ids().get("GPU", [])]
+
+
+def root_cause(refs, first: StageFailure, order: list) -> StageFailure:
+    """The failure to report when stages fail on their channels. A stage reaches the rendezvous, then
+    connects its channels, then uses them (the hello in one global order), so a failure in an earlier
+    phase, or on an earlier channel of the same phase, is the cause of the later ones (peers that time out
+    waiting for a stage stuck there). Waits for every stage's answer (each bounded by
+    runtime.peer_timeout_s)."""
+    lost = []
+    for ref in refs:
+        try:
+            ray.get(ref)
+        except ray.exceptions.RayTaskError as err:
+            if isinstance(err.cause, PeerLost):
+                ch = err.cause.channel
+                lost.append((err.cause.phase, order.index(ch) if ch in order else -1, str(err.cause)))
+        except RECOVERABLE:
+            pass
+    return StageFailure(f"a stage failed ({min(lost)[2]})") if lost else first
 
 
 def choose_transport(setting: str, stages: int, nodes: int, own_gpu: bool, shm_ok: bool) -> tuple[str, str]:
@@ -132,8 +152,19 @@ class RayPipeline:
         self.hosts = ["127.0.0.1"] * n if len(set(self.ips)) == 1 else list(self.ips)
         if n > 1:
             port = self._get(self.actors[0].open_rendezvous.remote(self.hosts[0]))
-            self.bound = self._get([a.connect.remote(self.hosts[0], port, self.transport, h)
-                                    for a, h in zip(self.actors, self.hosts)])
+            refs = [a.connect.remote(self.hosts[0], port, self.transport, h) for a, h in zip(self.actors, self.hosts)]
+            try:
+                self.bound = self._get(refs)
+            except StageFailure as err:
+                raise root_cause(refs, err, wire.channels(n)) from err
+
+    def ping(self) -> list[float | None]:
+        """Every channel once (wire.ping); each non-head stage's cycle time."""
+        refs = [a.ping.remote() for a in self.actors]
+        try:
+            return self._get(refs)
+        except StageFailure as err:
+            raise root_cause(refs, err, wire.channels(len(refs))) from err
 
     def plan_rows(self) -> list[dict]:
         """Each stage: its blocks, node, GPUs and the address its data plane bound (the `stages` record
@@ -141,10 +172,6 @@ class RayPipeline:
         return [{"stage": i, "blocks": ids, "pid": pid, "node": ip, "gpus": gpus, **bound}
                 for i, (ids, pid, ip, gpus, bound) in enumerate(zip(self.partition, self.pids, self.ips,
                                                                     self.gpu_ids, self.bound))]
-
-    def ping(self) -> list[float | None]:
-        """Every channel once (wire.ping); each non-head stage's cycle time."""
-        return self._get([a.ping.remote() for a in self.actors])
 
     def _kill(self) -> None:
         release(self.actors, self.placement)

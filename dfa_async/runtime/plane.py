@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import socket
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor, wait
 from datetime import timedelta
 
 import torch
@@ -25,13 +26,23 @@ import torch.distributed as dist
 from .. import wire
 from .shm import ShmGroup
 
+RENDEZVOUS, CONNECT, TRANSFER = 0, 1, 2  # the phases of a stage's data plane, in order
 # Tag spaces within a channel (gloo and shm match by tag; nccl by order, which the wire schedule fixes).
 TAGS = {wire.ACT: 0, wire.ERR: 1 << 28, wire.EVAL: 2 << 28, wire.HELLO: 3 << 28, wire.PING: (3 << 28) + (1 << 27)}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "int64": torch.int64}
 
 
 class PeerLost(RuntimeError):
-    """A transfer failed or timed out: a peer stage died or can no longer be reached."""
+    """A transfer failed or timed out: a peer stage died or can no longer be reached. `channel`: the
+    channel it happened on, where known; `phase`: RENDEZVOUS, CONNECT or TRANSFER. Which failure caused
+    the others follows from these (pipeline.root_cause)."""
+
+    def __init__(self, message: str, channel: tuple[int, int] | None = None, phase: int = 2):
+        super().__init__(message, channel, phase)  # all in args: Ray pickles the exception to the driver
+        self.channel, self.phase = channel, phase
+
+    def __str__(self) -> str:
+        return self.args[0]
 
 
 class Rendezvous:
@@ -109,33 +120,60 @@ class Link:
         self.sends: deque = deque()
         self.comms: dict[tuple[int, int], tuple] = {}  # channel -> (backend object, the peer's rank in it)
         if world > 1:
-            store = rendezvous.store if rendezvous else self._guard(lambda: dist.TCPStore(
-                store_host, port, world, is_master=False, timeout=timedelta(seconds=timeout_s)),
-                f"cannot reach the rendezvous on stage 0's node ({store_host}:{port})")
-            self._open(dist.PrefixStore("dfa", store), host, timeout_s, ring_bytes)
+            connect = lambda: dist.TCPStore(store_host, port, world, is_master=False,  # noqa: E731
+                                            timeout=timedelta(seconds=timeout_s))
+            self._open(connect, rendezvous, host, timeout_s, ring_bytes)
             self.run(wire.hello(rank, world))
 
-    def _open(self, store, host: str, timeout_s: float, ring_bytes: int) -> None:
+    def _open(self, connect, rendezvous, host: str, timeout_s: float, ring_bytes: int) -> None:
+        """Open this stage's channels. gloo and nccl: a 2-rank group per channel, all at once (each on a
+        store connection of its own), so a channel that cannot connect fails within one timeout and
+        delays no other; the hello then uses them in the global order."""
         mine = [ch for ch in wire.channels(self.world) if self.rank in ch]
+        rendezvous_error = f"{_pair((self.rank, 0), 'rendezvous')}: cannot connect to stage 0's node"
+
+        def store():
+            return dist.PrefixStore("dfa", rendezvous.store if rendezvous and self.transport == "shm"
+                                    else self._guard(connect, rendezvous_error, phase=RENDEZVOUS))
+
         if self.transport == "shm":  # one group, a ring per channel
-            group = self._guard(lambda: process_group("shm", store, self.rank, self.world, host, timeout_s,
-                                                      self.device, ring_bytes),
-                                "cannot map the shared-memory rings")
+            group = self._guard(lambda: process_group("shm", store(), self.rank, self.world, host, timeout_s,
+                                                      self.device, ring_bytes), "cannot map the shared-memory rings",
+                                phase=CONNECT)
             self.comms = {ch: (group, ch[1] if ch[0] == self.rank else ch[0]) for ch in mine}
             return
-        for ch in mine:  # one 2-rank group per channel, in the global order (gloo connects at construction)
-            me = ch.index(self.rank)
-            pg = self._guard(lambda: process_group(self.transport, dist.PrefixStore(f"{ch[0]}-{ch[1]}", store), me,
-                                                   2, host, timeout_s, self.device),
-                             _pair(ch, wire.ACT if ch[1] == ch[0] + 1 else wire.ERR) + ": cannot connect")
-            self.comms[ch] = (pg, 1 - me)
 
-    def _guard(self, fn, what: str = ""):
+        def one(ch):
+            me = ch.index(self.rank)
+            kind = wire.ACT if ch[1] == ch[0] + 1 else wire.ERR
+            return ch, (self._guard(lambda: process_group(self.transport, dist.PrefixStore(f"{ch[0]}-{ch[1]}", store()),
+                                                          me, 2, host, timeout_s, self.device),
+                                    _pair(ch, kind) + ": cannot connect", ch, CONNECT), 1 - me)
+
+        # gloo's own connect retries an unreachable peer well past its timeout (~50 s measured for 10 s):
+        # the stage gives up at its own deadline, leaving the stuck thread to end with the process.
+        pool = ThreadPoolExecutor(len(mine))
+        futures = {pool.submit(one, ch): ch for ch in mine}
+        done, late = wait(futures, timeout=timeout_s + 1.0)
+        pool.shutdown(wait=False)
+        lost = [f.exception() for f in done if f.exception() is not None]
+        lost += [PeerLost(f"stage {self.rank}: data plane: {_pair(futures[f], 'channel')}: cannot connect within "
+                          f"{timeout_s:g} s", futures[f], CONNECT) for f in late]
+        if lost:  # the rendezvous first, then the earliest channel in the global order
+            order = wire.channels(self.world)
+            raise min(lost, key=lambda e: (getattr(e, "phase", TRANSFER),
+                                           order.index(e.channel) if getattr(e, "channel", None) in order else -1))
+        self.comms = dict(f.result() for f in futures)
+
+    def _guard(self, fn, what: str = "", channel: tuple[int, int] | None = None, phase: int = TRANSFER):
         try:
             return fn()
+        except PeerLost:
+            raise
         except (RuntimeError, OSError) as err:  # connection errors, timeouts (an OSError), DistBackendError
             first = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
-            raise PeerLost(f"stage {self.rank}: data plane: {what + ': ' if what else ''}{first}") from err
+            raise PeerLost(f"stage {self.rank}: data plane: {what + ': ' if what else ''}{first}", channel,
+                           phase) from err
 
     # -- the wire items ------------------------------------------------------------------------------------
     def run(self, items: list[wire.Item]) -> None:
@@ -150,7 +188,7 @@ class Link:
                 got = float(self.wait(item.channel, item.msg).flatten()[0])
                 if got != item.key:
                     raise PeerLost(f"stage {self.rank}: data plane: {_pair(item.channel, item.msg.kind)} carried "
-                                   f"{got:g}, expected {item.key}")
+                                   f"{got:g}, expected {item.key}", item.channel)
             elif item.op == "flush":
                 self.flush()
 
@@ -173,12 +211,12 @@ class Link:
         # Pinned host memory for a CUDA stage: its copy to the device is asynchronous (PyTorch's caching
         # host allocator keeps the block until that copy is done).
         buf = torch.empty(msg.shape, dtype=dtype, device=self.wire, pin_memory=self.buffers == "pinned")
-        self.posted[key] = (self._guard(lambda: pg.recv([buf], peer, tag), _pair(ch, msg.kind)), buf)
+        self.posted[key] = (self._guard(lambda: pg.recv([buf], peer, tag), _pair(ch, msg.kind), ch), buf)
 
     def wait(self, ch: tuple[int, int], msg: wire.Msg) -> torch.Tensor:
         work, buf = self.posted.pop((ch, msg.kind, msg.key))
         if work is not None:
-            self._guard(work.wait, _pair(ch, msg.kind))
+            self._guard(work.wait, _pair(ch, msg.kind), ch)
         return buf.to(self.device, non_blocking=True)
 
     def send(self, ch: tuple[int, int], msg: wire.Msg, t: torch.Tensor) -> None:
@@ -199,12 +237,13 @@ class Link:
         elif self.buffers == "host":
             t = t.detach().cpu()
         pg, peer = self.comms[ch]
-        self.sends.append((self._guard(lambda: pg.send([t.contiguous()], peer, _tag(msg)), _pair(ch, msg.kind)), t))
+        self.sends.append((self._guard(lambda: pg.send([t.contiguous()], peer, _tag(msg)), _pair(ch, msg.kind), ch),
+                           t, ch, msg.kind))
         while self.sends and (len(self.sends) > self.max_sends or self.sends[0][0].is_completed()):
-            self._reap(self.sends.popleft()[0])
+            self._reap(*self.sends.popleft())
 
-    def _reap(self, work) -> None:
-        self._guard(work.wait)
+    def _reap(self, work, t, ch, kind) -> None:
+        self._guard(work.wait, _pair(ch, kind), ch)
         if self.buffers == "device":
             # nccl's wait only orders the current stream after the send; back-pressure must hold the host.
             torch.cuda.current_stream(self.device).synchronize()
@@ -215,7 +254,7 @@ class Link:
         stage needs this window's activations within its own window. (The head's error sends may stay
         queued: their receivers need them in the next window, which starts the head too.)"""
         while self.sends:
-            self._reap(self.sends.popleft()[0])
+            self._reap(*self.sends.popleft())
 
 
 def _pair(ch: tuple[int, int], kind: str) -> str:
