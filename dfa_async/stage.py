@@ -56,6 +56,35 @@ def assemble(parts: list[dict]) -> torch.nn.Sequential:
     return torch.nn.Sequential(*[blocks[k] for k in sorted(blocks)])
 
 
+class Clock:
+    """When ops start and end, in host seconds. On a CPU the host clock. On a GPU a host clock around
+    asynchronous kernels would time their launch, so each mark is a CUDA event on the stage's stream,
+    turned into host time when the timeline is taken (one device sync per window): an anchor event
+    recorded then completes at the host time the sync returns."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def now(self):
+        if not self.cuda:
+            return time.time()
+        mark = torch.cuda.Event(enable_timing=True)
+        mark.record()
+        return mark
+
+    def resolve(self, timeline: list) -> list:
+        if not self.cuda or not timeline:
+            return timeline
+        anchor = torch.cuda.Event(enable_timing=True)
+        anchor.record()
+        anchor.synchronize()
+        at = time.time()
+
+        def host(mark):
+            return at - mark.elapsed_time(anchor) / 1e3
+        return [(op, step, host(a), host(b), stale) for op, step, a, b, stale in timeline]
+
+
 class StageFailure(RuntimeError):
     """A stage died (its process was lost) or lost a peer; the driver restarts the stages from the last
     checkpoint."""
@@ -160,21 +189,22 @@ class Stage:
         self.opt = optim.make([p for learner in self.learning for p in learner.block.parameters()], cfg.optim)
         self.is_head = self.ids[-1] == last
         self.skip_nonfinite = cfg.train.on_nonfinite == "skip"
-        # Host timestamps of every op: (op, step, start, end, staleness); bubbles show as gaps.
+        # Timestamps of every op: (op, step, start, end, staleness); bubbles show as gaps.
+        self.clock = Clock(torch.device(device))
         self.timeline: list[tuple[str, int, float, float, int]] = []
         self.peaks = {"in_flight": 0, "stash_bytes": 0}  # since the last take_timeline
 
     def forward(self, step: int, x, y=None):
         """Run the stage's blocks on x; the head stage also takes the labels and returns (loss, e), the
         loss a 0-d tensor."""
-        t0 = time.time()
+        t0 = self.clock.now()
         h = x
         for learner in self.learners:
             h = learner.forward(step, h)
         out = h
         if self.is_head:
             out = rules.head_error(h.detach(), y, self.cfg.feedback.error_scale)
-        self.timeline.append(("forward", step, t0, time.time(), 0))
+        self.timeline.append(("forward", step, t0, self.clock.now(), 0))
         if self.learning:
             peaks = self.peaks
             peaks["in_flight"] = max(peaks["in_flight"], max(len(learner.stash) for learner in self.learning))
@@ -184,21 +214,21 @@ class Stage:
 
     def update(self, step: int, e: torch.Tensor) -> list[int]:
         """Apply step's update on every block of the stage; return each learning block's staleness."""
-        t0 = time.time()
+        t0 = self.clock.now()
         # train.on_nonfinite = skip: every stage sees the same e, so every stage skips the same steps
         # (one device sync per update; the default, stop, leaves the check to the driver's window).
         if self.skip_nonfinite and not bool(torch.isfinite(e).all()):
             for learner in self.learners:
                 learner.drop(step)
-            self.timeline.append(("skip", step, t0, time.time(), 0))
+            self.timeline.append(("skip", step, t0, self.clock.now(), 0))
             return []
         lr = optim.lr_at(self.cfg.optim, step, self.plan.total_steps, self.plan.steps_per_epoch)
         stale = rules.update(self.learners, self.opt, step, e, lr)
-        self.timeline.append(("update", step, t0, time.time(), max(stale, default=0)))
+        self.timeline.append(("update", step, t0, self.clock.now(), max(stale, default=0)))
         return stale
 
     def take_timeline(self) -> list:
-        out, self.timeline = self.timeline, []
+        out, self.timeline = self.clock.resolve(self.timeline), []
         return out
 
     def take_stats(self) -> dict:

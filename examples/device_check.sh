@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# Everything GPU-related in one call (under 8 minutes on one NVIDIA GPU and 16 cores, offline):
-#   1. the equivalence test on the device: the Ray trainer's final weights against the single-process
-#      reference on the same device, D = 1 and 3 (two stages sharing the one GPU: runtime.gpus_per_stage
-#      = 0.5, tensors staged through host memory over shm, since nccl needs a GPU per rank);
-#   2. the per-step overhead: a tiny model (16-wide blocks, batch 8) on 2 and 4 stages sharing the GPU;
-#   3, 4. the bench with 2 and 4 stages sharing the GPU (gpus_per_stage 0.5 and 0.25);
-#   5. the bench with N = 1, 2, 4, 8 CPU stages (every mode, baselines included).
+# Everything GPU-related in one call (under 6 minutes on one NVIDIA GPU and 16 cores, offline):
+#   1. the GPU tests (tests/runtime/test_gpu.py, marker gpu: every transport this machine supports against
+#      the single-process reference on the device, pinned buffers for stages sharing a GPU, nccl with a GPU
+#      per stage where there are two or more, CUDA-event op times) and the equivalence test on the device
+#      (tests/runtime/test_device.py: two stages sharing the GPU, D = 1 and 3);
+#   2. one hop's cost for stages sharing the GPU (examples/gpu_transfer.py): the pinned path the data plane
+#      uses, the pageable one it replaced, a device-to-device copy, and the block step they feed;
+#   3. the per-step overhead: a tiny model (16-wide blocks, batch 8) on 2 and 4 stages sharing the GPU;
+#   4. the bench with 2 stages sharing the GPU (gpus_per_stage 0.5);
+#   with FULL=1 also 5. the bench with 4 stages sharing it and 6. the bench with N = 1, 2, 4, 8 CPU stages.
 # JSON and Markdown land in OUT (default device-check/), at most two folders down.
 #
 # Usage, from the project root:  examples/device_check.sh [OUT]
 #   DEVICE=cpu  stands the CPU in for the GPU (what CI runs, with QUICK=1: tiny sizes, no per-op-call
-#               baseline, and step 4 skipped: it is step 3's command with 4 stages)
+#               baseline; the GPU tests skip, saying why)
 #   WHEELS=DIR  wheels to install where Ray is missing (default .whl). Build them here with
 #               ../shared/tools/device-wheels.sh .whl, then add the package's own needs:
 #               pip download -d .whl --no-deps --only-binary=:all: --python-version 3.12 \
@@ -46,12 +49,14 @@ else
   gpu=(--width 4096 --batch 1024 --depths 1,3 --steps 100 --warmup 10 --repeats 1 --no-baselines --no-tiny)
 fi
 
-# Each step runs under its own time budget (seconds; the four sum to under 8 minutes with the set-up), says
+# Each step runs under its own time budget (seconds; steps 1-4 sum to under 6 minutes with the set-up), says
 # how long it took, and the script goes on past one that fails or is cut: a lent machine's minutes are
 # few, and the bench saves every N as soon as it is measured, so a cut sweep still leaves its JSON.
-# BUDGET_EQ, BUDGET_TINY, BUDGET_SHARE, BUDGET_CPU override them.
-if [ -n "${QUICK:-}" ]; then b_eq=600 b_tiny=600 b_share=600 b_cpu=600; else b_eq=90 b_tiny=50 b_share=80 b_cpu=160; fi
-b_eq=${BUDGET_EQ:-$b_eq} b_tiny=${BUDGET_TINY:-$b_tiny} b_share=${BUDGET_SHARE:-$b_share} b_cpu=${BUDGET_CPU:-$b_cpu}
+# BUDGET_EQ, BUDGET_HOP, BUDGET_TINY, BUDGET_SHARE, BUDGET_CPU override them.
+if [ -n "${QUICK:-}" ]; then b_eq=600 b_hop=600 b_tiny=600 b_share=600 b_cpu=600
+else b_eq=120 b_hop=40 b_tiny=50 b_share=70 b_cpu=160; fi
+b_eq=${BUDGET_EQ:-$b_eq} b_hop=${BUDGET_HOP:-$b_hop} b_tiny=${BUDGET_TINY:-$b_tiny} b_share=${BUDGET_SHARE:-$b_share}
+b_cpu=${BUDGET_CPU:-$b_cpu}
 failed=()
 step() {  # step NAME BUDGET COMMAND...
   local name=$1 budget=$2 t0=$SECONDS rc=0
@@ -63,19 +68,21 @@ step() {  # step NAME BUDGET COMMAND...
        failed+=("$name"); fi
 }
 
-step "1. equivalence on $device" "$b_eq" \
-  env DFA_ASYNC_TEST_DEVICE="$device" DFA_ASYNC_TEST_GPUS_PER_STAGE="$share2" bash -c '"$0" -m pytest -q -p no:cacheprovider tests/runtime/test_device.py \
-  2>&1 | tee "$1"; exit "${PIPESTATUS[0]}"' "$py" "$out/equivalence.txt"
-# The stages sharing the device first: never measured on a GPU so far (the CPU sweep has been).
-step "2. overhead, tiny model, 2 and 4 stages sharing the $device" "$b_tiny" \
+step "1. GPU tests and equivalence on $device" "$b_eq" \
+  env DFA_ASYNC_TEST_DEVICE="$device" DFA_ASYNC_TEST_GPUS_PER_STAGE="$share2" bash -c '"$0" -m pytest -q -rs -p no:cacheprovider \
+  tests/runtime/test_gpu.py tests/runtime/test_device.py 2>&1 | tee "$1"; exit "${PIPESTATUS[0]}"' "$py" "$out/equivalence.txt"
+step "2. one hop for stages sharing the $device" "$b_hop" "$py" examples/gpu_transfer.py --out "$out/transfer"
+step "3. overhead, tiny model, 2 and 4 stages sharing the $device" "$b_tiny" \
   "$py" -m dfa_async.cli bench "${tiny[@]}" --device "$device" --gpus-per-stage "$share4" --out "$out/tiny"
-step "3. bench, 2 stages sharing the $device" "$b_share" \
+step "4. bench, 2 stages sharing the $device" "$b_share" \
   "$py" -m dfa_async.cli bench "${gpu[@]}" --stages 2 --device "$device" --gpus-per-stage "$share2" --out "$out/share2"
-if [ -n "${QUICK:-}" ]; then echo "== 4. bench, 4 stages sharing the $device: skipped (QUICK)"
-else step "4. bench, 4 stages sharing the $device" "$b_share" \
-  "$py" -m dfa_async.cli bench "${gpu[@]}" --stages 4 --device "$device" --gpus-per-stage "$share4" --out "$out/share4"
+if [ -n "${FULL:-}" ]; then
+  step "5. bench, 4 stages sharing the $device" "$b_share" \
+    "$py" -m dfa_async.cli bench "${gpu[@]}" --stages 4 --device "$device" --gpus-per-stage "$share4" --out "$out/share4"
+  step "6. bench, CPU stages" "$b_cpu" "$py" -m dfa_async.cli bench "${cpu[@]}" --no-calls --out "$out/cpu"
+else
+  echo "== 5, 6. benches with 4 stages sharing the $device and with CPU stages: skipped (FULL=1 runs them)"
 fi
-step "5. bench, CPU stages" "$b_cpu" "$py" -m dfa_async.cli bench "${cpu[@]}" --no-calls --out "$out/cpu"
 echo "== total $SECONDS s"
 if [ ${#failed[@]} -gt 0 ]; then echo "device check FAILED: ${failed[*]}; results so far in $out"; exit 1; fi
 echo "device check passed; results in $out"

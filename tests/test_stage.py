@@ -35,3 +35,37 @@ def test_a_stage_steps_one_optimizer_over_all_its_blocks():
     (stage,) = LocalPipeline(plan).stages
     assert len(stage.opt.param_groups) == 1 and len(stage.opt.param_groups[0]["params"]) == 6
     assert stage.opt.defaults["fused"] is True
+
+
+MEASURE = """
+import json, sys
+import psutil
+sys.path.insert(0, sys.argv[1])
+from conftest import small_config
+from dfa_async.stage import Plan, Stage, keep_freed_memory
+
+keep_freed_memory()  # freed blocks stay resident: building the whole model and keeping a part would show
+cfg = small_config(model={"widths": [2048] * 4}, data={"shape": [2, 32, 32]}, runtime={"stages": [1, 1, 1, 2]},
+                   optim={"name": "sgd", "momentum": 0.0})
+plan = Plan(cfg, (2, 32, 32), 10, total_steps=1, steps_per_epoch=1)
+me = psutil.Process()
+before = me.memory_info().rss
+stage = Stage(plan, plan.partition()[1])
+mid = me.memory_info().rss
+whole = plan.build()
+print(json.dumps({"stage": mid - before, "whole": me.memory_info().rss - mid}))
+"""
+
+
+def test_a_stage_allocates_its_own_blocks_only():
+    """A 4-stage model of four 2048 x 2048 blocks (and a small head): stage 1 holds a quarter of the
+    parameters, and the memory it takes when built is about a quarter of what the whole model takes."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = Path(__file__).parent
+    out = subprocess.run([sys.executable, "-c", MEASURE, str(tests)], capture_output=True, text=True, check=True)
+    got = json.loads(out.stdout)
+    assert 0.18 < got["stage"] / got["whole"] < 0.35, got

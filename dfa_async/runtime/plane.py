@@ -101,6 +101,21 @@ def buffer_kind(device: torch.device, transport: str) -> str:
     return "pinned" if device.type == "cuda" else "host"
 
 
+def to_wire(t: torch.Tensor, buffers: str) -> torch.Tensor:
+    """The tensor a send hands to the transport. `pinned` (a CUDA stage on a host transport): the bytes
+    go into the ring from the host, so the tensor is copied into pinned memory asynchronously and the
+    host waits for that copy alone (a pageable `.cpu()` would sync the device and copy twice); `host`:
+    as it is on the CPU; `device`: as it is (nccl reads device memory)."""
+    if buffers == "pinned":
+        host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        host.copy_(t, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        done.synchronize()
+        return host
+    return t.detach().cpu() if buffers == "host" else t
+
+
 class Link:
     """One stage's end of the data plane: its channels (those it sends or receives on), opened in the
     wire schedule's global order and checked with its hello. `post`/`wait` a receive, `send`, `flush`,
@@ -225,17 +240,7 @@ class Link:
         if tuple(t.shape) != msg.shape or t.dtype != DTYPES[msg.dtype]:
             raise RuntimeError(f"stage {self.rank}: {_pair(ch, msg.kind)} {msg.key}: the wire schedule says "
                                f"{msg.shape} {msg.dtype}, the stage sends {tuple(t.shape)} {t.dtype}")
-        if self.buffers == "pinned":
-            # The bytes go into the ring from the host: copy into pinned memory and wait for that copy
-            # alone (not a pageable copy, which would also sync the device twice).
-            host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-            host.copy_(t, non_blocking=True)
-            done = torch.cuda.Event()
-            done.record()
-            done.synchronize()
-            t = host
-        elif self.buffers == "host":
-            t = t.detach().cpu()
+        t = to_wire(t, self.buffers)
         pg, peer = self.comms[ch]
         self.sends.append((self._guard(lambda: pg.send([t.contiguous()], peer, _tag(msg)), _pair(ch, msg.kind), ch),
                            t, ch, msg.kind))

@@ -15,14 +15,14 @@ def test_device_check_runs_with_the_cpu_standing_in(tmp_path):
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "device check passed" in proc.stdout
-    for step in ("1. equivalence on cpu", "2. overhead, tiny model", "3. bench, 2 stages", "5. bench, CPU stages"):
+    for step in ("1. GPU tests and equivalence on cpu", "2. one hop", "3. overhead, tiny model", "4. bench, 2 stages"):
         assert f"== {step}" in proc.stdout and proc.stdout.count(": done in ") == 4
-    assert "== 4. bench, 4 stages sharing the cpu: skipped (QUICK)" in proc.stdout  # step 3's command, N = 4
+    assert "== 5, 6. benches with 4 stages sharing the cpu and with CPU stages: skipped (FULL=1" in proc.stdout
     tiny = json.loads((tmp_path / "out" / "tiny" / "bench.json").read_text())
     assert tiny["meta"]["width"] == 16 and any(r["mode"] == "dataplane-D3" for r in tiny["records"])
-    assert "2 passed" in (tmp_path / "out" / "equivalence.txt").read_text()
-    cpu = json.loads((tmp_path / "out" / "cpu" / "bench.json").read_text())
-    assert {r["workers"] for r in cpu["records"]} == {1, 2} and any(r["mode"] == "ddp" for r in cpu["records"])
+    equivalence = (tmp_path / "out" / "equivalence.txt").read_text()
+    assert "2 passed, 5 skipped" in equivalence and "no CUDA device on this machine" in equivalence
+    assert json.loads((tmp_path / "out" / "transfer" / "transfer.json").read_text()) == {"skipped": "no CUDA device"}
     rec = json.loads((tmp_path / "out" / "share2" / "bench.json").read_text())
     assert rec["meta"]["stages"] == [2] and rec["meta"]["device"] == "cpu"
     assert any(r["mode"] == "dataplane-D3" for r in rec["records"])
@@ -31,10 +31,11 @@ def test_device_check_runs_with_the_cpu_standing_in(tmp_path):
 def test_a_step_cut_at_its_budget_is_reported_and_the_next_ones_still_run(tmp_path):
     # Budgets of a fraction of a second: no step can finish (each starts Python, torch and Ray).
     env = {**os.environ, "DEVICE": "cpu", "QUICK": "1", "PYTHON": sys.executable,
-           "BUDGET_EQ": "0.2", "BUDGET_TINY": "0.2", "BUDGET_SHARE": "0.2", "BUDGET_CPU": "0.2"}
+           "BUDGET_EQ": "0.2", "BUDGET_HOP": "0.2", "BUDGET_TINY": "0.2", "BUDGET_SHARE": "0.2"}
     proc = subprocess.run(["bash", "examples/device_check.sh", str(tmp_path / "out")], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert proc.stdout.count("cut at its budget") == 4  # step 4 is skipped under QUICK
-    assert "device check FAILED: 1. equivalence on cpu 2. overhead, tiny model" in proc.stdout
-    assert "5. bench, CPU stages; results so far in" in proc.stdout and "device check passed" not in proc.stdout
+    assert proc.stdout.count("cut at its budget") == 4  # steps 5 and 6 run only with FULL=1
+    assert "device check FAILED: 1. GPU tests and equivalence on cpu 2. one hop" in proc.stdout
+    assert "4. bench, 2 stages sharing the cpu; results so far in" in proc.stdout
+    assert "device check passed" not in proc.stdout
