@@ -160,10 +160,9 @@ class Link:
 
         def one(ch):
             me = ch.index(self.rank)
-            kind = wire.ACT if ch[1] == ch[0] + 1 else wire.ERR
             return ch, (self._guard(lambda: process_group(self.transport, dist.PrefixStore(f"{ch[0]}-{ch[1]}", store()),
                                                           me, 2, host, timeout_s, self.device),
-                                    _pair(ch, kind) + ": cannot connect", ch, CONNECT), 1 - me)
+                                    _pair(ch, _carries(ch)) + ": cannot connect", ch, CONNECT), 1 - me)
 
         # gloo's own connect retries an unreachable peer well past its timeout (~50 s measured for 10 s):
         # the stage gives up at its own deadline, leaving the stuck thread to end with the process.
@@ -172,8 +171,8 @@ class Link:
         done, late = wait(futures, timeout=timeout_s + 1.0)
         pool.shutdown(wait=False)
         lost = [f.exception() for f in done if f.exception() is not None]
-        lost += [PeerLost(f"stage {self.rank}: data plane: {_pair(futures[f], 'channel')}: cannot connect within "
-                          f"{timeout_s:g} s", futures[f], CONNECT) for f in late]
+        lost += [PeerLost(f"stage {self.rank}: data plane: {_pair(ch, _carries(ch))}: cannot connect within "
+                          f"{timeout_s:g} s", ch, CONNECT) for ch in (futures[f] for f in late)]
         if lost:  # the rendezvous first, then the earliest channel in the global order
             order = wire.channels(self.world)
             raise min(lost, key=lambda e: (getattr(e, "phase", TRANSFER),
@@ -264,6 +263,10 @@ class Link:
 
 def _pair(ch: tuple[int, int], kind: str) -> str:
     return f"stage {ch[0]} -> stage {ch[1]} ({kind})"
+
+
+def _carries(ch: tuple[int, int]) -> str:
+    return wire.ACT if ch[1] == ch[0] + 1 else wire.ERR
 
 
 def _tag(msg: wire.Msg) -> int:

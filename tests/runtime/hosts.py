@@ -53,6 +53,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _kill_all_in(ns: str) -> None:
+    """SIGKILL every process of namespace `ns` (all started by this helper), by pid."""
+    for pid in subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split():
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 class NetnsHosts:
     """A head (this machine's namespace, `head_cpus`) and one worker node per entry of `workers` (its
     CPUs), joined one after the other (nodes started at once on one machine race for the session's
@@ -123,22 +132,17 @@ class NetnsHosts:
         while time.monotonic() < deadline:
             for p in self.procs:
                 if p.poll() is not None:
-                    raise RuntimeError(f"a ray start exited: {(Path(self.temp) / f'start-{ip}.log').read_text()[-2000:]}")
-            ok = subprocess.run([sys.executable, "-c", probe, f"{self.head_ip}:{getattr(self, 'port', 0)}", ip],
-                                capture_output=True, timeout=JOIN_S).returncode == 0
-            if ok:
+                    log = (Path(self.temp) / f"start-{ip}.log").read_text()
+                    raise RuntimeError(f"a ray start exited: {log[-2000:]}")
+            address = f"{self.head_ip}:{getattr(self, 'port', 0)}"
+            if subprocess.run([sys.executable, "-c", probe, address, ip], capture_output=True,
+                              timeout=JOIN_S).returncode == 0:
                 return
         raise TimeoutError(f"node {ip} did not join within {JOIN_S} s")
 
     def remove(self, ip: str) -> None:
         """The host is gone: every process in its namespace killed (by pid)."""
-        ns = self.spaces[self.nodes.index(ip) - 1]
-        pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
-        for pid in pids:
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        _kill_all_in(self.spaces[self.nodes.index(ip) - 1])
 
     def isolate(self, a: str, b: str, on: bool = True) -> None:
         """Cut (or restore) traffic between two worker hosts; each still reaches the head."""
@@ -147,12 +151,7 @@ class NetnsHosts:
 
     def close(self) -> None:
         for ns in self.spaces:
-            pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
-            for pid in pids:
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            _kill_all_in(ns)
         for p in self.procs:  # the head's `ray start --block` ends its own processes on SIGTERM
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
