@@ -134,6 +134,8 @@ class Link:
         self.posted: dict[tuple, tuple] = {}
         self.sends: deque = deque()
         self.comms: dict[tuple[int, int], tuple] = {}  # channel -> (backend object, the peer's rank in it)
+        if transport == "nccl":  # the current device is per thread: the stage's own thread issues every op
+            torch.cuda.set_device(self.device)
         if world > 1:
             connect = lambda: dist.TCPStore(store_host, port, world, is_master=False,  # noqa: E731
                                             timeout=timedelta(seconds=timeout_s))

@@ -62,11 +62,16 @@ class StageWorker:
         return {"host": host, "buffers": self.link.buffers, "device": str(self.link.device)}
 
     def ping(self) -> float | None:
-        """The doctor's ping (wire.ping): the seconds of this stage's own cycle (None for the head)."""
-        items = wire.ping(self.rank, self.world)
-        t0 = time.perf_counter()
-        self.link.run(items)
-        return time.perf_counter() - t0 if self.rank != self.world - 1 else None
+        """The doctor's ping (wire.ping): the seconds of this stage's own cycle, from its send to the
+        message's return (None for the head, which only relays)."""
+        sent = took = None
+        for item in wire.ping(self.rank, self.world):
+            if item.op == "send" and item.key == self.rank:
+                sent = time.perf_counter()
+            self.link.run([item])
+            if item.op == "wait" and item.key == self.rank:
+                took = time.perf_counter() - sent
+        return took
 
     def ring_bytes(self) -> int:
         """Room for depth + 2 of the largest message any stage sends (1 to 64 MiB; a larger message

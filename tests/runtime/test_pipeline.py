@@ -233,3 +233,26 @@ def test_skipped_steps_are_the_same_on_ray_as_on_the_reference(tmp_path, monkeyp
     assert max_diff(weights(tmp_path / "ray"), weights(tmp_path / "ref")) <= 1e-6
     for d in ("ray", "ref"):
         assert [r["step"] for r in runlog.read(tmp_path / d / "events.msgpack", "skip")] == steps
+
+
+def test_the_transport_is_chosen_from_the_layout_with_a_reason():
+    from dfa_async.config import ConfigError
+    from dfa_async.runtime.pipeline import choose_transport
+
+    table = [  # setting, stages, nodes, a GPU each, shm works -> transport
+        ("auto", 1, 1, False, True, "none"),
+        ("auto", 3, 1, False, True, "shm"),
+        ("auto", 3, 1, False, False, "gloo"),
+        ("auto", 3, 3, False, True, "gloo"),
+        ("auto", 2, 1, True, True, "nccl"),
+        ("auto", 4, 2, True, True, "nccl"),
+        ("gloo", 3, 1, False, True, "gloo"),
+    ]
+    for setting, stages, nodes, gpu, shm_ok, want in table:
+        got, why = choose_transport(setting, stages, nodes, gpu, shm_ok)
+        assert got == want and why, (setting, stages, nodes, gpu, shm_ok)
+    for setting, nodes, gpu, shm_ok, says in [("shm", 2, False, True, "every stage on one node"),
+                                             ("shm", 1, False, False, "x86-64 Linux"),
+                                             ("nccl", 1, False, True, "a whole GPU per stage")]:
+        with pytest.raises(ConfigError, match=f"runtime.transport: .*{says}"):
+            choose_transport(setting, 2, nodes, gpu, shm_ok)
