@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+# It installs openssh-server and rsync (and removes them): opt-in, never in the README's test command.
+pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "deploy" / "local" / "try-cluster-launcher.sh"
 

@@ -6,6 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # every step it runs has its own test; this one keeps the script from rotting
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -107,9 +107,11 @@ def test_a_relative_root_inside_a_job_copy_is_refused(tmp_path, monkeypatch):
         train(small_config(), None)
 
 
-def test_an_address_where_nothing_answers_fails_at_once():
+def test_an_address_where_nothing_answers_fails_at_once(tmp_path):
     t0 = time.time()
-    proc = run_cli("train", *SMALL, "--set", f"runtime.address=127.0.0.1:{free_port()}")
+    # --run-dir: a start refused this late has made its run directory, which must not land in the checkout
+    proc = run_cli("train", *SMALL, "--set", f"runtime.address=127.0.0.1:{free_port()}", "--run-dir",
+                   str(tmp_path / "r"))
     assert proc.returncode == 2 and "runtime.address: nothing answers at 127.0.0.1:" in proc.stderr
     assert proc.stderr.count("\n") == 1 and time.time() - t0 < 60
 
