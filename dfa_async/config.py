@@ -9,6 +9,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import tomli_w
+
 
 class ConfigError(ValueError):
     """A setting is malformed; the message is one line naming the key and what is allowed."""
@@ -412,25 +414,17 @@ def validate(cfg: Config, own_model: bool = False) -> None:
         raise ConfigError("optim.step_every: the step schedule needs step_every >= 1 (epochs)")
 
 
+def _shown(value) -> str:
+    """A value as TOML on one line (tomli-w spreads arrays over lines)."""
+    if isinstance(value, list):
+        return "[" + ", ".join(map(_shown, value)) + "]"
+    return tomli_w.dumps({"v": value}).removeprefix("v = ").strip()
+
+
 def to_toml(cfg: Config) -> str:
-    """Write the settings as TOML (the format they load from), so each run keeps its exact settings."""
-    lines = []
-    for section, values in cfg.to_dict().items():
-        lines.append(f"[{section}]")
-        for key, value in values.items():
-            lines.append(f"{key} = {_toml_value(value)}")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def _toml_value(v):
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """Write the settings as TOML (the format they load from), so each run keeps its exact settings; any
+    string (a run name with a newline or a quote) round-trips."""
+    return tomli_w.dumps(cfg.to_dict())
 
 
 # Settings that say where and how to run, not what is learned (the runtime is tested to learn the same
@@ -466,5 +460,5 @@ def describe() -> str:
         for f in dataclasses.fields(cls):
             default = getattr(cls(), f.name)
             choices = f" ({' | '.join(f.metadata['choices'])})" if f.metadata["choices"] else ""
-            out.append(f"{section}.{f.name} = {_toml_value(default)}{choices}\n    {f.metadata['doc']}")
+            out.append(f"{section}.{f.name} = {_shown(default)}{choices}\n    {f.metadata['doc']}")
     return "\n".join(out)

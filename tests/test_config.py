@@ -92,6 +92,22 @@ def test_saved_toml_round_trips():
     assert again == cfg
 
 
+def test_a_name_with_a_newline_and_control_characters_round_trips_and_its_run_resumes(tmp_path):
+    """The hand-written writer this replaced wrote `--set 'train.name="a\\nb"'` as a config.toml that did
+    not parse, so the run could not resume."""
+    from conftest import small_config
+    from dfa_async import train
+
+    cfg = config.load(None, [r'train.name="a\nb\u0001 \\ \"c\""', "optim.lr=0.5"])  # as typed in a shell
+    assert cfg.train.name == 'a\nb\x01 \\ "c"'
+    assert config.from_dict(tomllib.loads(config.to_toml(cfg))) == cfg
+    run = small_config(train={"name": "a\nb", "root": str(tmp_path)})
+    done = train(run)
+    assert tomllib.loads((done.run_dir / "config.toml").read_text())["train"]["name"] == "a\nb"
+    with pytest.raises(config.ConfigError, match="holds a finished run"):  # read back, recognised as this run
+        train(run, done.run_dir)
+
+
 @pytest.mark.parametrize("path", sorted((ROOT / "examples" / "configs").glob("*.toml")), ids=lambda p: p.name)
 def test_example_configs_load(path):
     cfg = config.load(path)
