@@ -40,6 +40,11 @@ def max_diff(a, b):
     return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
 
 
+def same(a, b) -> bool:
+    """Every tensor equal bit for bit (what the docs promise for Ray against the reference on a CPU)."""
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 @pytest.mark.parametrize("depth", [1, 2, 4])
 @pytest.mark.parametrize("net,placements", [(MLP, ([], [2, 1])), (CNN, ([], [2, 2]))], ids=["mlp", "cnn"])
 def test_same_weights_as_the_reference(tmp_path, net, placements, depth):
@@ -47,8 +52,8 @@ def test_same_weights_as_the_reference(tmp_path, net, placements, depth):
     assert ref.steps == 22
     for stages in placements:
         run = train(cfg_for(net, depth, stages, "ray"), tmp_path / f"ray{stages}")
-        assert max_diff(weights(tmp_path / "ref"), weights(tmp_path / f"ray{stages}")) <= 1e-6, stages
-        assert run.test_accuracy == pytest.approx(ref.test_accuracy, abs=1e-9)
+        assert same(weights(tmp_path / "ref"), weights(tmp_path / f"ray{stages}")), stages
+        assert run.test_accuracy == ref.test_accuracy
 
 
 def test_flip_augmentation_is_the_same_on_ray_as_on_the_reference(tmp_path):
@@ -58,7 +63,7 @@ def test_flip_augmentation_is_the_same_on_ray_as_on_the_reference(tmp_path):
     train(cfg_for(net, 2, [], "ray", data={"augment": "flip"}), tmp_path / "ray")
     train(cfg_for(net, 2, [], "local"), tmp_path / "plain")
     assert ref.steps == 22
-    assert max_diff(weights(tmp_path / "ref"), weights(tmp_path / "ray")) <= 1e-6
+    assert same(weights(tmp_path / "ref"), weights(tmp_path / "ray"))
     assert max_diff(weights(tmp_path / "ref"), weights(tmp_path / "plain")) > 1e-3
 
 
@@ -126,8 +131,8 @@ def test_killed_stage_is_restarted_from_the_checkpoint_with_the_same_result(tmp_
     assert len(restarts) == 1 and restarts[0]["checkpoint"].startswith("step-")
     assert restarts[0]["time"] - box["time"] < 30  # the window its peers were waiting in ended at once
     straight = train(cfg_for(MLP, 2, [], "ray", **LONG), tmp_path / "straight")
-    assert max_diff(weights(tmp_path / "killed"), weights(tmp_path / "straight")) <= 1e-6
-    assert result.test_accuracy == pytest.approx(straight.test_accuracy, abs=1e-9)
+    assert same(weights(tmp_path / "killed"), weights(tmp_path / "straight"))
+    assert result.test_accuracy == straight.test_accuracy
 
 
 def test_too_many_failures_stop_with_the_last_checkpoint_intact(tmp_path):
@@ -146,13 +151,13 @@ def test_resume_on_ray_equals_a_straight_run(tmp_path):
             p.unlink()
     train(cfg_for(CNN, 2, [2, 2], "ray", **extra), tmp_path / "part")
     train(cfg_for(CNN, 2, [], "local", **extra), tmp_path / "straight")
-    assert max_diff(weights(tmp_path / "part"), weights(tmp_path / "straight")) <= 1e-6
+    assert same(weights(tmp_path / "part"), weights(tmp_path / "straight"))
 
 
 def test_gloo_data_plane_gives_the_same_weights(tmp_path):
     run = train(cfg_for(MLP, 2, [], "ray", runtime={"transport": "gloo"}), tmp_path / "gloo")
     ref = train(cfg_for(MLP, 2, [], "local"), tmp_path / "ref")
-    assert max_diff(weights(tmp_path / "gloo"), weights(tmp_path / "ref")) <= 1e-6
+    assert same(weights(tmp_path / "gloo"), weights(tmp_path / "ref"))
     assert run.test_loss == ref.test_loss
 
 
@@ -162,7 +167,7 @@ def test_windows_and_probes_never_change_what_is_learned(tmp_path):
     probes = {"alignment": {"every": 5, "probe_size": 32}}
     ray_run = train(cfg_for(MLP, 3, [2, 1], "ray", runtime={"window": 3}, **probes), tmp_path / "ray")
     ref = train(cfg_for(MLP, 3, [], "local", runtime={"window": 0}, **probes), tmp_path / "ref")
-    assert max_diff(weights(tmp_path / "ray"), weights(tmp_path / "ref")) <= 1e-6
+    assert same(weights(tmp_path / "ray"), weights(tmp_path / "ref"))
     logs = [runlog.read(tmp_path / d / "events.msgpack") for d in ("ray", "ref")]
     train_losses = [[(r["step"], r["loss"]) for r in recs if r["kind"] == "train"] for recs in logs]
     assert train_losses[0] == train_losses[1] and len(train_losses[0]) == 22
@@ -218,8 +223,8 @@ def test_live_probe_through_the_actors_equals_the_single_process_measure(net, st
     assert [b["block"] for b in got] == list(range(plan.num_blocks))
     for g, w in [*zip(got, want), *zip(held_out, want_held_out)]:
         assert sorted(g) == sorted(w)
-        for key in g:
-            assert g[key] == pytest.approx(w[key], abs=1e-5), (g["block"], key)
+        for key in g:  # a tolerance: the probe's chain of per-stage backward calls sums in another order
+            assert g[key] == pytest.approx(w[key], abs=1e-5), (g["block"], key)  # than one autograd pass
 
 
 def test_skipped_steps_are_the_same_on_ray_as_on_the_reference(tmp_path, monkeypatch):
@@ -230,7 +235,7 @@ def test_skipped_steps_are_the_same_on_ray_as_on_the_reference(tmp_path, monkeyp
     skip = {"train": {"on_nonfinite": "skip"}}
     train(cfg_for(MLP, 3, [2, 1], "ray", **skip), tmp_path / "ray")
     train(cfg_for(MLP, 3, [], "local", **skip), tmp_path / "ref")
-    assert max_diff(weights(tmp_path / "ray"), weights(tmp_path / "ref")) <= 1e-6
+    assert same(weights(tmp_path / "ray"), weights(tmp_path / "ref"))
     for d in ("ray", "ref"):
         assert [r["step"] for r in runlog.read(tmp_path / d / "events.msgpack", "skip")] == steps
 
