@@ -14,6 +14,8 @@ from .stage import Plan, Stage, Window, assemble
 
 
 class LocalPipeline:
+    """The reference as a `executor.Pipeline`: windows run at once, in this process."""
+
     def __init__(self, plan: Plan, partition: list[list[int]] | None = None, ds: data.Dataset | None = None,
                  device: str = "cpu"):
         torch.set_num_threads(plan.cfg.runtime.threads)
@@ -100,6 +102,12 @@ class LocalPipeline:
 
     def close(self) -> None:
         pass
+
+    def describe(self) -> None:
+        return None  # one process: no stages of their own to record
+
+    def warnings(self) -> list[str]:
+        return []
 
     restarts = 0
 

@@ -18,6 +18,7 @@ from . import checkpoint, config as config_mod, data, optim, runlog, schedule, s
 from .config import Config, ConfigError
 from .runlog import EventLog
 from .storage.lock import RunLock
+from .executor import Pipeline
 from .stage import Plan, StageFailure
 
 
@@ -74,7 +75,7 @@ def prepare_run_dir(cfg: Config, run_dir: str | Path | None) -> storage.RunStore
     return storage.open_run(run_dir)
 
 
-def make_pipeline(plan: Plan, ds: data.Dataset):
+def make_pipeline(plan: Plan, ds: data.Dataset) -> Pipeline:
     if plan.cfg.runtime.backend == "ray":
         from .runtime import RayPipeline
 
@@ -249,15 +250,10 @@ def _train(cfg, plan, ds, store, begin, cleaned, total, spe, progress, metrics) 
                 log.write("resume", 0, checkpoint=None, changed=begin.changed)
         if metrics:
             log.write("metrics", 0, host=metrics.host, port=metrics.port)
-        if hasattr(pipe, "pids"):
-            log.write("stages", 0, pids=pipe.pids, partition=plan.partition(), device=pipe.device,
-                      transport=pipe.transport, stages=pipe.plan_rows())
-            if pipe.device == "cpu" and pipe.this_machine_only:
-                from .runtime.cluster import time_shared
-
-                note = time_shared(len(plan.partition()), cfg.runtime.threads, len(os.sched_getaffinity(0)))
-                if note:
-                    warn(note)
+        if (stages := pipe.describe()) is not None:
+            log.write("stages", 0, **stages)
+        for note in pipe.warnings():
+            warn(note)
         probe = None
         if cfg.alignment.every:
             held = ds.x_train if cfg.alignment.data == "train" else ds.x_test

@@ -5,6 +5,7 @@ losses and timestamps at the end of each window, gathers state at drained bounda
 stage when one dies (the run then resumes from the last checkpoint)."""
 from __future__ import annotations
 
+import os
 import uuid
 
 import ray
@@ -14,7 +15,7 @@ from .. import wire
 from ..config import ConfigError
 from ..stage import Plan, StageFailure, Window, assemble
 from . import shm
-from .cluster import Placement, release, shutdown, start_ray
+from .cluster import Placement, release, shutdown, start_ray, time_shared
 from .plane import PeerLost
 from .worker import StageWorker
 
@@ -165,6 +166,17 @@ class RayPipeline:
             return self._get(refs)
         except StageFailure as err:
             raise root_cause(refs, err, wire.channels(len(refs))) from err
+
+    def describe(self) -> dict:
+        return {"pids": self.pids, "partition": self.partition, "device": self.device, "transport": self.transport,
+                "stages": self.plan_rows()}
+
+    def warnings(self) -> list[str]:
+        """CPU stages that can only be placed on this machine and need more cores than it has."""
+        if self.device != "cpu" or not self.this_machine_only:
+            return []
+        note = time_shared(len(self.partition), self.cfg.runtime.threads, len(os.sched_getaffinity(0)))
+        return [note] if note else []
 
     def plan_rows(self) -> list[dict]:
         """Each stage: its blocks, node, GPUs and the address its data plane bound (the `stages` record
