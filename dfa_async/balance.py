@@ -3,9 +3,13 @@ blocks into contiguous stages that minimise the slowest stage (the pipeline's st
 the learning rule do not change; only where the blocks run."""
 from __future__ import annotations
 
+import copy
+import os
 import time
 
 import torch
+
+from .stage import Plan, Stage
 
 SAMPLES = 5  # timed forward + update steps per block (their median is its cost), after one warm-up step
 
@@ -37,11 +41,28 @@ def split(costs: list[float], n: int) -> list[int]:
     return sizes[::-1]
 
 
-def block_costs(plan, device: torch.device | str = "cpu") -> list[float]:
+def resolve(plan: Plan) -> Plan:
+    """Fill in the blocks per stage of a plan whose runtime.stages is "auto": the split that minimises the
+    slowest stage, from each block's cost measured here (on the GPU where runtime.device asks for one and
+    this process has it, else on the CPU). Other plans are returned as they are."""
+    if plan.stage_sizes is not None:
+        return plan
+    rt = plan.cfg.runtime
+    n = min(rt.num_stages or os.cpu_count() or 1, plan.num_blocks)
+    device = "cuda" if rt.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+    probe = copy.deepcopy(plan)
+    probe.cfg.runtime.stages, probe.cfg.feedback.rule = [], "dfa"  # bp's lone-block update needs its successor
+    probe.cfg.runtime.num_stages = 0
+    probe.stage_sizes = [1] * plan.num_blocks
+    torch.set_num_threads(rt.threads)
+    plan.block_costs = block_costs(probe, device)
+    plan.stage_sizes = split(plan.block_costs, n)
+    return plan
+
+
+def block_costs(plan: Plan, device: torch.device | str = "cpu") -> list[float]:
     """Seconds of one training step (forward + update, head error included) of each block alone, at the
     run's batch size on `device`."""
-    from .stage import Stage
-
     batch = plan.cfg.train.batch_size
     g = torch.Generator().manual_seed(0)
     shapes = [plan.in_shape] + plan.out_shapes

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint, config as config_mod, data, optim, runlog, schedule, storage
+from . import balance, checkpoint, config as config_mod, data, optim, runlog, schedule, storage
 from .config import Config, ConfigError
-from .runlog import EventLog
-from .storage.lock import RunLock
 from .executor import Pipeline
+from .runlog import EventLog
 from .stage import Plan, StageFailure
+from .storage.lock import RunLock
 
 
 @dataclass
@@ -208,7 +208,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, model=None, progres
     tr = cfg.train
     ds = data.load(cfg.data, tr.seed)
     total, spe = step_counts(cfg, len(ds.x_train))
-    plan = Plan(cfg, ds.shape, ds.classes, total, spe, net=model)
+    plan = balance.resolve(Plan(cfg, ds.shape, ds.classes, total, spe, net=model))
     store = prepare_run_dir(cfg, run_dir)
     lock = None
     try:

@@ -107,10 +107,9 @@ class Plan:
         if isinstance(cfg.runtime.stages, list) and cfg.runtime.stages and sum(cfg.runtime.stages) != self.num_blocks:
             raise ConfigError(f"runtime.stages: {cfg.runtime.stages} holds {sum(cfg.runtime.stages)} blocks but "
                               f"the model has {self.num_blocks}; make the counts add up to {self.num_blocks}")
-        self.stage_sizes = cfg.runtime.stages or [1] * self.num_blocks
+        # "auto": left for balance.resolve, which measures the blocks (a plan only describes)
+        self.stage_sizes = None if cfg.runtime.stages == "auto" else cfg.runtime.stages or [1] * self.num_blocks
         self.block_costs: list[float] | None = None  # seconds per block, where "auto" measured them
-        if cfg.runtime.stages == "auto":
-            self.stage_sizes = self._balanced()
 
     def build(self) -> torch.nn.Sequential:
         """A fresh copy of the whole initial model."""
@@ -128,26 +127,10 @@ class Plan:
             return {k: copy.deepcopy(self.net[k]).to(device) for k in ids}
         return models.build_blocks(self.cfg, self.in_shape, self.classes, ids, device)
 
-    def _balanced(self) -> list[int]:
-        """Blocks per stage that minimise the slowest stage, from each block's cost measured here (on the
-        GPU where runtime.device asks for one and this process has it, else on the CPU)."""
-        import os
-
-        from . import balance
-
-        rt = self.cfg.runtime
-        n = min(rt.num_stages or os.cpu_count() or 1, self.num_blocks)
-        device = "cuda" if rt.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
-        probe = copy.deepcopy(self)
-        probe.cfg = copy.deepcopy(self.cfg)
-        probe.cfg.runtime.stages, probe.cfg.feedback.rule = [], "dfa"  # bp's lone-block update needs its successor
-        probe.cfg.runtime.num_stages = 0
-        torch.set_num_threads(rt.threads)
-        self.block_costs = balance.block_costs(probe, device)
-        return balance.split(self.block_costs, n)
-
     def partition(self) -> list[list[int]]:
         """Block indices of each stage (runtime.stages; default one block per stage; "auto": balanced)."""
+        if self.stage_sizes is None:
+            raise RuntimeError("runtime.stages = auto: balance.resolve(plan) measures the blocks first")
         out, k = [], 0
         for n in self.stage_sizes:
             out.append(list(range(k, k + n)))

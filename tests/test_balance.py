@@ -53,6 +53,9 @@ def test_auto_separates_the_heavy_blocks_of_an_unbalanced_model():
     cfg = small_config(model={"widths": [512, 512, 16, 16, 16, 16]}, data={"shape": [1, 28, 28]},
                        train={"batch_size": 64}, runtime={"stages": "auto", "num_stages": 2})
     plan = Plan(cfg, (1, 28, 28), 10, 10, 10)
+    with pytest.raises(RuntimeError, match="balance.resolve"):  # a plan describes; it measures nothing
+        plan.partition()
+    assert balance.resolve(plan) is plan
     assert plan.partition() == [[0], [1, 2, 3, 4, 5, 6]]
     costs = plan.block_costs
     assert len(costs) == 7 and costs[0] > costs[2] and costs[1] > costs[3]

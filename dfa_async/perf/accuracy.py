@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .. import config as config_mod, data, optim
+from .. import balance, config as config_mod, data, optim
 from ..reference import LocalPipeline
 from ..run import Windows, step_counts
 from ..stage import Plan, keep_freed_memory
@@ -121,7 +121,7 @@ def run(cfg: config_mod.Config, target: float, depths=(1, 2), eval_every: int = 
     def plan_at(depth: int) -> Plan:
         own = copy.deepcopy(cfg)
         own.runtime.depth = depth
-        plan = Plan(own, ds.shape, ds.classes, total, spe)
+        plan = balance.resolve(Plan(own, ds.shape, ds.classes, total, spe))
         plan.marks = sorted(set(plan.marks) | set(cuts))  # drained at every evaluation
         return plan
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import copy
 
-from .. import data, wire
+from .. import balance, data, wire
 from ..config import Config, ConfigError
 from ..run import step_counts
 from ..stage import Plan, StageFailure
@@ -43,7 +43,7 @@ def doctor(cfg: Config, out=print) -> list[dict]:
     cfg.runtime.peer_timeout_s = min(cfg.runtime.peer_timeout_s, CONNECT_S)
     ds = data.load(cfg.data, cfg.train.seed)
     total, spe = step_counts(cfg, len(ds.x_train))
-    plan = Plan(cfg, ds.shape, ds.classes, total, spe)
+    plan = balance.resolve(Plan(cfg, ds.shape, ds.classes, total, spe))
     pipe = RayPipeline(plan, ds)
     try:
         n = len(pipe.partition)
