@@ -109,15 +109,18 @@ class RayPipeline:
         self.this_machine_only = len(alive) == 1 and alive[0]["NodeID"] == ray.get_runtime_context().get_node_id()
         self.own_gpu = use_gpu and share == 1  # nccl needs a GPU per rank
         self.bundle = {"GPU": share, "CPU": 1} if use_gpu else {"CPU": 1}
-        # Into the object store once per run; the first stage reads the inputs, the head the labels.
-        arrays = {k: getattr(ds, k).numpy() for k in ("x_train", "y_train", "x_test", "y_test")}
-        self.data = {k: ray.put(v) for k, v in arrays.items()}
+        # The first stage reads the inputs, the head the labels, from the object store.
+        self.arrays = {k: getattr(ds, k).numpy() for k in ("x_train", "y_train", "x_test", "y_test")}
         self.n_test = len(ds.x_test)
         self._spawn()
 
     def _spawn(self) -> None:
         n = len(self.partition)
         rt = self.cfg.runtime
+        # Put afresh for every set of stages: a replaced stage then pulls the data from the driver's node,
+        # never from a copy on a node that died or that it cannot reach (seen with two hosts cut apart: the
+        # new stage's pull from the other host's copy hung for minutes).
+        self.data = {k: ray.put(v) for k, v in self.arrays.items()}
         self.placement = Placement(n, self.bundle, rt.placement, fixed=self.started_ray, autoscale=rt.autoscale,
                                    timeout_s=rt.placement_timeout_s)
         self.actors = []
@@ -143,7 +146,7 @@ class RayPipeline:
 
     def _connect(self) -> None:
         n = len(self.actors)
-        self.pids = self._get([a.pid.remote() for a in self.actors])
+        self.pids = self._get([a.pid.remote() for a in self.actors], self.cfg.runtime.placement_timeout_s)
         self.ips = self._get([a.node_ip.remote() for a in self.actors])
         self.gpu_ids = self._get([a.gpu_ids.remote() for a in self.actors])
         self.transport, self.why = choose_transport(self.cfg.runtime.transport, n, len(set(self.ips)),
@@ -195,14 +198,19 @@ class RayPipeline:
         self.restarts += 1
         self._spawn()
 
-    def _get(self, refs):
+    def _get(self, refs, timeout_s: float | None = None):
         """Results of `refs`, waiting on all at once: the first failure is raised as soon as it is known
-        (its peers may still be blocked in a receive), as StageFailure when a stage or its peer died."""
+        (its peers may still be blocked in a receive), as StageFailure when a stage or its peer died, or
+        when `timeout_s` passes first (stages that never start)."""
         many = isinstance(refs, list)
         pending = list(refs) if many else [refs]
         try:
             while pending:
-                ready, pending = ray.wait(pending, num_returns=1)
+                ready, pending = ray.wait(pending, num_returns=1, timeout=timeout_s)
+                if not ready:
+                    late = [i for i, r in enumerate(refs if many else [refs]) if r in pending]
+                    raise StageFailure(f"stage(s) {late} did not answer within {timeout_s:g} s "
+                                       "(runtime.placement_timeout_s)")
                 ray.get(ready[0])
             return ray.get(refs)
         except RECOVERABLE as err:

@@ -261,3 +261,27 @@ def test_the_transport_is_chosen_from_the_layout_with_a_reason():
                                              ("nccl", 1, False, True, "a whole GPU per stage")]:
         with pytest.raises(ConfigError, match=f"runtime.transport: .*{says}"):
             choose_transport(setting, 2, nodes, gpu, shm_ok)
+
+
+def test_stages_that_do_not_answer_in_time_are_a_stage_failure():
+    """A stage that never starts (its actor pending on an unreachable node) must not hang the driver: the
+    first call's wait is bounded by runtime.placement_timeout_s, and the restart loop takes it from there."""
+    from dfa_async.runtime.pipeline import RayPipeline
+    from dfa_async.stage import StageFailure
+
+    @ray.remote(num_cpus=0)
+    def never():  # the stand-in for a stage that never comes up: an event nobody sets
+        import threading
+
+        threading.Event().wait()
+
+    @ray.remote(num_cpus=0)
+    def at_once():
+        return 1
+
+    refs = [at_once.remote(), never.remote()]
+    t0 = time.monotonic()
+    with pytest.raises(StageFailure, match=r"stage\(s\) \[1\] did not answer within 0.5 s"):
+        RayPipeline._get(None, refs, 0.5)
+    assert time.monotonic() - t0 < 10
+    ray.cancel(refs[1], force=True)
