@@ -10,7 +10,7 @@ import pytest
 import ray
 import torch
 
-from dfa_async import schedule, wire
+from dfa_async import wire
 from dfa_async.runtime import shm
 from dfa_async.runtime.plane import Link, PeerLost, Rendezvous, buffer_kind, edges, indexed
 
