@@ -9,36 +9,10 @@ import time
 
 import torch
 
+from . import partition
 from .stage import Plan, Stage
 
 SAMPLES = 5  # timed forward + update steps per block (their median is its cost), after one warm-up step
-
-
-def split(costs: list[float], n: int) -> list[int]:
-    """Blocks per stage: `costs` cut into `n` contiguous, non-empty parts whose largest sum is smallest
-    (ties: the earliest such cut). Dynamic programming over prefix sums, O(n * blocks^2)."""
-    k = len(costs)
-    if not 1 <= n <= k:
-        raise ValueError(f"runtime.num_stages: {n} stages for {k} blocks; use 1 to {k}")
-    prefix = [0.0]
-    for c in costs:
-        prefix.append(prefix[-1] + c)
-    inf = float("inf")
-    # best[j][i]: smallest max stage cost putting the first i blocks on j stages; cut[j][i]: its last cut.
-    best = [[inf] * (k + 1) for _ in range(n + 1)]
-    cut = [[0] * (k + 1) for _ in range(n + 1)]
-    best[0][0] = 0.0
-    for j in range(1, n + 1):
-        for i in range(j, k + 1):
-            for m in range(j - 1, i):
-                v = max(best[j - 1][m], prefix[i] - prefix[m])
-                if v < best[j][i]:
-                    best[j][i], cut[j][i] = v, m
-    sizes, i = [], k
-    for j in range(n, 0, -1):
-        sizes.append(i - cut[j][i])
-        i = cut[j][i]
-    return sizes[::-1]
 
 
 def resolve(plan: Plan) -> Plan:
@@ -56,7 +30,7 @@ def resolve(plan: Plan) -> Plan:
     probe.stage_sizes = [1] * plan.num_blocks
     torch.set_num_threads(rt.threads)
     plan.block_costs = block_costs(probe, device)
-    plan.stage_sizes = split(plan.block_costs, n)
+    plan.stage_sizes = partition.balanced(plan.block_costs, n)
     return plan
 
 

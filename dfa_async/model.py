@@ -118,12 +118,12 @@ def reset(block: nn.Module, g: torch.Generator) -> None:
                 mod.bias.uniform_(-bound, bound, generator=g)
 
 
-def from_sequential(seq: nn.Sequential, boundaries: list[int]) -> nn.Sequential:
-    """Split a user's ``nn.Sequential`` into blocks: `boundaries` are the indices where a new block
-    starts (e.g. [2, 4] makes blocks seq[0:2], seq[2:4], seq[4:]). The last block is the head."""
-    cuts = [0, *boundaries, len(seq)]
+def from_sequential(seq: nn.Sequential, starts: list[int]) -> nn.Sequential:
+    """Split a user's ``nn.Sequential`` into blocks: `starts` are the indices where a new block starts
+    (e.g. [2, 4] makes blocks seq[0:2], seq[2:4], seq[4:]). The last block is the head."""
+    cuts = [0, *starts, len(seq)]
     if sorted(set(cuts)) != cuts or cuts[0] != 0 or cuts[-1] != len(seq) or len(cuts) < 3:
-        raise ValueError(f"boundaries: {boundaries} must be strictly increasing indices in 1..{len(seq) - 1}")
+        raise ValueError(f"starts: {starts} must be strictly increasing indices in 1..{len(seq) - 1}")
     return nn.Sequential(*[nn.Sequential(*list(seq)[a:b]) for a, b in zip(cuts, cuts[1:])])
 
 

@@ -5,7 +5,8 @@ per block from the run's seed, or in eval mode); the head turns its output into 
 Then a true backprop chain runs backward: each stage receives dL/dh of its last block from the next stage,
 measures its blocks (the per-sample cosine of the signal a block learns from against dL/dh_k, the same at
 the block's pre-activation, and the angle between the block's DFA and BP weight updates) and sends
-dL/d(its input) on. The result equals `rules.alignment` on the assembled model, the single-process oracle."""
+dL/d(its input) on. `chain` runs stages in one process; `alignment` is the whole model as one stage; the
+Ray stages pass the same tensors between actors. Split anywhere, the chain gives the same measures."""
 from __future__ import annotations
 
 import copy
@@ -83,3 +84,36 @@ class StageProbe:
             out.append(rec)
         self.hs = self.pres = self.x = self.loss = None  # free the graph
         return out, g_in
+
+
+def chain(probes: list[StageProbe], x: torch.Tensor, y: torch.Tensor) -> list[dict]:
+    """A probe through `probes` (the stages in order, in this process): forward to the head's e, then the
+    backprop chain back; every block's measures, in block order."""
+    for p in probes[:-1]:
+        x = p.forward(x)
+    e = probes[-1].forward(x, y)
+    g, out = None, []
+    for p in reversed(probes):
+        blocks, g = p.backward(g, e)
+        out = blocks + out
+    return out
+
+
+def alignment(model: torch.nn.Sequential, Bs: list[torch.Tensor | None], x: torch.Tensor, y: torch.Tensor,
+              error_scale: str = "mean", seed: int = 0, mode: str = "train") -> list[dict]:
+    """Per block k of `model` (the head last), on the probe batch (x, y):
+    - `cos_mean`, `cos_std`: per-sample cosine between the signal block k learns from (B_k e for a
+      hidden block, the head's own error for the head) and the true gradient dL/dh_k (the paper's
+      measure; the head's is 1 by construction);
+    - `zero_share`, `cos_live_mean`: the share of samples whose true gradient is exactly 0 (a saturated
+      softmax), which count with cosine 0 in `cos_mean`, and the mean over the others (rules.cosine_stats);
+    - `pre_cos_mean`, `pre_cos_std` (and `pre_zero_share`, `pre_cos_live_mean`): the same at the output of
+      the block's first linear/conv layer (the pre-activation), the signal taken back through the block;
+    - `update_angle`: the angle in degrees between the block's DFA and BP weight updates.
+    A None in `Bs` puts the true gradient in place of B_k e (BP against itself: cosines 1, angle 0). The
+    model is not changed: it runs on a copy, in `mode` (train: block k's dropout drawn from the stream
+    ("probe", k) of `seed`; eval: no dropout, batchnorm running statistics)."""
+    last = len(model) - 1
+    whole = StageProbe(dict(enumerate(model)), {k: B for k, B in enumerate(Bs) if k != last}, last,
+                       error_scale, seed, mode)
+    return chain([whole], x, y)

@@ -9,7 +9,7 @@ import copy
 import torch
 from torch import nn
 
-from . import data, schedule
+from . import data, probe, schedule
 from .stage import Plan, Stage, Window, assemble
 
 
@@ -45,7 +45,7 @@ class LocalPipeline:
     # -- windows (the driver's interface, shared with the Ray runtime) --------------------------------
     def submit(self, start: int, stop: int) -> Window:
         losses = []
-        for kind, t in schedule.ops(start, stop, self.plan.cfg.runtime.depth, self.plan.marks):
+        for kind, t in schedule.ops(start, stop, self.plan.cfg.runtime.depth, self.plan.boundaries):
             if kind == "forward":
                 losses.append(self.forward(t, self.batches.inputs(self.x_train, t).to(self.device),
                                            self.batches.labels(self.y_train, t).to(self.device)))
@@ -72,17 +72,8 @@ class LocalPipeline:
     def align(self, n: int, data: str = "train", mode: str = "train") -> list[dict]:
         """Alignment of every block on the first n samples of `data` (train or test), the blocks in `mode`
         (see probe.py)."""
-        probes = [stage.probe(mode) for stage in self.stages]
         x, y = (self.ds.x_train, self.ds.y_train) if data == "train" else (self.ds.x_test, self.ds.y_test)
-        h = x[:n].to(self.device)
-        for p in probes[:-1]:
-            h = p.forward(h)
-        e = probes[-1].forward(h, y[:n].to(self.device))
-        g, out = None, []
-        for p in reversed(probes):
-            blocks, g = p.backward(g, e)
-            out = blocks + out
-        return out
+        return probe.chain([stage.probe(mode) for stage in self.stages], x[:n].to(self.device), y[:n].to(self.device))
 
     # -- state -------------------------------------------------------------------------------------------
     def state(self) -> dict:

@@ -1,4 +1,5 @@
-"""The learning rules for one block: DFA, BP and shallow; the alignment measures; bottleneck masks.
+"""The learning rules for one block: DFA, BP and shallow; the alignment measures (cosines, update
+angles; probe.py applies them); bottleneck masks.
 Nothing here knows about Ray or about any particular model."""
 from __future__ import annotations
 
@@ -230,54 +231,3 @@ def update_angle(ga: list[torch.Tensor], gb: list[torch.Tensor]) -> float:
 def first_layer(block: nn.Module) -> nn.Module | None:
     """The block's first linear or conv layer: its output is the block's pre-activation."""
     return next((m for m in block.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))), None)
-
-
-def alignment(model: nn.Sequential, Bs: list[torch.Tensor | None], x: torch.Tensor, y: torch.Tensor,
-              error_scale: str = "mean", seed: int = 0, mode: str = "train") -> list[dict]:
-    """The single-process measure, per block k (the head last):
-    - `cos_mean`, `cos_std`: per-sample cosine between the signal block k learns from (B_k e for a
-      hidden block, the head's own error for the head) and the true gradient dL/dh_k (the paper's
-      measure; the head's is 1 by construction);
-    - `zero_share`, `cos_live_mean`: the share of samples whose true gradient is exactly 0 (a saturated
-      softmax), which count with cosine 0 in `cos_mean`, and the mean over the others (cosine_stats);
-    - `pre_cos_mean`, `pre_cos_std` (and `pre_zero_share`, `pre_cos_live_mean`): the same at the output of the block's first linear/conv layer (the
-      pre-activation), the signal taken back through the block;
-    - `update_angle`: the angle in degrees between the block's DFA and BP weight updates.
-    A None in `Bs` puts the true gradient in place of B_k e (BP against itself: cosines 1, angle 0). The
-    model is not changed: it runs on a copy, in `mode` (train: block k's dropout drawn from the stream
-    ("probe", k) of `seed`; eval: no dropout, batchnorm running statistics)."""
-    model = copy.deepcopy(model).train(mode == "train")
-    hs, pres, h = [], [], x
-    for k, block in enumerate(model):
-        layer, seen = first_layer(block), []
-        hook = layer.register_forward_hook(lambda m, i, o: seen.append(o)) if layer is not None else None
-        with torch.random.fork_rng():
-            torch.manual_seed(seeding.derive(seed, "probe", k))
-            h = block(h)
-        if hook is not None:
-            hook.remove()
-        hs.append(h)
-        pres.append(seen[0] if seen else None)
-    loss = F.cross_entropy(hs[-1], y, reduction="sum" if error_scale == "sum" else "mean")
-    _, e = head_error(hs[-1].detach(), y, error_scale)
-    head_signal = e / len(y) if error_scale == "paper" else e
-    params = [list(b.parameters()) for b in model]
-    flat = [p for ps in params for p in ps]
-    grads = torch.autograd.grad(loss, flat + hs + [p for p in pres if p is not None], retain_graph=True)
-    n, last = len(flat), len(model) - 1
-    bp_param, true_h, true_pre = grads[:n], grads[n:n + len(hs)], list(grads[n + len(hs):])
-    out, i = [], 0
-    for k, block in enumerate(model):
-        ps, bp_k = params[k], bp_param[i:i + len(params[k])]
-        i += len(ps)
-        if k == last:
-            g = head_signal
-        else:
-            g = true_h[k] if Bs[k] is None else feedback.project(Bs[k], e, hs[k].shape[1:])
-        dfa_k = torch.autograd.grad(hs[k], ps, grad_outputs=g, retain_graph=True)
-        rec = {"block": k, **cosine_stats(g, true_h[k]), "update_angle": update_angle(dfa_k, bp_k)}
-        if pres[k] is not None:
-            (dfa_pre,) = torch.autograd.grad(hs[k], pres[k], grad_outputs=g, retain_graph=True)
-            rec.update(cosine_stats(dfa_pre, true_pre.pop(0), "pre_"))
-        out.append(rec)
-    return out

@@ -378,7 +378,7 @@ class _Driver:
         probes = set()
         if self.probe is not None:
             probes = set(range(cfg.alignment.every - 1, self.total, cfg.alignment.every))
-        marks = set(self.plan.marks)
+        marks = set(self.plan.boundaries)
         running, windows = None, Windows(start, self.total, marks | probes, cfg.runtime.window)
         for a, b in windows:
             handle = self.pipe.submit(a, b)

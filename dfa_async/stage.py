@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from . import feedback, model as models, optim, rules, schedule
+from . import feedback, model as models, optim, partition, rules, schedule
 from .config import Config, ConfigError
 
 
@@ -99,7 +99,7 @@ class Plan:
         self.cfg, self.in_shape, self.classes = cfg, tuple(in_shape), classes
         self.total_steps, self.steps_per_epoch = total_steps, steps_per_epoch
         # Where the schedule drains (epoch ends, checkpoints, the last step): the same for every stage.
-        self.marks = schedule.boundaries(total_steps, steps_per_epoch, cfg.checkpoint.every)
+        self.boundaries = schedule.boundaries(total_steps, steps_per_epoch, cfg.checkpoint.every)
         self.net = net  # a user's own model (blocks of an nn.Sequential); None builds cfg.model
         net = self.shell()
         self.out_shapes = models.output_shapes(net, self.in_shape)
@@ -131,11 +131,7 @@ class Plan:
         """Block indices of each stage (runtime.stages; default one block per stage; "auto": balanced)."""
         if self.stage_sizes is None:
             raise RuntimeError("runtime.stages = auto: balance.resolve(plan) measures the blocks first")
-        out, k = [], 0
-        for n in self.stage_sizes:
-            out.append(list(range(k, k + n)))
-            k += n
-        return out
+        return partition.ranges(self.stage_sizes)
 
 
 class Stage:

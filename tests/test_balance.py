@@ -1,50 +1,11 @@
-"""Stage balancing: the split is the best contiguous one (checked against brute force), and "auto"
-separates the heavy blocks of a deliberately unbalanced model."""
-import itertools
-
+"""Stage balancing: "auto" measures the blocks and separates the heavy blocks of a deliberately
+unbalanced model."""
 import pytest
-from hypothesis import given, settings, strategies as st
 
 from dfa_async import balance, config
 from dfa_async.stage import Plan
 
 from conftest import small_config
-
-
-def brute_force(costs, n):
-    best = None
-    for cuts in itertools.combinations(range(1, len(costs)), n - 1):
-        bounds = (0, *cuts, len(costs))
-        worst = max(sum(costs[a:b]) for a, b in zip(bounds, bounds[1:]))
-        if best is None or worst < best:
-            best = worst
-    return best
-
-
-@pytest.mark.parametrize("costs,n,want", [
-    ([1, 1, 1, 1], 2, [2, 2]),
-    ([9, 1, 1, 1], 2, [1, 3]),
-    ([1, 1, 1, 9], 2, [3, 1]),
-    ([5, 1, 1, 1, 1, 1], 2, [1, 5]),
-    ([4, 1, 1, 1, 1, 4], 3, [1, 4, 1]),
-    ([3, 3, 3], 3, [1, 1, 1]),
-    ([2, 7, 1], 1, [3]),
-])
-def test_split_table(costs, n, want):
-    assert balance.split(costs, n) == want
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.lists(st.floats(0.01, 100), min_size=1, max_size=8), st.integers(1, 8))
-def test_split_is_as_good_as_brute_force(costs, n):
-    n = min(n, len(costs))
-    sizes = balance.split(costs, n)
-    assert len(sizes) == n and all(s >= 1 for s in sizes) and sum(sizes) == len(costs)
-    bounds = [0]
-    for s in sizes:
-        bounds.append(bounds[-1] + s)
-    worst = max(sum(costs[a:b]) for a, b in zip(bounds, bounds[1:]))
-    assert worst == pytest.approx(brute_force(costs, n))
 
 
 def test_auto_separates_the_heavy_blocks_of_an_unbalanced_model():

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from dfa_async import data, feedback, rules
+from dfa_async import data, feedback, probe
 from dfa_async.reference import LocalPipeline
 from dfa_async.stage import Plan
 
@@ -20,7 +20,7 @@ def oracle(plan, model, x, y, mode="train"):
     dims = [math.prod(s) for s in plan.out_shapes[:-1]]
     Bs = [feedback.matrix(k, dims, plan.classes, cfg.feedback.init, cfg.feedback.normalization, cfg.train.seed)
           for k in range(len(dims))]
-    return rules.alignment(model, Bs, x, y, cfg.feedback.error_scale, seed=cfg.train.seed, mode=mode)
+    return probe.alignment(model, Bs, x, y, cfg.feedback.error_scale, seed=cfg.train.seed, mode=mode)
 
 
 @pytest.mark.parametrize("net,partition", [(MLP, None), (MLP, [[0], [1], [2]]), (MLP, [[0, 1], [2]]),

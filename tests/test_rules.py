@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dfa_async import feedback, model as models, rules
+from dfa_async import feedback, model as models, probe, rules
 from dfa_async.reference import LocalPipeline
 from dfa_async.stage import Plan
 
@@ -135,7 +135,7 @@ def test_alignment_of_bp_against_itself_is_one():
     torch.manual_seed(4)
     net = nn.Sequential(*models.mlp_blocks(20, [16, 12], 5))
     x, y = torch.randn(32, 20), torch.randint(0, 5, (32,))
-    out = rules.alignment(net, [None, None], x, y)
+    out = probe.alignment(net, [None, None], x, y)
     assert [b["block"] for b in out] == [0, 1, 2]  # the head too
     for b in out:
         assert b["cos_mean"] == pytest.approx(1.0, abs=1e-9)
@@ -148,7 +148,7 @@ def test_alignment_of_random_feedback_matches_a_direct_computation():
     net = nn.Sequential(*models.mlp_blocks(20, [16], 5))
     B = torch.randn(5, 16)
     x, y = torch.randn(8, 20), torch.randint(0, 5, (8,))
-    b, _ = rules.alignment(net, [B, None], x, y)
+    b, _ = probe.alignment(net, [B, None], x, y)
     # Direct: true dL/dh1 = (e W2) for the linear head.
     h1 = net[0](x)
     _, e = rules.head_error(net[1](h1).detach(), y, "mean")
@@ -243,7 +243,7 @@ def test_pre_activation_and_head_cosines_in_closed_form():
     net = nn.Sequential(*models.mlp_blocks(20, [16], 5))
     B = torch.randn(5, 16)
     x, y = torch.randn(9, 20), torch.randint(0, 5, (9,))
-    hidden, head = rules.alignment(net, [B, None], x, y)
+    hidden, head = probe.alignment(net, [B, None], x, y)
     h1 = net[0](x).detach()
     _, e = rules.head_error(net[1](h1), y, "mean")
     dfa, bp = (e @ B) * (1 - h1 ** 2), (e @ net[1][0].weight.detach()) * (1 - h1 ** 2)

@@ -86,7 +86,7 @@ def test_users_own_sequential(tmp_path):
     sd = final_params(tmp_path / "own")
     assert set(sd) == {"0.1.weight", "0.1.bias", "1.0.weight", "1.0.bias"}
     assert not torch.equal(sd["0.1.weight"], blocks[0][1].weight)  # the hidden block learned
-    with pytest.raises(ValueError, match="boundaries"):
+    with pytest.raises(ValueError, match="starts"):
         models.from_sequential(seq, [0, 3])
 
 

@@ -122,7 +122,7 @@ def run(cfg: config_mod.Config, target: float, depths=(1, 2), eval_every: int = 
         own = copy.deepcopy(cfg)
         own.runtime.depth = depth
         plan = balance.resolve(Plan(own, ds.shape, ds.classes, total, spe))
-        plan.marks = sorted(set(plan.marks) | set(cuts))  # drained at every evaluation
+        plan.boundaries = sorted(set(plan.boundaries) | set(cuts))  # drained at every evaluation
         return plan
 
     n = len(plan_at(1).partition())

@@ -83,7 +83,7 @@ def setup(width: int, batch: int, threads: int, stages: int, warmup: int, steps:
     ds = data.Dataset(torch.randn(n, *shape, generator=g), torch.randint(0, 10, (n,), generator=g),
                       torch.randn(batch, *shape, generator=g), torch.randint(0, 10, (batch,), generator=g), 10)
     plan = Plan(cfg, shape, 10, total_steps=warmup + steps, steps_per_epoch=warmup + steps)
-    plan.marks = sorted({warmup - 1, warmup + steps - 1})
+    plan.boundaries = sorted({warmup - 1, warmup + steps - 1})
     return cfg, plan, ds
 
 

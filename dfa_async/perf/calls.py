@@ -49,7 +49,7 @@ class CallsPipeline:
     def submit(self, start: int, stop: int):
         losses, in_flight = [], deque()
         depth = self.plan.cfg.runtime.depth
-        for kind, t in schedule.ops(start, stop, depth, self.plan.marks):
+        for kind, t in schedule.ops(start, stop, depth, self.plan.boundaries):
             if kind == "forward":
                 h = self.batches.inputs(self.ds.x_train, t).numpy()
                 for actor in self.actors[:-1]:

@@ -91,7 +91,7 @@ class StageWorker:
         head's losses (one per step) and the stage's op timestamps."""
         stage, link, head = self.stage, self.link, self.world - 1
         acts, error_shape = self.shapes()
-        items = wire.window(self.rank, self.world, start, stop, self.depth, self.plan.marks, acts, error_shape)
+        items = wire.window(self.rank, self.world, start, stop, self.depth, self.plan.boundaries, acts, error_shape)
         got, errors, losses = {}, self.errors, []  # the head's errors outlive a window: D - 1 await update
         for op, t, ch, msg in items:
             if op == "recv":

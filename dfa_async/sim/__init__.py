@@ -7,6 +7,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+from .. import partition
 from . import links
 from .predict import ddp, dfa, pipeline
 
@@ -163,7 +164,6 @@ def validate(folder: Path, tolerance: float = 0.15) -> tuple[list[dict], str]:
 def scaling(folder: Path, link_name: str, workers: list[int], depth: int, microbatches: int) -> str:
     """Predicted samples/s for each N of the bench's model family (N equal hidden blocks and the head, or
     its fixed model split into N stages), from the costs of the largest N it profiled."""
-    from ..perf.bench import split
 
     bench, profile = _load(folder)
     per = profile["per_workers"]
@@ -178,9 +178,9 @@ def scaling(folder: Path, link_name: str, workers: list[int], depth: int, microb
              f"| N | dfa D={depth} | gpipe M={microbatches} | 1f1b M={microbatches} | ddp |", "|---:|---:|---:|---:|---:|"]
     for n in workers:
         if fixed:
-            model, sizes = blocks, split(fixed, n)
+            model, sizes = blocks, partition.even(fixed, n)
         else:
-            model, sizes = [blocks[0]] * n + [blocks[-1]], split(n, n)
+            model, sizes = [blocks[0]] * n + [blocks[-1]], partition.even(n, n)
         if link_name == "measured":  # workers share this machine's cores and caches
             known = {int(k): contention_of(v, int(k), cores) for k, v in per.items()}
             args = (known.get(n) or known[min(known, key=lambda k: abs(k - n))], cores)

@@ -13,19 +13,11 @@ update op of the DFA stages (their loop, bookkeeping and calls around the comput
 one worker (see sim.validate)."""
 from __future__ import annotations
 
-from .. import schedule
+from .. import partition, schedule
 from .engine import Op, finish_times
 from .links import Link, transfer_s
 
 STEPS = 48  # simulated steps; the rate is taken between step STEPS // 4 and the last but one
-
-
-def stages_of(sizes: list[int]) -> list[list[int]]:
-    out, k = [], 0
-    for n in sizes:
-        out.append(list(range(k, k + n)))
-        k += n
-    return out
 
 
 def _host(link: Link, nbytes: float) -> float:
@@ -40,7 +32,7 @@ def _rate(done: dict, key, batch: int) -> float:
 
 def dfa(blocks: list[dict], sizes: list[int], batch: int, classes: int, link: Link, depth: int,
         contention: float = 1.0, cores: float = float("inf"), per_op_s: float = 0.0) -> float:
-    st = stages_of(sizes)
+    st = partition.ranges(sizes)
     n = len(st)
     fwd = [contention * sum(blocks[k]["dfa_forward_s"] for k in s) + per_op_s for s in st]
     upd = [contention * sum(blocks[k]["dfa_update_s"] for k in s) + per_op_s for s in st]
@@ -91,7 +83,7 @@ def pipeline(kind: str, blocks: list[dict], sizes: list[int], batch: int, link: 
     forward, then the rest of the backwards) with an optimizer step per minibatch on every stage.
     `per_action_s`: the library's software time per forward or backward action of each block (autograd
     and module calls are per block, so a stage of k blocks pays k of it)."""
-    st = stages_of(sizes)
+    st = partition.ranges(sizes)
     n, m = len(st), microbatches
     rows = batch // m
     f, b, o = _bp_costs(blocks, st, rows, contention)

@@ -92,12 +92,6 @@ def test_a_sweep_cut_short_keeps_every_n_it_measured(tmp_path):
     assert set(profile["per_workers"]) == {"1"} and "tiny" not in profile  # --no-tiny: no calibration runs
 
 
-def test_split_is_balanced_and_keeps_the_head_last():
-    assert bench.split(8, 3) == [2, 3, 4] and bench.split(4, 4) == [1, 1, 1, 2] and bench.split(2, 1) == [3]
-    with pytest.raises(ValueError, match="--stages: 5 stages for a model of 4 blocks"):
-        bench.split(4, 5)
-
-
 @pytest.mark.parametrize("kwargs,match", [({"depths": [0]}, "--depths"), ({"repeats": 0}, "--repeats"),
                                           ({"microbatches": [2, 3]}, "--microbatches"), ({"width": -4}, "--width")])
 def test_bad_settings_fail_before_any_work(kwargs, match):
@@ -112,7 +106,7 @@ def test_bench_rejects_a_width_that_is_not_a_square():
 
 def test_every_mode_sees_the_same_minibatches_and_drains_after_the_warmup():
     cfg, plan, ds = bench.setup(16, 8, 1, 2, warmup=3, steps=5)
-    assert len(ds.x_train) == 8 * 8 and plan.total_steps == 8 and plan.marks == [2, 7]
+    assert len(ds.x_train) == 8 * 8 and plan.total_steps == 8 and plan.boundaries == [2, 7]
     assert cfg.runtime.stages == [1, 2]
 
 

@@ -9,7 +9,7 @@ import pytest
 import ray
 import torch
 
-from dfa_async import checkpoint, runlog, train
+from dfa_async import checkpoint, probe, runlog, train
 from dfa_async.runtime import shm
 
 from conftest import small_config
@@ -198,7 +198,7 @@ def test_stage_actors_carry_readable_names(tmp_path):
 @pytest.mark.parametrize("net,stages", [(MLP, [1, 1, 1]), (CNN, [1, 2, 1])], ids=["mlp", "cnn"])
 def test_live_probe_through_the_actors_equals_the_single_process_measure(net, stages):
     """The probe runs stage by stage (a backprop chain through the actors); on the same weights it
-    equals rules.alignment on the assembled model."""
+    equals probe.alignment on the assembled model."""
     import math
 
     from dfa_async import data, feedback, rules
@@ -216,8 +216,8 @@ def test_live_probe_through_the_actors_equals_the_single_process_measure(net, st
         dims = [math.prod(s) for s in plan.out_shapes[:-1]]
         Bs = [feedback.matrix(k, dims, plan.classes, cfg.feedback.init, cfg.feedback.normalization, cfg.train.seed)
               for k in range(len(dims))]
-        want = rules.alignment(pipe.model(), Bs, ds.x_train[:48], ds.y_train[:48], seed=cfg.train.seed)
-        want_held_out = rules.alignment(pipe.model(), Bs, ds.x_test[:40], ds.y_test[:40], mode="eval")
+        want = probe.alignment(pipe.model(), Bs, ds.x_train[:48], ds.y_train[:48], seed=cfg.train.seed)
+        want_held_out = probe.alignment(pipe.model(), Bs, ds.x_test[:40], ds.y_test[:40], mode="eval")
     finally:
         pipe.close()
     assert [b["block"] for b in got] == list(range(plan.num_blocks))
