@@ -3,7 +3,6 @@ angles; probe.py applies them); bottleneck masks.
 Nothing here knows about Ray or about any particular model."""
 from __future__ import annotations
 
-import copy
 import math
 
 import torch

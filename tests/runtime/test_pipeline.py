@@ -201,7 +201,7 @@ def test_live_probe_through_the_actors_equals_the_single_process_measure(net, st
     equals probe.alignment on the assembled model."""
     import math
 
-    from dfa_async import data, feedback, rules
+    from dfa_async import data, feedback
     from dfa_async.runtime import RayPipeline
     from dfa_async.stage import Plan
 
