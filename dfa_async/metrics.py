@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from . import windows
+
 OP_SECONDS = (1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)  # a 16-wide block .. a wide block on a CPU
 
 
@@ -65,9 +67,7 @@ class Exporter:
             for op, _, a, b, _ in ops:
                 if op in ("forward", "update"):
                     (self.forward_s if op == "forward" else self.update_s).labels(stage=label).observe(b - a)
-            span = ops[-1][3] - ops[0][2]
-            busy = sum(b - a for _, _, a, b, _ in ops)
-            self.idle.labels(stage=label).set(1 - busy / span if span > 0 else 0.0)
+            self.idle.labels(stage=label).set(windows.idle(*windows.busy(ops)))
             updates = [k for op, _, _, _, k in ops if op == "update"]
             if updates:
                 self.staleness.labels(stage=label).set(updates[-1])

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from . import balance, checkpoint, config as config_mod, data, optim, runlog, schedule, storage
+from . import balance, checkpoint, config as config_mod, data, optim, runlog, storage, windows
 from .config import Config, ConfigError
 from .executor import Pipeline
 from .runlog import EventLog
@@ -87,61 +87,6 @@ def make_pipeline(plan: Plan, ds: data.Dataset) -> Pipeline:
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("runtime.device: cuda, but this process sees no GPU; use cpu or auto")
     return LocalPipeline(plan, plan.partition(), ds, "cuda" if device == "cuda" else "cpu")
-
-
-WINDOW_S = 1.0  # automatic windows (runtime.window = 0) hold about this much work
-
-
-class Windows:
-    """The windows the driver asks the stages for: one ends after every cut (where the driver has work)
-    and none is longer than `fixed` steps or, when `fixed` is 0, than about WINDOW_S seconds of work at
-    the speed measured on the windows so far (each window costs a round of calls)."""
-
-    def __init__(self, start: int, stop: int, cuts, fixed: int = 0):
-        self.start, self.stop, self.cuts, self.fixed = start, stop, sorted(set(cuts)), fixed
-        self.longest = fixed or 8
-
-    def __iter__(self):
-        while self.start < self.stop:
-            end = schedule.window_end(self.start, self.stop, self.cuts, self.longest)
-            yield self.start, end
-            self.start = end
-
-    def measured(self, win) -> None:
-        spans = [(tl[0][2], tl[-1][3]) for tl in win.timelines if tl]
-        if self.fixed or not spans:
-            return
-        secs = max(end for _, end in spans) - min(start for start, _ in spans)
-        self.longest = max(1, min(int((win.stop - win.start) / max(secs, 1e-6) * WINDOW_S), 100_000))
-
-
-class Timelines:
-    """Per-stage host timestamps, written after every window as one `timeline` record per stage, and
-    totals (busy time, idle fraction) written at the end as `stage` records."""
-
-    def __init__(self):
-        self.busy, self.first, self.last = {}, {}, {}
-
-    def write(self, timelines: list[list], log: EventLog, step: int, stats: list[dict] | None = None) -> None:
-        for s, tl in enumerate(timelines):
-            if not tl:
-                continue
-            op, steps, start, end, stale = (list(c) for c in zip(*tl))
-            log.write("timeline", step, stage=s, op=op, steps=steps, start=start, end=end, staleness=stale,
-                      **(stats[s] if stats else {}))
-            self.busy[s] = self.busy.get(s, 0.0) + sum(b - a for a, b in zip(start, end))
-            self.first.setdefault(s, start[0])
-            self.last[s] = end[-1]
-
-    def summary(self, log: EventLog, step: int) -> list[dict]:
-        out = []
-        for s in sorted(self.busy):
-            span = self.last[s] - self.first[s]
-            rec = {"stage": s, "busy_s": self.busy[s], "span_s": span,
-                   "idle_fraction": max(0.0, 1 - self.busy[s] / span) if span > 0 else 0.0}
-            log.write("stage", step, **rec)
-            out.append(rec)
-        return out
 
 
 @dataclass
@@ -254,15 +199,15 @@ def _train(cfg, plan, ds, store, begin, cleaned, total, spe, progress, metrics) 
             log.write("stages", 0, **stages)
         for note in pipe.warnings():
             warn(note)
-        probe = None
+        probe_samples = None
         if cfg.alignment.every:
             held = ds.x_train if cfg.alignment.data == "train" else ds.x_test
-            probe = min(cfg.alignment.probe_size, len(held))  # the first samples of alignment.data
+            probe_samples = min(cfg.alignment.probe_size, len(held))  # the first samples of alignment.data
         if progress:
             from tqdm import tqdm
 
             bar = tqdm(total=total, unit="step", dynamic_ncols=True)
-        driver = _Driver(cfg, plan, ds, pipe, log, store, probe, metrics, bar, total, spe)
+        driver = _Driver(cfg, plan, ds, pipe, log, store, probe_samples, metrics, bar, total, spe)
         failures = 0
         while True:
             try:  # a stage that cannot connect fails at the first call, here too
@@ -336,12 +281,12 @@ class StorageFull(RuntimeError):
 class _Driver:
     """Carries out the schedule on a pipeline and records what happens."""
 
-    def __init__(self, cfg, plan, ds, pipe, log, store, probe, metrics, bar, total, spe):
+    def __init__(self, cfg, plan, ds, pipe, log, store, probe_samples, metrics, bar, total, spe):
         self.cfg, self.plan, self.ds, self.pipe, self.log = cfg, plan, ds, pipe, log
         self.store, self.run_dir = store, store.local
-        self.probe, self.metrics, self.bar = probe, metrics, bar
+        self.probe_samples, self.metrics, self.bar = probe_samples, metrics, bar
         self.total, self.spe = total, spe
-        self.timelines = Timelines()
+        self.timelines = windows.Timelines()
         self.last = {"test_accuracy": float("nan"), "test_loss": float("nan")}
         self.align_log, self.samples, self.seconds, self.step = [], 0, 0.0, 0
         self.settings = config_mod.to_toml(cfg)  # kept in every checkpoint: the run's fingerprint
@@ -371,31 +316,22 @@ class _Driver:
             self.seconds += time.time() - t0
 
     def _run_windows(self, start: int, t0: float) -> None:
-        """Ask the stages for windows of the schedule. A window that ends where the driver has work (a
-        boundary, a probe) is waited for; otherwise the next one is queued behind it first, so the
-        stages never wait for the driver."""
+        """The run's windows (windows.drive): each boundary and probe is waited for, then served."""
         cfg = self.cfg
         probes = set()
-        if self.probe is not None:
+        if self.probe_samples is not None:
             probes = set(range(cfg.alignment.every - 1, self.total, cfg.alignment.every))
         marks = set(self.plan.boundaries)
-        running, windows = None, Windows(start, self.total, marks | probes, cfg.runtime.window)
-        for a, b in windows:
-            handle = self.pipe.submit(a, b)
-            if running is not None:
-                windows.measured(self._record(self.pipe.collect(running), t0))
-            running = handle
-            t = b - 1
-            if t in marks or t in probes:
-                windows.measured(self._record(self.pipe.collect(running), t0))
-                running = None
-                if t in probes:
-                    self.align_log.append(measure_alignment(self.pipe, self.probe, t, self.log, self.metrics,
-                                                            *self.probe_how))
-                if t in marks:
-                    self._boundary(t)
-        if running is not None:
-            self._record(self.pipe.collect(running), t0)
+
+        def at_cut(t: int) -> None:
+            if t in probes:
+                self.align_log.append(measure_alignment(self.pipe, self.probe_samples, t, self.log, self.metrics,
+                                                        *self.probe_how))
+            if t in marks:
+                self._boundary(t)
+
+        windows.drive(self.pipe, start, self.total, marks | probes, cfg.runtime.window,
+                      lambda win: self._record(win, t0), at_cut)
 
     def _record(self, win, t0: float) -> None:
         """Log a finished window: losses (every log_every steps; every one is checked), timestamps."""
@@ -423,7 +359,6 @@ class _Driver:
         if self.bar:
             self.bar.set_postfix(loss=f"{win.losses[-1]:.4f}", refresh=False)
             self.bar.update(win.stop - win.start)
-        return win
 
     def _boundary(self, t: int) -> None:
         cfg = self.cfg
@@ -447,8 +382,8 @@ class _Driver:
 
     def finish(self) -> Result:
         cfg, total = self.cfg, self.total
-        if self.probe is not None and total % cfg.alignment.every:
-            self.align_log.append(measure_alignment(self.pipe, self.probe, total - 1, self.log, self.metrics,
+        if self.probe_samples is not None and total % cfg.alignment.every:
+            self.align_log.append(measure_alignment(self.pipe, self.probe_samples, total - 1, self.log, self.metrics,
                                                     *self.probe_how))
         checkpoint.export(self.pipe.model(), self.run_dir / "final_model.pt")
         stages = self.timelines.summary(self.log, total)

@@ -115,22 +115,6 @@ def test_a_finished_run_is_not_overwritten_and_a_crash_after_the_last_checkpoint
     assert again.test_accuracy == res.test_accuracy and (tmp_path / "r" / "final_model.pt").exists()
 
 
-def test_windows_end_at_cuts_and_size_themselves_to_about_a_second_of_work():
-    from dfa_async.run import WINDOW_S, Windows
-    from dfa_async.stage import Window
-
-    fixed = Windows(0, 20, cuts=[4], fixed=6)
-    assert list(fixed) == [(0, 5), (5, 11), (11, 17), (17, 20)]
-    auto = Windows(0, 10_000, cuts=[99])
-    it = iter(auto)
-    assert next(it) == (0, 8)  # a short first window, to measure
-    # 8 steps took 0.02 s on the slowest-spanning stage: 400 steps/s.
-    auto.measured(Window(0, 8, [0.0] * 8, [[("forward", 0, 10.0, 10.01, 0), ("update", 7, 10.015, 10.02, 0)],
-                                           [("forward", 0, 10.005, 10.01, 0)]]))
-    assert next(it) == (8, 100)  # capped by the cut after step 99
-    assert next(it) == (100, 100 + int(400 * WINDOW_S))
-
-
 # -- the run directory as a durable record ---------------------------------------------------------------------
 def test_settings_live_in_every_checkpoint_so_a_missing_config_toml_hides_nothing(tmp_path):
     cfg = small_config(train={"epochs": 2}, checkpoint={"every": 5, "keep": 10})

@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .. import balance, config as config_mod, data, optim
+from .. import balance, config as config_mod, data, optim, windows
 from ..reference import LocalPipeline
-from ..run import Windows, step_counts
+from ..run import step_counts
 from ..stage import Plan, keep_freed_memory
 
 
@@ -65,13 +65,7 @@ class _Windows:
         self.pipe = pipe
 
     def run(self, a: int, b: int) -> None:
-        running, windows = None, Windows(a, b, ())
-        for s, e in windows:
-            handle = self.pipe.submit(s, e)
-            if running is not None:
-                windows.measured(self.pipe.collect(running))
-            running = handle
-        self.pipe.collect(running)
+        windows.drive(self.pipe, a, b)
 
     def model(self):
         return self.pipe.model()
