@@ -34,27 +34,50 @@ def resolve(plan: Plan) -> Plan:
     return plan
 
 
+class Solo:
+    """Blocks `ids` of `plan` as one stage stepping alone on its own random data (no peers, no waiting):
+    what block timing measures, one op at a time or whole steps."""
+
+    def __init__(self, plan: Plan, ids: list[int], device: torch.device | str = "cpu", seed: int = 0):
+        self.stage = Stage(plan, ids, device=device)
+        batch = plan.cfg.train.batch_size
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(batch, *([plan.in_shape] + plan.out_shapes)[ids[0]], generator=g).to(device)
+        self.y = torch.randint(0, plan.classes, (batch,), generator=g).to(device)
+        self.e = (torch.randn(batch, plan.classes, generator=g) / batch).to(device)
+        self.cuda = torch.device(device).type == "cuda"
+        self.t = 0
+
+    def forward(self) -> None:
+        self.stage.forward(self.t, self.x, self.y)
+
+    def update(self) -> None:
+        self.stage.update(self.t, self.e)
+        self.t += 1
+
+    def steps(self, n: int) -> float:
+        """Seconds of n whole steps (forward + update), the device synced."""
+        return self.timed(lambda: [(self.forward(), self.update()) for _ in range(n)])
+
+    def timed(self, fn) -> float:
+        if self.cuda:  # kernels run asynchronously: time them, not their launch
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    def op_times(self, samples: int = SAMPLES) -> tuple[float, float]:
+        """Median seconds of the forward and of the update, over `samples` steps after one warm-up step."""
+        fwd, upd = [], []
+        for _ in range(samples + 1):
+            fwd.append(self.timed(self.forward))
+            upd.append(self.timed(self.update))
+        return sorted(fwd[1:])[samples // 2], sorted(upd[1:])[samples // 2]
+
+
 def block_costs(plan: Plan, device: torch.device | str = "cpu") -> list[float]:
     """Seconds of one training step (forward + update, head error included) of each block alone, at the
     run's batch size on `device`."""
-    batch = plan.cfg.train.batch_size
-    g = torch.Generator().manual_seed(0)
-    shapes = [plan.in_shape] + plan.out_shapes
-    e = (torch.randn(batch, plan.classes, generator=g) / batch).to(device)
-    y = torch.randint(0, plan.classes, (batch,), generator=g).to(device)
-    costs = []
-    for k in range(plan.num_blocks):
-        stage = Stage(plan, [k], device=device)
-        x = torch.randn(batch, *shapes[k], generator=g).to(device)
-        times = []
-        for t in range(SAMPLES + 1):
-            if torch.device(device).type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            stage.forward(t, x, y)
-            stage.update(t, e)
-            if torch.device(device).type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
-        costs.append(sorted(times[1:])[SAMPLES // 2])
-    return costs
+    return [sum(Solo(plan, [k], device, seed=k).op_times()) for k in range(plan.num_blocks)]

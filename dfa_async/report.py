@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 from . import runlog, storage
+from .tables import markdown
 
 
 def load(run_dir: Path) -> dict[str, list[dict]]:
@@ -31,28 +32,26 @@ def tables(ev: dict[str, list[dict]]) -> str:
     lines = ["# Run report", ""]
     done = (ev.get("done") or [None])[-1]
     if done:
-        lines += ["| steps | test accuracy | test loss | seconds | samples/s | restarts |", "|---:|---:|---:|---:|---:|---:|",
-                  f"| {done['step']} | {done['test_accuracy']:.4f} | {done['test_loss']:.4f} | {done['seconds']:.1f} | "
-                  f"{done['samples_per_s']:.0f} | {done.get('restarts', 0)} |", ""]
+        lines += [markdown(["steps", "test accuracy", "test loss", "seconds", "samples/s", "restarts"],
+                           [[done["step"], f"{done['test_accuracy']:.4f}", f"{done['test_loss']:.4f}",
+                             f"{done['seconds']:.1f}", f"{done['samples_per_s']:.0f}", done.get("restarts", 0)]],
+                           "rrrrrr"), ""]
     else:
         lines += ["The run has not finished (no `done` record).", ""]
     if ev.get("eval"):
-        lines += ["## Evaluation", "", "| epoch | test accuracy | test loss |", "|---:|---:|---:|"]
-        lines += [f"| {r['epoch']:g} | {r['test_accuracy']:.4f} | {r['test_loss']:.4f} |" for r in ev["eval"]]
-        lines.append("")
+        lines += ["## Evaluation", "", markdown(["epoch", "test accuracy", "test loss"], [
+            [f"{r['epoch']:g}", f"{r['test_accuracy']:.4f}", f"{r['test_loss']:.4f}"] for r in ev["eval"]], "rrr"), ""]
     if ev.get("align"):
+        # Blocks numbered from 0, as in every record and plot; cosines are per-sample means ± std.
         blocks = [b["block"] for b in ev["align"][0]["blocks"]]
-        head = " | ".join(f"block {k + 1} cos | block {k + 1} angle" for k in blocks)
-        lines += ["## Alignment", "", f"| step | {head} |", "|---:|" + "---:|---:|" * len(blocks)]
-        for r in ev["align"]:
-            cells = " | ".join(f"{b['cos_mean']:.3f} ± {b['cos_std']:.3f} | {b['update_angle']:.1f}°" for b in r["blocks"])
-            lines.append(f"| {r['step']} | {cells} |")
-        lines.append("")
+        columns = ["step"] + [c for k in blocks for c in (f"block {k} cosine", f"block {k} update angle")]
+        rows = [[r["step"]] + [c for b in r["blocks"] for c in (f"{b['cos_mean']:.3f} ± {b['cos_std']:.3f}",
+                                                                 f"{b['update_angle']:.1f}°")] for r in ev["align"]]
+        lines += ["## Alignment", "", markdown(columns, rows, "r" * len(columns)), ""]
     if ev.get("stage"):
-        lines += ["## Stages", "", "| stage | busy s | span s | idle fraction |", "|---:|---:|---:|---:|"]
-        lines += [f"| {r['stage']} | {r['busy_s']:.2f} | {r['span_s']:.2f} | {r['idle_fraction']:.3f} |"
-                  for r in ev["stage"]]
-        lines.append("")
+        lines += ["## Stages", "", markdown(["stage", "busy s", "span s", "idle fraction"], [
+            [r["stage"], f"{r['busy_s']:.2f}", f"{r['span_s']:.2f}", f"{r['idle_fraction']:.3f}"]
+            for r in ev["stage"]], "rrrr"), ""]
     return "\n".join(lines)
 
 

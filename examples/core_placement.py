@@ -25,7 +25,7 @@ import time
 
 import ray
 
-from dfa_async.perf import bench
+from dfa_async.perf import machine, modes
 from dfa_async.runtime import RayPipeline, cluster
 
 
@@ -49,21 +49,20 @@ def cpu_seconds(pid: int) -> float:
 
 
 def ceiling_cpu(plan, steps: int) -> dict:
-    """The ceiling's loops (as `bench.measure_ceiling` runs them) for `steps` steps: steps/s of the slowest,
+    """The ceiling's loops (as `modes.measure_ceiling` runs them) for `steps` steps: steps/s of the slowest,
     each loop's CPU seconds per step, and the machine's idle fraction meanwhile."""
-    shapes = [plan.in_shape] + plan.out_shapes
-    loops = [ray.remote(num_cpus=1)(bench._OwnLoop).remote(plan, ids, shapes[ids[0]], 1) for ids in plan.partition()]
+    loops = [ray.remote(num_cpus=1)(modes._OwnLoop).remote(plan, ids, 1) for ids in plan.partition()]
     try:
         pids = ray.get([lp.pid.remote() for lp in loops])
         ray.get([lp.steps.remote(5) for lp in loops])
-        cpu0, idle0 = [cpu_seconds(p) for p in pids], bench.machine_ticks()
+        cpu0, idle0 = [cpu_seconds(p) for p in pids], machine.machine_ticks()
         secs = ray.get([lp.steps.remote(steps) for lp in loops])
-        cpu1, idle1 = [cpu_seconds(p) for p in pids], bench.machine_ticks()
+        cpu1, idle1 = [cpu_seconds(p) for p in pids], machine.machine_ticks()
     finally:
         for lp in loops:
             ray.kill(lp)
     return {"steps_per_s": steps / max(secs), "cpu_ms_per_step": [(b - a) / steps * 1e3 for a, b in zip(cpu0, cpu1)],
-            "idle": bench.idle_between(idle0, idle1)}
+            "idle": machine.idle_between(idle0, idle1)}
 
 
 def summarize(samples: list[list[int]], seconds: float) -> dict:
@@ -89,7 +88,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--every", type=float, default=0.02, help="seconds between samples (see above)")
     ap.add_argument("--no-ceiling", action="store_true", help="skip the ceiling's loops")
     args = ap.parse_args(argv)
-    _, plan, ds = bench.setup(args.width, args.batch, 1, args.stages, 5, args.steps, blocks=args.blocks)
+    _, plan, ds = modes.setup(args.width, args.batch, 1, args.stages, 5, args.steps, blocks=args.blocks)
     plan.cfg.runtime.depth = args.depth
     started = not ray.is_initialized()  # one instance for the pipeline and then the ceiling's loops
     if started:
@@ -105,7 +104,7 @@ def _run(args, plan, ds) -> dict:
     pipe = RayPipeline(plan, ds)
     try:
         pids = ray.get([actor.pid.remote() for actor in pipe.actors])
-        bench.drive(pipe, 0, 5)
+        modes.drive(pipe, 0, 5)
         samples, done = [], threading.Event()
 
         def sample():
@@ -114,20 +113,20 @@ def _run(args, plan, ds) -> dict:
                 time.sleep(args.every)
 
         sampler = threading.Thread(target=sample)
-        cpu0, idle0 = [cpu_seconds(p) for p in pids], bench.machine_ticks()
+        cpu0, idle0 = [cpu_seconds(p) for p in pids], machine.machine_ticks()
         sampler.start()
         try:
-            secs, _ = bench.drive(pipe, 5, 5 + args.steps)
+            secs, _ = modes.drive(pipe, 5, 5 + args.steps)
         finally:
             done.set()
             sampler.join()
-        cpu1, idle1 = [cpu_seconds(p) for p in pids], bench.machine_ticks()
+        cpu1, idle1 = [cpu_seconds(p) for p in pids], machine.machine_ticks()
     finally:
         pipe.close()
     out = summarize(samples, secs)
     out["steps_per_s"] = args.steps / secs
     out["cpu_ms_per_step"] = [(b - a) / args.steps * 1e3 for a, b in zip(cpu0, cpu1)]
-    out["idle"] = bench.idle_between(idle0, idle1)
+    out["idle"] = machine.idle_between(idle0, idle1)
     out["ceiling"] = None if args.no_ceiling else ceiling_cpu(plan, args.steps)
     print(f"{args.stages} stages at depth {args.depth}, {args.width}-wide: {out['steps_per_s']:.1f} steps/s, "
           f"{out['samples']} samples\nfraction of the time two stages shared a core:")

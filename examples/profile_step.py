@@ -20,7 +20,8 @@ import collections
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from dfa_async.perf import bench
+from dfa_async.baselines.local import Backprop
+from dfa_async.perf import modes
 from dfa_async.reference import LocalPipeline
 
 
@@ -44,11 +45,11 @@ def main(argv=None) -> list[tuple]:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     warmup = 20
-    _, plan, ds = bench.setup(args.width, args.batch, 1, args.stages, warmup, args.steps)
+    _, plan, ds = modes.setup(args.width, args.batch, 1, args.stages, warmup, args.steps)
     plan.cfg.runtime.depth = 1
     pipe = LocalPipeline(plan, None, ds, "cpu")
     torch.set_num_threads(1)
-    bp = bench.backprop_stepper(plan, ds, fused=True)
+    bp = Backprop(plan, ds, fused=True).step
     pipe.collect(pipe.submit(0, warmup))
     for t in range(warmup):
         bp(t)

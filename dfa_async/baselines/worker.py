@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from .. import data, optim
 from ..runtime.plane import Rendezvous
 from ..stage import Plan, keep_freed_memory
+from .local import step
 
 KINDS = ("gpipe", "1f1b", "ddp")
 
@@ -96,11 +97,7 @@ class BackpropWorker:
         losses = []
         for t in range(start, stop):
             lr = optim.lr_at(self.plan.cfg.optim, t, self.plan.total_steps, self.plan.steps_per_epoch)
-            for group in self.opt.param_groups:
-                group["lr"] = lr
-            self.opt.zero_grad(set_to_none=True)
-            loss = self._backward(t)
-            optim.step(self.opt)
+            loss = step(self.opt, lr, lambda: self._backward(t))
             if loss is not None:
                 losses.append(loss)
         return {"seconds": time.perf_counter() - t0, "losses": losses}

@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from .. import balance, config as config_mod, data, optim, windows
+from .. import balance, config as config_mod, data, tables, windows
+from ..baselines.local import Backprop
 from ..reference import LocalPipeline
 from ..run import step_counts
 from ..stage import Plan, keep_freed_memory
@@ -29,33 +29,6 @@ def test_accuracy(net: torch.nn.Module, ds, batch: int) -> float:
                   for a in range(0, len(ds.x_test), batch))
     net.train()
     return correct / len(ds.x_test)
-
-
-class _Backprop:
-    """Single-process backprop with the stages' optimizer kernels, stepped in windows."""
-
-    def __init__(self, plan, ds):
-        self.plan, self.ds = plan, ds
-        self.net = plan.build()
-        self.opt = optim.make(list(self.net.parameters()), plan.cfg.optim)
-        self.batches = data.Batches(len(ds.x_train), plan.cfg.train.batch_size, plan.cfg.train.seed,
-                                    plan.cfg.data.augment)
-
-    def run(self, a: int, b: int) -> None:
-        cfg = self.plan.cfg
-        for t in range(a, b):
-            for g in self.opt.param_groups:
-                g["lr"] = optim.lr_at(cfg.optim, t, self.plan.total_steps, self.plan.steps_per_epoch)
-            self.opt.zero_grad(set_to_none=True)
-            F.cross_entropy(self.net(self.batches.inputs(self.ds.x_train, t)),
-                            self.batches.labels(self.ds.y_train, t)).backward()
-            optim.step(self.opt)
-
-    def model(self):
-        return self.net
-
-    def close(self):
-        pass
 
 
 class _Windows:
@@ -104,6 +77,10 @@ def run(cfg: config_mod.Config, target: float, depths=(1, 2), eval_every: int = 
 
     if not 0 < target <= 1:
         raise ValueError(f"--to-accuracy: {target}; give a test accuracy in (0, 1], e.g. 0.97")
+    if eval_every < 0:
+        raise ValueError(f"--eval-every: {eval_every}; it must be >= 0 (0: a quarter epoch)")
+    if not depths or min(depths) < 1:
+        raise ValueError(f"--depths: {','.join(map(str, depths))}; give integers >= 1, comma-separated, e.g. 1,2")
     config_mod.validate(cfg)
     keep_freed_memory()
     torch.set_num_threads(cfg.runtime.threads)
@@ -125,7 +102,7 @@ def run(cfg: config_mod.Config, target: float, depths=(1, 2), eval_every: int = 
         raise ValueError(f"--microbatches: {microbatches} with train.batch_size {batch} on {n} workers; the batch "
                          f"must divide into the microbatches and into {n} ddp shares, and 1f1b needs at least "
                          f"{n} microbatches (or pass --no-baselines)")
-    modes = {"backprop": lambda: _Backprop(plan_at(1), ds),
+    modes = {"backprop": lambda: Backprop(plan_at(1), ds),
              "reference-dfa": lambda: _Windows(LocalPipeline(plan_at(1), None, ds))}
     for d in depths:
         modes[f"dataplane-D{d}"] = lambda d=d: _Windows(RayPipeline(plan_at(d), ds))
@@ -163,11 +140,10 @@ def markdown(records: list[dict], cfg, target: float, every: int) -> str:
     fastest = min((r["seconds"] for r in records if r["reached"]), default=None)
     lines = [f"Time to {target:.2%} test accuracy on {cfg.data.name}, model widths {cfg.model.widths}, batch "
              f"{cfg.train.batch_size}, {cfg.optim.name} lr {cfg.optim.lr}; evaluated every {every} steps "
-             "(evaluation time excluded)", "",
-             "| mode | workers | reached | steps | epochs | train seconds | samples/s | best accuracy | vs fastest |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
-    for r in records:
-        vs = f"{r['seconds'] / fastest:.2f}x" if r["reached"] and fastest else "-"
-        lines.append(f"| {r['mode']} | {r['workers']} | {'yes' if r['reached'] else 'no'} | {r['steps']} | "
-                     f"{r['epochs']:.2f} | {r['seconds']:.1f} | {r['samples_per_s']:.0f} | {r['best_accuracy']:.4f} | {vs} |")
+             "(evaluation time excluded)", ""]
+    rows = [[r["mode"], r["workers"], "yes" if r["reached"] else "no", r["steps"], f"{r['epochs']:.2f}",
+             f"{r['seconds']:.1f}", f"{r['samples_per_s']:.0f}", f"{r['best_accuracy']:.4f}",
+             f"{r['seconds'] / fastest:.2f}x" if r["reached"] and fastest else None] for r in records]
+    lines.append(tables.markdown(["mode", "workers", "reached", "steps", "epochs", "train seconds", "samples/s",
+                                  "best accuracy", "vs fastest"], rows, "lrlrrrrrr"))
     return "\n".join(lines)

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from .. import optim
-from ..stage import Plan, Stage
+from ..balance import Solo
+from ..stage import Plan
 
 REPEATS = 11  # timed repetitions per cost (their median), after one warm-up
 
@@ -34,28 +35,13 @@ def block_profile(plan: Plan, microbatches=(), workers: int = 1) -> list[dict]:
     rows_list = sorted({batch, batch // max(workers, 1)} | {batch // m for m in microbatches} - {0})
     g = torch.Generator().manual_seed(0)
     shapes = [plan.in_shape] + plan.out_shapes
-    e = torch.randn(batch, plan.classes, generator=g) / batch
     y = torch.randint(0, plan.classes, (batch,), generator=g)
     net = plan.build()
     out = []
     for k in range(plan.num_blocks):
         x = torch.randn(batch, *shapes[k], generator=g)
-        stage, t = Stage(plan, [k]), [0]
         head = k == plan.num_blocks - 1
-
-        def dfa_forward():
-            t[0] += 1
-            stage.forward(t[0], x, y)
-
-        def dfa_update():
-            stage.forward(t[0] + 1, x, y)
-            t0 = time.perf_counter()
-            stage.update(t[0] + 1, e)
-            t[0] += 1
-            return time.perf_counter() - t0
-
-        dfa_update()
-        upd = sorted(dfa_update() for _ in range(REPEATS))[REPEATS // 2]
+        fwd_s, upd_s = Solo(plan, [k], seed=k).op_times(REPEATS)
         block = net[k]
         opt = optim.make(list(block.parameters()), cfg.optim)
 
@@ -80,7 +66,7 @@ def block_profile(plan: Plan, microbatches=(), workers: int = 1) -> list[dict]:
         params = list(block.parameters())
         opt_s = _median(opt.step) if params else 0.0
         out.append({
-            "block": k, "dfa_forward_s": _median(dfa_forward), "dfa_update_s": upd,
+            "block": k, "dfa_forward_s": fwd_s, "dfa_update_s": upd_s,
             "bp": {str(r): list(bp(r)) for r in rows_list},
             "optimizer_s": opt_s, "out_bytes": 4 * batch * math.prod(shapes[k + 1]),
             "param_bytes": 4 * sum(p.numel() for p in params)})

@@ -7,7 +7,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from .. import partition
+from .. import partition, tables
 from . import links
 from .predict import ddp, dfa, pipeline
 
@@ -142,12 +142,12 @@ def validate(folder: Path, tolerance: float = 0.15) -> tuple[list[dict], str]:
     checked = [r for r in rows if not r["calibration"]]
     lines = [f"Simulator against the bench in {folder} ({profile.get('cpu', '')}, {cores} CPUs); tolerance "
              f"{tolerance:.0%}: {sum(r['within'] for r in checked)} of {len(checked)} predictions within", "",
-             "| N | mode | link | measured samples/s | its rounds apart | predicted | error | within |",
-             "|---:|---|---|---:|---:|---:|---:|---|"]
-    lines += [f"| {r['workers']} | {r['mode']} | {r['link']} | {r['measured']:.0f} | "
-              f"{'-' if r['spread'] is None else format(r['spread'], '.0%')} | {r['predicted']:.0f} | "
-              f"{r['error']:+.1%} | {'calibration' if r['calibration'] else 'yes' if r['within'] else '**no**'} |"
-              for r in rows]
+             tables.markdown(["N", "mode", "link", "measured samples/s", "its rounds apart", "predicted", "error",
+                              "within"],
+                             [[r["workers"], r["mode"], r["link"], f"{r['measured']:.0f}",
+                               None if r["spread"] is None else format(r["spread"], ".0%"), f"{r['predicted']:.0f}",
+                               f"{r['error']:+.1%}", "calibration" if r["calibration"] else "yes" if r["within"]
+                               else "**no**"] for r in rows], "rllrrrrl")]
     noisy = [r for r in checked if r["spread"] is not None and r["spread"] > tolerance]
     if noisy:  # a prediction cannot be checked more finely than the measurement repeats
         names = ", ".join(f"N={r['workers']} {r['mode']}" for r in noisy)
@@ -174,8 +174,8 @@ def scaling(folder: Path, link_name: str, workers: list[int], depth: int, microb
     cores = profile.get("cpus", 1)
     batch, classes = profile["batch"], profile["classes"]
     lines = [f"Predicted samples/s, link {link_name} ({link.bandwidth / 1e9:.1f} GB/s, {link.latency_s * 1e6:.0f} us); "
-             f"costs from {folder} (N = {max(per, key=int)})", "",
-             f"| N | dfa D={depth} | gpipe M={microbatches} | 1f1b M={microbatches} | ddp |", "|---:|---:|---:|---:|---:|"]
+             f"costs from {folder} (N = {max(per, key=int)})", ""]
+    rows = []
     for n in workers:
         if fixed:
             model, sizes = blocks, partition.even(fixed, n)
@@ -192,5 +192,7 @@ def scaling(folder: Path, link_name: str, workers: list[int], depth: int, microb
             row.append(predict_mode(f"{kind}-M{microbatches}", prof, batch, classes, link, *args)
                        if batch % microbatches == 0 and (kind == "gpipe" or microbatches >= n) else float("nan"))
         row.append(predict_mode("ddp", prof, batch, classes, link, *args) if batch % n == 0 else float("nan"))
-        lines.append(f"| {n} | " + " | ".join(f"{v:.0f}" if v == v else "-" for v in row) + " |")
+        rows.append([n] + [f"{v:.0f}" if v == v else None for v in row])
+    lines.append(tables.markdown(["N", f"dfa D={depth}", f"gpipe M={microbatches}", f"1f1b M={microbatches}", "ddp"],
+                                 rows, "rrrrr"))
     return "\n".join(lines)

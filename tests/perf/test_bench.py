@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from dfa_async.perf import bench
+from dfa_async.perf import bench, machine, modes
 
 
 def test_bench_writes_one_record_per_mode(tmp_path):
@@ -101,20 +101,20 @@ def test_bad_settings_fail_before_any_work(kwargs, match):
 
 def test_bench_rejects_a_width_that_is_not_a_square():
     with pytest.raises(ValueError, match="--width"):
-        bench.bench_config(1000, 8, 1, 2, 10)
+        modes.bench_config(1000, 8, 1, 2, 10)
 
 
 def test_every_mode_sees_the_same_minibatches_and_drains_after_the_warmup():
-    cfg, plan, ds = bench.setup(16, 8, 1, 2, warmup=3, steps=5)
+    cfg, plan, ds = modes.setup(16, 8, 1, 2, warmup=3, steps=5)
     assert len(ds.x_train) == 8 * 8 and plan.total_steps == 8 and plan.boundaries == [2, 7]
     assert cfg.runtime.stages == [1, 2]
 
 
 def test_wait_quiet_returns_once_the_cores_are_idle_enough_and_gives_up_at_its_limit():
-    frac = bench.idle_fraction(0.1)
+    frac = machine.idle_fraction(0.1)
     assert frac is None or 0.0 <= frac <= 1.0
-    assert bench.wait_quiet(idle=0.0, span=0.05, limit=10.0)  # any machine is at least 0 % idle
+    assert machine.wait_quiet(idle=0.0, span=0.05, limit=10.0)  # any machine is at least 0 % idle
     t0 = time.monotonic()
-    quiet = bench.wait_quiet(idle=1.01, span=0.05, limit=0.2)  # never 101 % idle
+    quiet = machine.wait_quiet(idle=1.01, span=0.05, limit=0.2)  # never 101 % idle
     assert (quiet, frac is None) in ((False, False), (True, True))
     assert frac is None or time.monotonic() - t0 >= 0.2

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from dfa_async import data
-from dfa_async.perf import bench
+from dfa_async.perf import modes
 from dfa_async.perf.calls import CallsPipeline
 from dfa_async.reference import LocalPipeline
 from dfa_async.stage import Plan
@@ -21,8 +21,8 @@ def test_per_op_calls_end_with_the_reference_weights(depth):
     ref = LocalPipeline(plan, None, ds)
     calls = CallsPipeline(plan, ds)
     try:
-        bench.drive(ref, 0, 16, 5)
-        bench.drive(calls, 0, 16, 5)
+        modes.drive(ref, 0, 16, 5)
+        modes.drive(calls, 0, 16, 5)
         a, b = ref.model().state_dict(), calls.model().state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a)
     finally:

@@ -1,4 +1,4 @@
-from dfa_async.perf import bench
+from dfa_async.perf import modes
 from dfa_async.perf.profile import block_profile, fastest
 
 
@@ -17,7 +17,7 @@ def test_fastest_keeps_each_cost_at_its_smallest_round():
 
 
 def test_block_profile_of_a_real_model_has_every_block_and_row_count():
-    _, plan, _ = bench.setup(16, 32, 1, 2, 1, 2)
+    _, plan, _ = modes.setup(16, 32, 1, 2, 1, 2)
     prof = block_profile(plan, microbatches=(4,), workers=2)
     assert [b["block"] for b in prof] == list(range(plan.num_blocks))
     for b in prof:

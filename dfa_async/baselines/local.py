@@ -1,0 +1,66 @@
+"""Backprop in one process on the same model, minibatches and (by default) optimizer kernels as the DFA
+stages; `step` is the backprop step every baseline takes, in one process or on a Ray worker."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .. import data, optim
+
+
+def step(opt: torch.optim.Optimizer, lr: float | None, forward_backward: Callable[[], object],
+         fused: bool = True):
+    """One backprop step: step t's learning rate (None: leave it), the gradients cleared, forward and
+    backward (`forward_backward()`, which returns the loss where it is known), then the optimizer step:
+    `optim.step` (the stages' optimizer call) when `fused`, else the optimizer's own step, as a user
+    writes it."""
+    if lr is not None:
+        for group in opt.param_groups:
+            group["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss = forward_backward()
+    optim.step(opt) if fused else opt.step()
+    return loss
+
+
+class Backprop:
+    """Plain backprop over the run's minibatches, stepped one step or a window at a time. `fused`: the
+    stages' optimizer (optim.make, optim.step); else PyTorch's SGD with the run's momentum, as a user
+    writes it."""
+
+    def __init__(self, plan, ds, fused: bool = True, device: str = "cpu"):
+        cfg = plan.cfg
+        self.plan, self.fused, self.device = plan, fused, torch.device(device)
+        self.net = plan.build().to(self.device)
+        if fused:
+            self.opt = optim.make(list(self.net.parameters()), cfg.optim)
+        else:
+            self.opt = torch.optim.SGD(self.net.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum)
+        self.batches = data.Batches(len(ds.x_train), cfg.train.batch_size, cfg.train.seed, cfg.data.augment)
+        # The minibatches gathered where the DFA stages gather theirs (data.on_device).
+        self.x, self.y = (data.resident(a, self.device, cfg.data.on_device) for a in (ds.x_train, ds.y_train))
+        self.scheduled = cfg.optim.schedule != "constant"
+
+    def step(self, t: int) -> torch.Tensor:
+        plan = self.plan
+        lr = optim.lr_at(plan.cfg.optim, t, plan.total_steps, plan.steps_per_epoch) if self.scheduled else None
+        x = self.batches.inputs(self.x, t).to(self.device)
+        y = self.batches.labels(self.y, t).to(self.device)
+
+        def forward_backward():
+            loss = F.cross_entropy(self.net(x), y)
+            loss.backward()
+            return loss
+        return step(self.opt, lr, forward_backward, self.fused)
+
+    def run(self, a: int, b: int) -> None:
+        for t in range(a, b):
+            self.step(t)
+
+    def model(self) -> torch.nn.Sequential:
+        return self.net
+
+    def close(self) -> None:
+        pass
