@@ -1,6 +1,6 @@
-"""`runtime.stages = "auto"`: measure each block's forward + update on the stages' device, then split the
-blocks into contiguous stages that minimise the slowest stage (the pipeline's step time). The model and
-the learning rule do not change; only where the blocks run."""
+"""`runtime.blocks_per_stage = "auto"`: measure each block's forward + update on the stages' device, then
+split the blocks into contiguous stages that minimise the slowest stage (the pipeline's step time). The
+model and the learning rule do not change; only where the blocks run."""
 from __future__ import annotations
 
 import copy
@@ -9,14 +9,14 @@ import time
 
 import torch
 
-from . import partition
+from . import partition, process
 from .stage import Plan, Stage
 
 SAMPLES = 5  # timed forward + update steps per block (their median is its cost), after one warm-up step
 
 
 def resolve(plan: Plan) -> Plan:
-    """Fill in the blocks per stage of a plan whose runtime.stages is "auto": the split that minimises the
+    """Fill in the blocks per stage of a plan whose runtime.blocks_per_stage is "auto": the split that minimises the
     slowest stage, from each block's cost measured here (on the GPU where runtime.device asks for one and
     this process has it, else on the CPU). Other plans are returned as they are."""
     if plan.stage_sizes is not None:
@@ -25,11 +25,11 @@ def resolve(plan: Plan) -> Plan:
     n = min(rt.num_stages or os.cpu_count() or 1, plan.num_blocks)
     device = "cuda" if rt.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
     probe = copy.deepcopy(plan)
-    probe.cfg.runtime.stages, probe.cfg.feedback.rule = [], "dfa"  # bp's lone-block update needs its successor
+    probe.cfg.runtime.blocks_per_stage, probe.cfg.feedback.rule = [], "dfa"  # bp's lone-block update needs its successor
     probe.cfg.runtime.num_stages = 0
     probe.stage_sizes = [1] * plan.num_blocks
-    torch.set_num_threads(rt.threads)
-    plan.block_costs = block_costs(probe, device)
+    with process.threads(rt.threads):  # as a stage will run them
+        plan.block_costs = block_costs(probe, device)
     plan.stage_sizes = partition.balanced(plan.block_costs, n)
     return plan
 

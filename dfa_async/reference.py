@@ -18,7 +18,6 @@ class LocalPipeline:
 
     def __init__(self, plan: Plan, partition: list[list[int]] | None = None, ds: data.Dataset | None = None,
                  device: str = "cpu"):
-        torch.set_num_threads(plan.cfg.runtime.threads)
         self.plan, self.ds, self.device = plan, ds, torch.device(device)
         self.stages = [Stage(plan, ids, device=self.device) for ids in (partition or [list(range(plan.num_blocks))])]
         self.errors: dict[int, torch.Tensor] = {}

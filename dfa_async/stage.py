@@ -15,28 +15,6 @@ from . import feedback, model as models, optim, partition, rules, schedule
 from .config import Config, ConfigError
 
 
-def keep_freed_memory() -> None:
-    """Ask glibc to keep freed memory instead of returning large blocks to the OS. A training step
-    frees and reallocates the same large tensors (gradients, activations); without this every step
-    pays for fresh zeroed pages from the kernel (measured: ~13% of a 4096-wide block's step on the
-    CPU, more when two processes share the memory bus). No-op where glibc is absent."""
-    global _memory_kept
-    if _memory_kept:
-        return
-    _memory_kept = True
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 1 << 30)          # M_MMAP_THRESHOLD: serve blocks < 1 GiB from the heap
-        libc.mallopt(-1, (1 << 31) - 1)    # M_TRIM_THRESHOLD: do not give the heap's top back
-    except (OSError, AttributeError):
-        pass
-
-
-_memory_kept = False
-
-
 @dataclass
 class Window:
     """What the stages report after running window [start, stop) of the schedule: the head's loss of
@@ -104,11 +82,12 @@ class Plan:
         net = self.shell()
         self.out_shapes = models.output_shapes(net, self.in_shape)
         self.num_blocks = len(net)
-        if isinstance(cfg.runtime.stages, list) and cfg.runtime.stages and sum(cfg.runtime.stages) != self.num_blocks:
-            raise ConfigError(f"runtime.stages: {cfg.runtime.stages} holds {sum(cfg.runtime.stages)} blocks but "
+        sizes = cfg.runtime.blocks_per_stage
+        if isinstance(sizes, list) and sizes and sum(sizes) != self.num_blocks:
+            raise ConfigError(f"runtime.blocks_per_stage: {sizes} holds {sum(sizes)} blocks but "
                               f"the model has {self.num_blocks}; make the counts add up to {self.num_blocks}")
         # "auto": left for balance.resolve, which measures the blocks (a plan only describes)
-        self.stage_sizes = None if cfg.runtime.stages == "auto" else cfg.runtime.stages or [1] * self.num_blocks
+        self.stage_sizes = None if sizes == "auto" else sizes or [1] * self.num_blocks
         self.block_costs: list[float] | None = None  # seconds per block, where "auto" measured them
 
     def build(self) -> torch.nn.Sequential:
@@ -128,9 +107,9 @@ class Plan:
         return models.build_blocks(self.cfg, self.in_shape, self.classes, ids, device)
 
     def partition(self) -> list[list[int]]:
-        """Block indices of each stage (runtime.stages; default one block per stage; "auto": balanced)."""
+        """Block indices of each stage (runtime.blocks_per_stage; default one block per stage; "auto": balanced)."""
         if self.stage_sizes is None:
-            raise RuntimeError("runtime.stages = auto: balance.resolve(plan) measures the blocks first")
+            raise RuntimeError("runtime.blocks_per_stage = auto: balance.resolve(plan) measures the blocks first")
         return partition.ranges(self.stage_sizes)
 
 
@@ -139,7 +118,6 @@ class Stage:
     ops; the head stage turns its output into the loss and the error e."""
 
     def __init__(self, plan: Plan, blocks: list[int], device: torch.device | str = "cpu"):
-        keep_freed_memory()
         cfg = plan.cfg
         self.plan, self.cfg, self.ids = plan, cfg, list(blocks)
         net = plan.blocks(self.ids, device)

@@ -52,7 +52,7 @@ BUDGETS = {
     # at 3 epochs), a reference that costs a fifth of the budget and says little
     "cpu": ({"mnist-fc": (ALL, 3),
              "cifar10-fc": (["baseline", "activation", "normalization"], 2, ["dfa-async", "dfa-sync"])},
-            10, [], 1, ["runtime.stages=auto"]),
+            10, [], 1, ["runtime.blocks_per_stage=auto"]),
     "paper": ({"mnist-fc": (ALL, 10), "cifar10-fc": (ALL, 10), "cifar10-cnn": (ALL, 10)}, 50, [], 10, []),
 }
 

@@ -27,7 +27,7 @@ PAPER = grid.PAPER + ["bottleneck.layer=2", "feedback.rule=dfa"]
 # budget -> (data, width, b values, epochs, seeds, train samples (0: all), runtime settings)
 BUDGETS = {
     "smoke": ("mnist", 64, [1, 8, 64], 1, 1, 1280, ["runtime.backend=local"]),
-    "cpu": ("mnist", 800, B_PAPER, 5, 2, 0, ["runtime.backend=ray", "runtime.depth=2", "runtime.stages=auto"]),
+    "cpu": ("mnist", 800, B_PAPER, 5, 2, 0, ["runtime.backend=ray", "runtime.depth=2", "runtime.blocks_per_stage=auto"]),
     "paper": ("cifar10", 800, B_PAPER, 50, 3, 0, ["runtime.backend=ray", "runtime.depth=2"]),
 }
 

@@ -35,6 +35,19 @@ def shared_data():
     return folder
 
 
+@pytest.fixture(scope="session")
+def tiny_bench(tmp_path_factory):
+    """One real bench of a tiny model (N blocks + head, 16 wide) over N = 1 and 2 workers, every mode, two
+    rounds, with the simulator's calibration runs: its records and its folder, read by the bench's tests
+    and the simulator's."""
+    from dfa_async.perf import bench
+
+    out = tmp_path_factory.mktemp("bench")
+    records = bench.run(width=16, batch=8, threads=1, stages=[1, 2], depths=[2], warmup=3, steps=12, out=out,
+                        repeats=2, microbatches=[2, 4])
+    return records, out
+
+
 @pytest.fixture(autouse=True)
 def _threads():
     torch.set_num_threads(1)

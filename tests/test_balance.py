@@ -12,7 +12,7 @@ def test_auto_separates_the_heavy_blocks_of_an_unbalanced_model():
     """784-512-512-16-16-16-16-10: block 1 (784x512) alone costs more than everything after it, and
     blocks 1 and 2 together far more; one block per stage in order would be [3, 4]."""
     cfg = small_config(model={"widths": [512, 512, 16, 16, 16, 16]}, data={"shape": [1, 28, 28]},
-                       train={"batch_size": 64}, runtime={"stages": "auto", "num_stages": 2})
+                       train={"batch_size": 64}, runtime={"blocks_per_stage": "auto", "num_stages": 2})
     plan = Plan(cfg, (1, 28, 28), 10, 10, 10)
     with pytest.raises(RuntimeError, match="balance.resolve"):  # a plan describes; it measures nothing
         plan.partition()
@@ -23,11 +23,11 @@ def test_auto_separates_the_heavy_blocks_of_an_unbalanced_model():
 
 
 def test_auto_in_settings_and_its_errors():
-    cfg = config.load(None, ["runtime.stages=auto", "runtime.num_stages=2"])
-    assert cfg.runtime.stages == "auto"
-    with pytest.raises(config.ConfigError, match="runtime.stages: expected a list of integers .* or 'auto'"):
-        config.load(None, ["runtime.stages=best"])
-    with pytest.raises(config.ConfigError, match="runtime.num_stages: only used with runtime.stages"):
+    cfg = config.load(None, ["runtime.blocks_per_stage=auto", "runtime.num_stages=2"])
+    assert cfg.runtime.blocks_per_stage == "auto"
+    with pytest.raises(config.ConfigError, match="runtime.blocks_per_stage: expected a list of integers .* or 'auto'"):
+        config.load(None, ["runtime.blocks_per_stage=best"])
+    with pytest.raises(config.ConfigError, match="runtime.num_stages: only used with runtime.blocks_per_stage"):
         config.load(None, ["runtime.num_stages=2"])
     with pytest.raises(config.ConfigError, match="runtime.num_stages: 9 stages for a model of 3 blocks"):
-        config.load(None, ["runtime.stages=auto", "runtime.num_stages=9"])
+        config.load(None, ["runtime.blocks_per_stage=auto", "runtime.num_stages=9"])

@@ -246,7 +246,7 @@ FAST = ["--set", "data.name=synthetic", "--set", "data.n_train=64", "--set", "da
         "--set", "train.max_steps=2", "--set", "runtime.backend=local", "--no-progress"]
 WORDS = st.sampled_from(["0", "-4", "1", "2", "3", "a,b", "1,2", "0.5", "", "x", "nope.toml", "/", "/sys/x",
                          "memory://", "nosuch://b", "--", "-", "1e9", "[1,2]", "runs", "notaurl"])
-SETS = st.tuples(st.sampled_from(["model.widths", "model.activation", "runtime.depth", "runtime.stages",
+SETS = st.tuples(st.sampled_from(["model.widths", "model.activation", "runtime.depth", "runtime.blocks_per_stage",
                                   "train.batch_size", "optim.lr", "optim.name", "feedback.rule", "train.epochs",
                                   "runtime.transport", "data.dir", "train.root", "checkpoint.every", "bogus.key",
                                   "model", "alignment.every"]), WORDS).map(lambda kv: ["--set", f"{kv[0]}={kv[1]}"])

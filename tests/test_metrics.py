@@ -77,7 +77,7 @@ def test_stage_figures_agree_with_the_event_log(tmp_path):
 
     ex = Exporter(0)
     try:
-        res = train(small_config(runtime={"depth": 2, "stages": [1, 2]}), tmp_path / "r", metrics=ex)
+        res = train(small_config(runtime={"depth": 2, "blocks_per_stage": [1, 2]}), tmp_path / "r", metrics=ex)
         text = scrape(ex.port)
     finally:
         ex.close()
@@ -136,7 +136,7 @@ def test_a_real_prometheus_scrapes_a_run(tmp_path):
             return json.load(r)["data"]["result"]
 
     try:
-        res = train(small_config(runtime={"depth": 2, "stages": [1, 2]}, train={"epochs": 3}), tmp_path / "r",
+        res = train(small_config(runtime={"depth": 2, "blocks_per_stage": [1, 2]}, train={"epochs": 3}), tmp_path / "r",
                     metrics=ex)
         deadline, got = time.time() + 60, []
         while time.time() < deadline:

@@ -38,7 +38,7 @@ def test_timeline_chart_and_staleness_histogram(tmp_path):
     and the Gantt chart's bars are the logged ops of the last window, in time order per stage."""
     from dfa_async import schedule
 
-    cfg = small_config(runtime={"depth": 3, "stages": [1, 2]}, train={"epochs": 2})
+    cfg = small_config(runtime={"depth": 3, "blocks_per_stage": [1, 2]}, train={"epochs": 2})
     res = train(cfg, tmp_path / "r")
     md = report.write(tmp_path / "r").read_text()
     assert "(timeline.png)" in md and "(staleness.png)" in md

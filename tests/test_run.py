@@ -81,7 +81,7 @@ def test_users_own_sequential(tmp_path):
     blocks = models.from_sequential(seq, [3])
     assert len(blocks) == 2
     cfg = small_config()
-    cfg.runtime.stages = [1, 1]  # counts the user's blocks, checked by train()
+    cfg.runtime.blocks_per_stage = [1, 1]  # counts the user's blocks, checked by train()
     train(cfg, tmp_path / "own", model=blocks)
     sd = final_params(tmp_path / "own")
     assert set(sd) == {"0.1.weight", "0.1.bias", "1.0.weight", "1.0.bias"}
@@ -137,12 +137,12 @@ def test_a_resume_may_change_where_it_runs_and_says_what_changed(tmp_path):
         if checkpoint._step(p) > 20:
             p.unlink()
     (tmp_path / "r" / "final_model.pt").unlink()
-    resumed = train(small_config(checkpoint={"every": 5, "keep": 10}, runtime={"stages": [2, 1]},
+    resumed = train(small_config(checkpoint={"every": 5, "keep": 10}, runtime={"blocks_per_stage": [2, 1]},
                                  train={"epochs": 2, "log_every": 3}), tmp_path / "r")
     assert resumed.test_accuracy == straight.test_accuracy
     (resume,) = runlog.read(tmp_path / "r" / "events.msgpack", "resume")
     assert resume["checkpoint"] == "step-00000019.pt"
-    assert resume["changed"] == ["train.log_every: 1 -> 3", "runtime.stages: [] -> [2, 1]"]
+    assert resume["changed"] == ["train.log_every: 1 -> 3", "runtime.blocks_per_stage: [] -> [2, 1]"]
 
 
 def test_a_failed_start_leaves_the_directory_reusable(tmp_path):
@@ -185,7 +185,7 @@ def poisoned(monkeypatch):
 def test_skip_drops_the_steps_whose_error_is_not_finite(tmp_path, monkeypatch):
     steps = poisoned(monkeypatch)
     assert len(steps) == 2  # one per epoch
-    cfg = small_config(train={"epochs": 2, "on_nonfinite": "skip"}, runtime={"depth": 2, "stages": [2, 1]},
+    cfg = small_config(train={"epochs": 2, "on_nonfinite": "skip"}, runtime={"depth": 2, "blocks_per_stage": [2, 1]},
                        checkpoint={"every": 10})
     res = train(cfg, tmp_path / "r")
     assert [r["step"] for r in runlog.read(tmp_path / "r" / "events.msgpack", "skip")] == steps

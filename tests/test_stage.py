@@ -42,10 +42,11 @@ import json, sys
 import psutil
 sys.path.insert(0, sys.argv[1])
 from conftest import small_config
-from dfa_async.stage import Plan, Stage, keep_freed_memory
+from dfa_async.process import keep_freed_memory
+from dfa_async.stage import Plan, Stage
 
 keep_freed_memory()  # freed blocks stay resident: building the whole model and keeping a part would show
-cfg = small_config(model={"widths": [2048] * 4}, data={"shape": [2, 32, 32]}, runtime={"stages": [1, 1, 1, 2]},
+cfg = small_config(model={"widths": [2048] * 4}, data={"shape": [2, 32, 32]}, runtime={"blocks_per_stage": [1, 1, 1, 2]},
                    optim={"name": "sgd", "momentum": 0.0})
 plan = Plan(cfg, (2, 32, 32), 10, total_steps=1, steps_per_epoch=1)
 me = psutil.Process()

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 
 from .. import data, optim
 from ..runtime.plane import Rendezvous
-from ..stage import Plan, keep_freed_memory
+from .. import process
+from ..stage import Plan
 from .local import step
 
 KINDS = ("gpipe", "1f1b", "ddp")
@@ -28,8 +29,7 @@ class BackpropWorker:
                  device: str = "cpu", x_train=None, y_train=None):
         if kind not in KINDS:
             raise ValueError(f"baseline: {kind!r} is not one of {', '.join(KINDS)}")
-        torch.set_num_threads(threads)
-        keep_freed_memory()
+        process.setup(threads)
         self.kind, self.plan, self.rank, self.world = kind, plan, rank, world
         self.microbatches = microbatches
         self.device = torch.device(device)

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 
-from .. import balance, config as config_mod, data, tables, windows
+from .. import balance, config as config_mod, data, process, tables, windows
 from ..baselines.local import Backprop
 from ..reference import LocalPipeline
 from ..run import step_counts
-from ..stage import Plan, keep_freed_memory
+from ..stage import Plan
 
 
 @torch.no_grad()
@@ -82,8 +82,7 @@ def run(cfg: config_mod.Config, target: float, depths=(1, 2), eval_every: int = 
     if not depths or min(depths) < 1:
         raise ValueError(f"--depths: {','.join(map(str, depths))}; give integers >= 1, comma-separated, e.g. 1,2")
     config_mod.validate(cfg)
-    keep_freed_memory()
-    torch.set_num_threads(cfg.runtime.threads)
+    process.setup(cfg.runtime.threads)  # the single-process modes run here
     ds = data.load(cfg.data, cfg.train.seed)
     total, spe = step_counts(cfg, len(ds.x_train))
     every = eval_every or max(spe // 4, 1)

@@ -30,8 +30,8 @@ from pathlib import Path
 import torch
 
 from ..runtime import shm
-from ..stage import keep_freed_memory
-from . import link
+from .. import process
+from . import pingpong
 from .machine import cpu_model, wait_quiet
 from .modes import (bench_config, measure_backprop, measure_ceiling, measure_group, measure_pipeline,
                     measure_reference, paired_speedup, setup, step_ratios, tiny_runs)
@@ -118,7 +118,7 @@ def measure(width: int, batch: int, threads: int, stages: int, depths, warmup: i
         paired = paired_speedup(plan, ds, best["depth"], warmup, steps, threads, window)
     meta = {"width": width, "batch": batch, "threads": threads, "stages": stages, "blocks": plan.num_blocks,
             "device": device, "gpus_per_stage": gpus_per_stage,
-            "partition": cfg.runtime.stages, "steps": steps, "warmup": warmup, "repeats": repeats,
+            "partition": cfg.runtime.blocks_per_stage, "steps": steps, "warmup": warmup, "repeats": repeats,
             "window": window, "transport": transport, "microbatches": microbatches,
             # Time of a single-process DFA step over a backprop step of the same model and batch.
             **step_ratios(plan, ds, warmup, steps, threads)}
@@ -184,7 +184,7 @@ def run(width: int = 4096, batch: int = 256, threads: int = 1, stages=(2,), dept
     if device == "cuda":
         calls = False  # the per-op Ray-call baseline runs on CPUs only
         baselines = baselines and gpus_per_stage == 1  # torch's pipelines and DDP use nccl: a GPU per worker
-    keep_freed_memory()  # as every stage does, so the anchors run under the same allocator
+    process.setup(threads)  # as every stage does: the modes and profiles timed here run alike
     started = not ray.is_initialized()
     if started:
         cluster.start_local(max(stages))
@@ -196,7 +196,7 @@ def run(width: int = 4096, batch: int = 256, threads: int = 1, stages=(2,), dept
         if not wait_quiet():
             print("bench: the cores stayed busy for 30 s before the first measure; other work on this machine "
                   "slows every mode", flush=True)
-        wires = {w: link.measure(w) for w in ("shm", "gloo") if w == "gloo" or shm.available()} \
+        wires = {w: pingpong.measure(w) for w in ("shm", "gloo") if w == "gloo" or shm.available()} \
             if device == "cpu" else {}
         calib = tiny_runs(batch, threads, stages, depths, transport, microbatches, baselines, warmup, steps) \
             if tiny and device == "cpu" and max(stages) > 1 else None

@@ -9,13 +9,13 @@ from collections import deque
 import ray
 import torch
 
-from .. import data, schedule
+from .. import data, process, schedule
 from ..stage import Plan, Stage, Window, assemble
 
 
 class CallsStage:
     def __init__(self, plan: Plan, ids: list[int], threads: int):
-        torch.set_num_threads(threads)
+        process.setup(threads)
         self.stage = Stage(plan, ids)
 
     def forward(self, step: int, x, y=None):

@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from .. import config as config_mod, data, partition, windows
+from .. import config as config_mod, data, partition, process, windows
 from ..balance import Solo
 from ..baselines.local import Backprop
 from ..reference import LocalPipeline
@@ -34,7 +34,7 @@ def bench_config(width: int, batch: int, threads: int, stages: int, steps: int,
         "data": {"name": "synthetic", "shape": [1, side, side], "n_train": batch * steps, "n_test": batch},
         "optim": {"name": "sgd", "lr": 1e-3, "momentum": 0.9},
         "train": {"batch_size": batch, "epochs": 1},
-        "runtime": {"threads": threads, "stages": partition.even(blocks or stages, stages), "device": device,
+        "runtime": {"threads": threads, "blocks_per_stage": partition.even(blocks or stages, stages), "device": device,
                     "gpus_per_stage": gpus_per_stage},
     })
 
@@ -73,15 +73,13 @@ def busy_fractions(timelines: list) -> list[float]:
 
 def measure_backprop(plan, ds, warmup: int, steps: int, fused: bool, threads: int = 1) -> float:
     """Steps/s of plain backprop over the same minibatches."""
-    torch.set_num_threads(threads)
-    bp = Backprop(plan, ds, fused, plan.cfg.runtime.device)
-    bp.run(0, warmup)
-    t0 = time.perf_counter()
-    bp.run(warmup, warmup + steps)
-    sync(plan.cfg.runtime.device)
-    secs = time.perf_counter() - t0
-    torch.set_num_threads(plan.cfg.runtime.threads)
-    return steps / secs
+    with process.threads(threads):
+        bp = Backprop(plan, ds, fused, plan.cfg.runtime.device)
+        bp.run(0, warmup)
+        t0 = time.perf_counter()
+        bp.run(warmup, warmup + steps)
+        sync(plan.cfg.runtime.device)
+        return steps / (time.perf_counter() - t0)
 
 
 def alternate(runners: dict, warmup: int, steps: int, chunks: int, device: str) -> tuple[dict, int]:
@@ -105,24 +103,19 @@ def step_ratios(plan, ds, warmup: int, steps: int, threads: int, chunks: int = 8
     """The single-process DFA step's time over backprop's (with the stages' optimizer call, and as a user
     writes it), timed in alternating chunks of the same steps (`alternate`). Returns the ratios and each
     chunk's ratio to fused backprop."""
-    torch.set_num_threads(threads)
     plan.cfg.runtime.depth = 1
-    pipe = LocalPipeline(plan, None, ds, plan.cfg.runtime.device)
-    torch.set_num_threads(threads)
     device = plan.cfg.runtime.device
-    fused, plain = Backprop(plan, ds, True, device), Backprop(plan, ds, False, device)
+    with process.threads(threads):
+        pipe = LocalPipeline(plan, None, ds, device)
+        fused, plain = Backprop(plan, ds, True, device), Backprop(plan, ds, False, device)
 
-    def dfa(a, b):
-        pipe.collect(pipe.submit(a, b))
+        def dfa(a, b):
+            pipe.collect(pipe.submit(a, b))
 
-    runners = {"dfa": dfa, "fused": fused.run, "plain": plain.run}
-    for run_ in runners.values():
-        run_(0, warmup)
-    try:
-        secs, _ = alternate(runners, warmup, steps, chunks, plan.cfg.runtime.device)
-    finally:
-        pipe.close()
-        torch.set_num_threads(plan.cfg.runtime.threads)
+        runners = {"dfa": dfa, "fused": fused.run, "plain": plain.run}
+        for run_ in runners.values():
+            run_(0, warmup)
+        secs, _ = alternate(runners, warmup, steps, chunks, device)
     return {"dfa_step_over_backprop_step": sum(secs["dfa"]) / sum(secs["fused"]),
             "dfa_step_over_plain_backprop_step": sum(secs["dfa"]) / sum(secs["plain"]),
             "dfa_step_over_backprop_step_chunks": [round(d / f, 4) for d, f in zip(secs["dfa"], secs["fused"])]}
@@ -141,17 +134,16 @@ def paired_speedup(plan, ds, depth: int, warmup: int, steps: int, threads: int, 
     ref_plan = copy.deepcopy(plan)
     ref_plan.cfg.runtime.depth = 1
     plan.cfg.runtime.depth = depth
-    ref = LocalPipeline(ref_plan, None, ds, plan.cfg.runtime.device)  # it sets runtime.threads
+    ref = LocalPipeline(ref_plan, None, ds, plan.cfg.runtime.device)
     pipe = RayPipeline(plan, ds)
-    torch.set_num_threads(threads)
     runners = {"ref": lambda a, b: drive(ref, a, b, window), "pipe": lambda a, b: drive(pipe, a, b, window)}
     try:
-        for run_ in runners.values():
-            run_(0, warmup)
-        secs, size = alternate(runners, warmup, steps, chunks, plan.cfg.runtime.device)
+        with process.threads(threads):
+            for run_ in runners.values():
+                run_(0, warmup)
+            secs, size = alternate(runners, warmup, steps, chunks, plan.cfg.runtime.device)
     finally:
         pipe.close()
-        torch.set_num_threads(plan.cfg.runtime.threads)
     timed = size * len(secs["ref"])
     return {"depth": depth, "speedup": sum(secs["ref"]) / sum(secs["pipe"]),
             "reference_steps_per_s": timed / sum(secs["ref"]), "dataplane_steps_per_s": timed / sum(secs["pipe"]),
@@ -160,16 +152,9 @@ def paired_speedup(plan, ds, depth: int, warmup: int, steps: int, threads: int, 
 
 def measure_reference(plan, ds, warmup: int, steps: int, threads: int, window: int) -> float:
     plan.cfg.runtime.depth = 1
-
-    def make():
-        pipe = LocalPipeline(plan, None, ds, plan.cfg.runtime.device)  # it sets runtime.threads
-        torch.set_num_threads(threads)
-        return pipe
-
-    try:
-        return measure_pipeline(make, warmup, steps, window)[0]
-    finally:
-        torch.set_num_threads(plan.cfg.runtime.threads)
+    with process.threads(threads):
+        return measure_pipeline(lambda: LocalPipeline(plan, None, ds, plan.cfg.runtime.device), warmup, steps,
+                                window)[0]
 
 
 def measure_group(kind: str, plan, ds, warmup: int, steps: int, microbatches: int) -> float:
@@ -229,7 +214,7 @@ class _OwnLoop(Solo):
     """A stage stepping alone on its own data, in its own Ray actor (for the ceiling)."""
 
     def __init__(self, plan, ids, threads):
-        torch.set_num_threads(threads)
+        process.setup(threads)
         super().__init__(plan, ids, plan.cfg.runtime.device, seed=ids[0])
 
     def pid(self) -> int:

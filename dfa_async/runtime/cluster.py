@@ -42,10 +42,10 @@ def time_shared(stages: int, threads: int, cores: int) -> str | None:
     if stages * threads <= cores:
         return None
     fit = max(cores // threads, 1)
-    return (f"runtime.stages: {stages} stages x {threads} thread(s) on this machine's {cores} cores time-share "
-            f"them (4 stages of a 576-wide model on 2 cores ran at 0.78x of what they compute without waiting, "
-            f"docs/results.md); group the blocks into at most {fit} stage(s) with runtime.stages, or set it to \"auto\" with "
-            f"runtime.num_stages = {fit}")
+    return (f"runtime.blocks_per_stage: {stages} stages x {threads} thread(s) on this machine's {cores} cores "
+            f"time-share them (4 stages of a 576-wide model on 2 cores ran at 0.78x of what they compute without "
+            f"waiting, docs/results.md); group the blocks into at most {fit} stage(s) with runtime.blocks_per_stage, "
+            f"or set it to \"auto\" with runtime.num_stages = {fit}")
 
 
 _watcher = None
@@ -111,7 +111,7 @@ class Placement:
             have = {k: total.get(k, 0) for k in short}
             fix = ("raise runtime.num_cpus or use fewer stages" if fixed else "use fewer stages, a larger cluster, "
                    "or runtime.autoscale = true if the cluster adds nodes on demand")
-            raise ConfigError(f"runtime.stages: {n} stages need {short}, but the cluster has {have} in all; {fix}")
+            raise ConfigError(f"runtime.blocks_per_stage: {n} stages need {short}, but the cluster has {have} in all; {fix}")
         if strategy == "strict_spread" and not autoscale:
             fit = [node for node in ray.nodes() if node["Alive"]
                    and all(node["Resources"].get(k, 0) >= v - 1e-9 for k, v in bundle.items())]

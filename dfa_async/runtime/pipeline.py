@@ -98,7 +98,7 @@ class RayPipeline:
         if cfg.runtime.device == "cuda" and gpus < n * share:
             raise ConfigError(f"runtime.device: cuda needs {share:g} GPU per stage ({n} stages: {n * share:g}); the "
                               f"cluster has {gpus:g}. Use runtime.gpus_per_stage = {max(gpus, 1) / n:g} to share, "
-                              "runtime.device = cpu, or fewer runtime.stages")
+                              "runtime.device = cpu, or fewer runtime.blocks_per_stage")
         if cfg.runtime.transport == "nccl" and not (use_gpu and share == 1):
             raise ConfigError("runtime.transport: nccl needs a whole GPU per stage (runtime.gpus_per_stage = 1); "
                               "use shm, gloo or auto")

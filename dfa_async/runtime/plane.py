@@ -63,15 +63,15 @@ def edges(world: int) -> list[tuple[int, int]]:
     return sorted(wire.channels(world))
 
 
-def process_group(backend: str, store, rank: int, world: int, host: str, timeout_s: float, device: torch.device,
+def process_group(transport: str, store, rank: int, world: int, host: str, timeout_s: float, device: torch.device,
                   ring_bytes: int = 1 << 20, pairs: list[tuple[int, int]] | None = None):
     """The backend object of a process group (not the global default group: a stage holds its own).
     `host`: the address this rank listens on (gloo), its own node's. `pairs`: the directions shm needs
     rings for (default: every channel of a pipeline of `world` stages)."""
-    if backend == "shm":
+    if transport == "shm":
         return ShmGroup(store, rank, world, timeout_s, ring_bytes, pairs if pairs is not None else edges(world))
     timeout = timedelta(seconds=timeout_s)
-    if backend == "gloo":
+    if transport == "gloo":
         opts = dist.ProcessGroupGloo._Options()
         opts._devices = [dist.ProcessGroupGloo.create_device(hostname=host)]  # listen on `host` only
         opts._timeout = timeout

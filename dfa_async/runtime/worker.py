@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from .. import data, wire
+from .. import data, process, wire
 from ..stage import Plan, Stage
 from .plane import Link, Rendezvous
 
@@ -21,7 +21,7 @@ from .plane import Link, Rendezvous
 class StageWorker:
     def __init__(self, plan: Plan, ids: list[int], rank: int, world: int, n_test: int, threads: int = 1,
                  device: str = "cpu", x_train=None, y_train=None, x_test=None, y_test=None):
-        torch.set_num_threads(threads)
+        process.setup(threads)
         self.plan, self.rank, self.world = plan, rank, world
         self.partition = plan.partition()
         self.device = torch.device(device)

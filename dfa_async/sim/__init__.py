@@ -20,7 +20,7 @@ def contention_of(prof: dict, workers: int, cores: float) -> float:
     return prof["slowdown"] / max(1.0, workers / cores)
 
 
-def predict_mode(mode: str, prof: dict, batch: int, classes: int, link: links.Link, contention: float = 1.0,
+def predict_mode(mode: str, prof: dict, batch: int, classes: int, link: links.Interconnect, contention: float = 1.0,
                  cores: float = float("inf"), per_action_s: float = 0.0) -> float:
     """Samples/s of one bench mode (dataplane-D{d}, gpipe-M{m}, 1f1b-M{m}, ddp) on prof's partition."""
     blocks, sizes = prof["blocks"], prof["partition"]
@@ -34,7 +34,7 @@ def predict_mode(mode: str, prof: dict, batch: int, classes: int, link: links.Li
     raise ValueError(f"mode: {mode!r} is not simulated (dataplane-D*, gpipe-M*, 1f1b-M*, ddp)")
 
 
-def _per_action(mode: str, prof: dict, measured: float, batch: int, classes: int, link: links.Link,
+def _per_action(mode: str, prof: dict, measured: float, batch: int, classes: int, link: links.Interconnect,
                 cores: float) -> float:
     """Software time fitted on one worker (no transfers, no bubble): per forward or backward action of a
     block for the pipelines, per step for DDP, per forward or update op for the DFA stages."""
@@ -66,11 +66,11 @@ def message_costs(profile: dict, batch: int, classes: int, cores: float) -> dict
             if not mode.startswith(("gpipe-M", "1f1b-M", "dataplane-D")):
                 continue
             dfa = mode.startswith("dataplane-D")
-            base = links.Link(**profile["links"][wire if dfa else "gloo"])
+            base = links.Interconnect(**profile["links"][wire if dfa else "gloo"])
             calib = dataplane if dfa else mode
             if calib not in one:
                 continue
-            act = _per_action(calib, one, one[calib], batch, classes, links.Link(**profile["links"]["gloo"]), cores)
+            act = _per_action(calib, one, one[calib], batch, classes, links.Interconnect(**profile["links"]["gloo"]), cores)
 
             def predicted(c: float) -> float:
                 link = replace(base, per_message_s=base.per_message_s + c)
@@ -118,7 +118,7 @@ def validate(folder: Path, tolerance: float = 0.15) -> tuple[list[dict], str]:
     for (n, mode), rec in by.items():
         if n == 1 and "1" in per and (mode.startswith(("gpipe-M", "1f1b-M", "ddp")) or mode == dataplane):
             action[mode] = _per_action(mode, per["1"], rec["samples_per_s"], batch, classes,
-                                       links.Link(**profile["links"]["gloo"]), cores)
+                                       links.Interconnect(**profile["links"]["gloo"]), cores)
     messages = message_costs(profile, batch, classes, cores)
     rows = []
     for (n, mode), rec in by.items():
@@ -126,7 +126,7 @@ def validate(folder: Path, tolerance: float = 0.15) -> tuple[list[dict], str]:
             continue
         prof = per[str(n)]
         wire = (prof.get("transport", "gloo") if n > 1 else "none") if mode.startswith("dataplane") else "gloo"
-        link = links.Link(**profile["links"]["gloo" if wire == "none" else wire])
+        link = links.Interconnect(**profile["links"]["gloo" if wire == "none" else wire])
         if (n, mode) in messages:
             link = replace(link, per_message_s=link.per_message_s + messages[n, mode])
         soft = action.get(dataplane if mode.startswith("dataplane") else mode, 0.0)

@@ -1,4 +1,4 @@
-"""Links between workers: latency (s), bandwidth (bytes/s), and whether the workers' own cores move the
+"""Interconnects between workers (a model, for the simulator): latency (s), bandwidth (bytes/s), and whether the workers' own cores move the
 bytes (`host`: shared memory or TCP between processes on CPUs, where a transfer also keeps the sender and
 the receiver busy) or a DMA engine / NIC does (GPUs). Presets are nominal figures of the hardware, per
 direction; "measured" comes from the bench's ping-pong on this machine."""
@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 
 
 @dataclass
-class Link:
+class Interconnect:
     latency_s: float
     bandwidth: float
     host: bool = False
@@ -18,28 +18,28 @@ class Link:
 
 PRESETS = {
     # NVLink 4 (H100 SXM): ~450 GB/s per direction; NCCL point-to-point latency ~10 us.
-    "nvlink": Link(10e-6, 450e9),
+    "nvlink": Interconnect(10e-6, 450e9),
     # PCIe 5.0 x16: ~64 GB/s nominal, ~50 GB/s achieved; ~15 us.
-    "pcie": Link(15e-6, 50e9),
+    "pcie": Interconnect(15e-6, 50e9),
     # 100 Gb Ethernet between nodes: 12.5 GB/s nominal, ~11 GB/s achieved; ~30 us with TCP/RoCE.
-    "ethernet-100g": Link(30e-6, 11e9),
+    "ethernet-100g": Interconnect(30e-6, 11e9),
 }
 
 
-def get(name: str, measured: dict | None = None) -> Link:
+def get(name: str, measured: dict | None = None) -> Interconnect:
     if name == "measured":
         if not measured:
             raise ValueError("--link: measured needs a profile written by `dfa-async bench` (it holds the "
                              "ping-pong of this machine)")
-        return Link(**measured)
+        return Interconnect(**measured)
     if name not in PRESETS:
         raise ValueError(f"--link: {name!r}; choose one of {', '.join([*PRESETS, 'measured'])}")
     return PRESETS[name]
 
 
-def transfer_s(link: Link, nbytes: float) -> float:
+def transfer_s(link: Interconnect, nbytes: float) -> float:
     return link.latency_s + nbytes / link.bandwidth
 
 
-def as_dict(link: Link) -> dict:
+def as_dict(link: Interconnect) -> dict:
     return asdict(link)

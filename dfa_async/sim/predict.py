@@ -15,12 +15,12 @@ from __future__ import annotations
 
 from .. import partition, schedule
 from .engine import Op, finish_times
-from .links import Link, transfer_s
+from .links import Interconnect, transfer_s
 
 STEPS = 48  # simulated steps; the rate is taken between step STEPS // 4 and the last but one
 
 
-def _host(link: Link, nbytes: float) -> float:
+def _host(link: Interconnect, nbytes: float) -> float:
     """Busy time of one end of a transfer."""
     return link.per_message_s + (nbytes / link.bandwidth if link.host else 0.0)
 
@@ -30,7 +30,7 @@ def _rate(done: dict, key, batch: int) -> float:
     return batch * (t2 - t1) / (done[key(t2)] - done[key(t1)])
 
 
-def dfa(blocks: list[dict], sizes: list[int], batch: int, classes: int, link: Link, depth: int,
+def dfa(blocks: list[dict], sizes: list[int], batch: int, classes: int, link: Interconnect, depth: int,
         contention: float = 1.0, cores: float = float("inf"), per_op_s: float = 0.0) -> float:
     st = partition.ranges(sizes)
     n = len(st)
@@ -77,7 +77,7 @@ def _bp_costs(blocks, st, rows, contention):
     return f, b, o
 
 
-def pipeline(kind: str, blocks: list[dict], sizes: list[int], batch: int, link: Link, microbatches: int,
+def pipeline(kind: str, blocks: list[dict], sizes: list[int], batch: int, link: Interconnect, microbatches: int,
              contention: float = 1.0, cores: float = float("inf"), per_action_s: float = 0.0) -> float:
     """GPipe (every forward, then every backward) or 1F1B (N - s - 1 forwards, then a backward after each
     forward, then the rest of the backwards) with an optimizer step per minibatch on every stage.
@@ -117,7 +117,7 @@ def pipeline(kind: str, blocks: list[dict], sizes: list[int], batch: int, link: 
     return _rate(done, lambda t: ("O", t, 0), batch)
 
 
-def ddp(blocks: list[dict], workers: int, batch: int, link: Link, contention: float = 1.0,
+def ddp(blocks: list[dict], workers: int, batch: int, link: Interconnect, contention: float = 1.0,
         cores: float = float("inf"), allreduce_rate: float = 0.0, per_step_s: float = 0.0) -> float:
     """Every worker: forward and backward of the whole model on batch / N samples, a ring all-reduce of
     the gradients (not overlapped with the backward), the optimizer step; all workers alike, so the

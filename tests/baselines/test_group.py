@@ -15,7 +15,7 @@ pytestmark = pytest.mark.usefixtures("ray_instance")
 
 def setup(stages, **model):
     cfg = small_config(model={"widths": [24, 24], **model}, data={"n_train": 512},
-                       runtime={"stages": stages}, optim={"name": "sgd", "lr": 0.05, "momentum": 0.9})
+                       runtime={"blocks_per_stage": stages}, optim={"name": "sgd", "lr": 0.05, "momentum": 0.9})
     ds = data.load(cfg.data, cfg.train.seed)
     steps = len(ds.x_train) // cfg.train.batch_size
     return Plan(cfg, ds.shape, ds.classes, steps, steps), ds

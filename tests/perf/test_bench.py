@@ -11,15 +11,15 @@ import pytest
 from dfa_async.perf import bench, machine, modes
 
 
-def test_bench_writes_one_record_per_mode(tmp_path):
-    records = bench.run(width=16, batch=8, threads=1, stages=2, depths=[2], warmup=3, steps=12, out=tmp_path,
-                        repeats=2, tiny=False)  # the tiny-model runs: tests/sim
+def test_bench_writes_one_record_per_mode(tiny_bench):
+    every, tmp_path = tiny_bench
+    records = [r for r in every if r["workers"] == 2]
     assert [r["mode"] for r in records] == ["pytorch-backprop", "backprop-fused-opt", "reference-dfa",
                                                "backprop-threads2", "reference-dfa-threads2",
                                                "ceiling-independent-stages", "dataplane-D2", "raycalls-D2",
                                                "gpipe-M2", "gpipe-M4", "1f1b-M2", "1f1b-M4", "ddp"]
     saved = json.loads((tmp_path / "bench.json").read_text())
-    assert saved["records"] == records and saved["meta"]["width"] == 16 and saved["meta"]["cpu"]
+    assert saved["records"] == every and saved["meta"]["width"] == 16 and saved["meta"]["cpu"]
     by = {r["mode"]: r for r in records}
     assert all(r["steps_per_s"] > 0 and r["samples_per_s"] == pytest.approx(8 * r["steps_per_s"]) for r in records)
     assert by["reference-dfa"]["vs_reference_dfa"] == 1.0 and by["ceiling-independent-stages"]["vs_ceiling"] == 1.0
@@ -29,7 +29,7 @@ def test_bench_writes_one_record_per_mode(tmp_path):
         assert len(r["rounds"]) == 2 and r["steps_per_s"] == pytest.approx(max(r["rounds"]), abs=0.01)
         assert r["overhead_ms_per_step"] == pytest.approx(r["ms_per_step"] - by["ceiling-independent-stages"]["ms_per_step"])
     # the step ratio is timed in alternating chunks of 12 // 8 = 1 step, 12 of them: the whole is their weighted mean
-    meta = saved["meta"]
+    meta = saved["meta"]["per_workers"]["2"]
     chunks = meta["dfa_step_over_backprop_step_chunks"]
     assert len(chunks) == 12 and all(c > 0 for c in chunks)
     assert min(chunks) - 1e-3 <= meta["dfa_step_over_backprop_step"] <= max(chunks) + 1e-3
@@ -52,14 +52,14 @@ def test_bench_writes_one_record_per_mode(tmp_path):
     assert links["gloo"]["allreduce_rate"] > 0
 
 
-def test_a_sweep_over_worker_counts_writes_a_plot(tmp_path):
-    records = bench.run(width=16, batch=12, stages=[1, 3], depths=[2], warmup=2, steps=6, out=tmp_path,
-                        repeats=1, calls=False, fixed_blocks=3, microbatches=[2], tiny=False)
-    assert {r["workers"] for r in records} == {1, 3}
-    saved = json.loads((tmp_path / "bench.json").read_text())
-    assert saved["meta"]["per_workers"]["3"]["partition"] == [1, 1, 2]
-    assert saved["meta"]["per_workers"]["1"]["partition"] == [4]
-    assert (tmp_path / "scaling.png").read_bytes()[:4] == b"\x89PNG"
+def test_a_sweep_over_worker_counts_writes_a_plot(tiny_bench):
+    records, out = tiny_bench
+    assert {r["workers"] for r in records} == {1, 2}
+    saved = json.loads((out / "bench.json").read_text())
+    assert saved["meta"]["stages"] == [1, 2] and saved["meta"]["fixed_blocks"] is None
+    assert saved["meta"]["per_workers"]["2"]["partition"] == [1, 2]  # N blocks and the head on N stages
+    assert saved["meta"]["per_workers"]["1"]["partition"] == [2]
+    assert (out / "scaling.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_a_sweep_cut_short_keeps_every_n_it_measured(tmp_path):
@@ -107,7 +107,7 @@ def test_bench_rejects_a_width_that_is_not_a_square():
 def test_every_mode_sees_the_same_minibatches_and_drains_after_the_warmup():
     cfg, plan, ds = modes.setup(16, 8, 1, 2, warmup=3, steps=5)
     assert len(ds.x_train) == 8 * 8 and plan.total_steps == 8 and plan.boundaries == [2, 7]
-    assert cfg.runtime.stages == [1, 2]
+    assert cfg.runtime.blocks_per_stage == [1, 2]
 
 
 def test_wait_quiet_returns_once_the_cores_are_idle_enough_and_gives_up_at_its_limit():

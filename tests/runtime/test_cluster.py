@@ -44,6 +44,6 @@ def test_stages_that_fit_but_find_the_cluster_busy_wait_then_say_so(tmp_path, ca
 def test_stages_that_outnumber_this_machines_cores_are_warned_with_what_fits():
     assert time_shared(2, 1, 2) is None and time_shared(4, 2, 8) is None
     note = time_shared(4, 1, 2)
-    assert note.startswith("runtime.stages: 4 stages x 1 thread(s) on this machine's 2 cores")
-    assert "into at most 2 stage(s) with runtime.stages" in note and "runtime.num_stages = 2" in note
+    assert note.startswith("runtime.blocks_per_stage: 4 stages x 1 thread(s) on this machine's 2 cores")
+    assert "into at most 2 stage(s) with runtime.blocks_per_stage" in note and "runtime.num_stages = 2" in note
     assert "at most 1 stage(s)" in time_shared(2, 2, 3)  # two-thread stages on 3 cores: one fits

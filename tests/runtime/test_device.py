@@ -21,7 +21,7 @@ SHARE = float(os.environ.get("DFA_ASYNC_TEST_GPUS_PER_STAGE", "1"))
 def test_trainer_on_the_device_ends_with_the_reference_weights(tmp_path, depth):
     sections = dict(model={"widths": [24, 24], "dropout_hidden": 0.1}, data={"n_train": 352, "n_test": 64},
                     train={"epochs": 2})
-    runtime = {"depth": depth, "stages": [1, 2], "device": DEVICE}
+    runtime = {"depth": depth, "blocks_per_stage": [1, 2], "device": DEVICE}
     # The reference on the same device: dropout masks come from that device's generator (CPU and CUDA
     # draw different masks from one seed), so a CPU reference differs from a GPU run by design.
     train(small_config(**sections, runtime={**runtime, "backend": "local"}), tmp_path / "ref")

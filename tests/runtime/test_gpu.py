@@ -21,7 +21,7 @@ NET = dict(model={"widths": [24, 24], "dropout_hidden": 0.1}, data={"n_train": 3
 
 
 def run_both(tmp_path, depth: int, share: float) -> dict:
-    runtime = {"depth": depth, "stages": [1, 2], "device": "cuda"}
+    runtime = {"depth": depth, "blocks_per_stage": [1, 2], "device": "cuda"}
     # The reference on the same device: CUDA draws other dropout masks than the CPU from one seed.
     train(small_config(**NET, runtime={**runtime, "backend": "local"}), tmp_path / "ref")
     train(small_config(**NET, runtime={**runtime, "backend": "ray", "gpus_per_stage": share}), tmp_path / "ray")

@@ -43,7 +43,7 @@ def hosts(request):
 def spread(depth: int, placement: str = "strict_spread", **runtime):
     """Three stages, one per host (strict_spread); `spread` lets them double up once a host is gone."""
     return small_config(**MLP, runtime={"backend": "ray", "depth": depth, "placement": placement,
-                                        "stages": [1, 1, 1], **runtime})
+                                        "blocks_per_stage": [1, 1, 1], **runtime})
 
 
 def weights(run_dir):
@@ -78,7 +78,7 @@ def doctor(*sets: str) -> tuple[int, str, str, float]:
     t0 = time.monotonic()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = cli.main(["doctor", "--set", "data.name=synthetic", "--set", "runtime.placement=strict_spread",
-                         "--set", "runtime.stages=[1,1,1]", *[a for s in sets for a in ("--set", s)]])
+                         "--set", "runtime.blocks_per_stage=[1,1,1]", *[a for s in sets for a in ("--set", s)]])
     return code, out.getvalue(), err.getvalue(), time.monotonic() - t0
 
 

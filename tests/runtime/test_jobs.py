@@ -14,7 +14,7 @@ import torch
 
 from dfa_async import runlog, train
 from dfa_async.config import ConfigError
-from dfa_async.run import in_ray_job_copy
+from dfa_async.rundir import in_ray_job_copy
 
 from conftest import free_port, ray_head_process, small_config
 
@@ -118,7 +118,7 @@ def test_an_address_where_nothing_answers_fails_at_once(tmp_path):
 
 def test_a_private_instance_too_small_for_the_stages_fails_at_once(tmp_path):
     t0 = time.time()
-    with pytest.raises(ConfigError, match=r"runtime.stages: 3 stages need \{'CPU': 3\}, but the cluster has "
+    with pytest.raises(ConfigError, match=r"runtime.blocks_per_stage: 3 stages need \{'CPU': 3\}, but the cluster has "
                                           r"\{'CPU': 1.0\} in all; raise runtime.num_cpus"):
         train(small_config(runtime={"backend": "ray", "num_cpus": 1}), tmp_path / "r")
     assert time.time() - t0 < 60

@@ -25,7 +25,7 @@ CNN = dict(model={"kind": "cnn", "channels": [4, 6], "widths": [12], "batchnorm"
 def cfg_for(net, depth, stages, backend, **extra):
     sections = {k: dict(v) for k, v in net.items()}
     sections.setdefault("data", {}).update(n_train=352, n_test=64)  # 22 steps of 16
-    sections["runtime"] = {"backend": backend, "depth": depth, "stages": stages}
+    sections["runtime"] = {"backend": backend, "depth": depth, "blocks_per_stage": stages}
     for k, v in extra.items():
         sections.setdefault(k, {}).update(v)
     return small_config(**sections)

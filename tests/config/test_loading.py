@@ -1,4 +1,5 @@
 """Settings: defaults, TOML and --set loading, and malformed settings rejected with one line."""
+import dataclasses
 import tomllib
 from pathlib import Path
 
@@ -7,7 +8,7 @@ import pytest
 from dfa_async import config
 from dfa_async.config import ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # (overrides, words the one-line error must contain)
 MALFORMED = [
@@ -39,7 +40,7 @@ MALFORMED = [
     (["runtime.backend=mpi"], ["runtime.backend", "local, ray"]),
     (["feedback.rule=bp", "runtime.depth=2", "runtime.backend=local"], ["runtime.depth", "bp allows only depth 1"]),
     (["feedback.rule=bp", "runtime.backend=ray"], ["feedback.rule", "runtime.backend = ray"]),
-    (["runtime.stages=[1, 1]"], ["runtime.stages", "add up to 3"]),
+    (["runtime.blocks_per_stage=[1, 1]"], ["runtime.blocks_per_stage", "add up to 3"]),
     (["runtime.transport=mpi"], ["runtime.transport", "auto, shm, gloo, nccl"]),
     (["runtime.transport=nccl", "runtime.device=cpu"], ["runtime.transport", "shm, gloo or auto"]),
     (["bottleneck.layer=3"], ["bottleneck.layer", "1..2"]),
@@ -87,7 +88,7 @@ def test_int_is_accepted_for_float():
 
 
 def test_saved_toml_round_trips():
-    cfg = config.load(None, ["optim.lr=0.003", "train.name=a \"quoted\" name", "runtime.stages=[2, 1]"])
+    cfg = config.load(None, ["optim.lr=0.003", "train.name=a \"quoted\" name", "runtime.blocks_per_stage=[2, 1]"])
     again = config.from_dict(tomllib.loads(config.to_toml(cfg)))
     assert again == cfg
 
@@ -130,9 +131,10 @@ def test_narrow_bottleneck_changes_the_width():
 from hypothesis import given, settings as hsettings, strategies as st  # noqa: E402
 
 from dfa_async import config as config_mod  # noqa: E402
+from dfa_async.config.schema import section_class  # noqa: E402
 
 KEYS = [f"{section}.{f}" for section in config_mod.SECTIONS
-        for f in config_mod.dataclasses.fields(config_mod._section_class(section))]
+        for f in dataclasses.fields(section_class(section))]
 VALUES = st.one_of(st.integers(-10**6, 10**6), st.floats(allow_nan=True, allow_infinity=True), st.booleans(),
                    st.text(max_size=12), st.lists(st.integers(-5, 2000), max_size=4),
                    st.sampled_from(["auto", "mlp", "cnn", "dfa", "bp", "sgd", "adam", "paper", "relu", "[]", ""]))
@@ -154,7 +156,7 @@ def test_any_settings_give_a_config_or_one_line_naming_a_key(assignments):
         assert "\n" not in text
         assert any(k.split(".")[0] in text for k in [*KEYS, "nosection", "config"]), text
         return
-    assert config_mod.from_dict(config_mod.tomllib.loads(config_mod.to_toml(cfg))) == cfg
+    assert config_mod.from_dict(tomllib.loads(config_mod.to_toml(cfg))) == cfg
 
 
 @hsettings(max_examples=200, deadline=None)
@@ -166,10 +168,14 @@ def test_any_override_strings_give_a_config_or_one_line(texts):
         assert "\n" not in str(err)
 
 
-def test_a_run_of_a_version_without_a_setting_compares_it_at_its_default():
-    old = config_mod.Config().to_dict()
-    del old["model"]["block_order"], old["train"]["on_nonfinite"]
-    assert config_mod.differences(old, config_mod.Config().to_dict()) == []
-    new = config_mod.Config()
-    new.model.block_order, new.runtime.threads = "paper", 2
-    assert config_mod.differences(old, new.to_dict(), learned_only=True) == ["model.block_order: 'standard' -> 'paper'"]
+def test_the_old_name_of_a_renamed_setting_loads_with_a_warning(capsys, tmp_path):
+    cfg = config.load(None, ["runtime.stages=[2, 1]"])
+    assert cfg.runtime.blocks_per_stage == [2, 1]
+    err = capsys.readouterr().err
+    assert err.strip() == ("dfa-async: warning: runtime.stages is now called runtime.blocks_per_stage; "
+                           "please rename it")
+    path = tmp_path / "old.toml"
+    path.write_text("[runtime]\nstages = \"auto\"\n")
+    assert config.load(path).runtime.blocks_per_stage == "auto"
+    with pytest.raises(ConfigError, match="runtime.stages: is the old name of runtime.blocks_per_stage, which is also"):
+        config.load(None, ["runtime.stages=[2, 1]", "runtime.blocks_per_stage=[2, 1]"])

@@ -1,5 +1,5 @@
 """The link between two workers of this machine, measured: a ping-pong of a small and of a large message
-between two processes over a data-plane backend (`shm`: the stages' rings; `gloo`: what the backprop
+between two processes over a data-plane transport (`shm`: the stages' rings; `gloo`: what the backprop
 baselines use), and for gloo the rate of a 16 MB all-reduce (what DDP does with the gradients). One-way time of the small message is the latency; the large one's extra time gives the
 bandwidth. Between processes on CPUs both ends' cores move the bytes (`host` links)."""
 from __future__ import annotations
@@ -9,6 +9,7 @@ import time
 
 import torch
 
+from .. import process
 from ..runtime.plane import Rendezvous, process_group
 
 SMALL, LARGE, REDUCE = 64, 4 << 20, 16 << 20
@@ -18,20 +19,20 @@ BATCHES = 3
 
 class PingPong:
     def __init__(self, rank: int):
-        torch.set_num_threads(1)
+        process.setup(1)
         self.rank, self.rendezvous, self.pg = rank, None, None
 
     def open_rendezvous(self, host: str) -> int:
         self.rendezvous = Rendezvous(host, 2, 60)
         return self.rendezvous.port
 
-    def connect(self, host: str, port: int, backend: str) -> None:
+    def connect(self, host: str, port: int, transport: str) -> None:
         import torch.distributed as dist
         from datetime import timedelta
 
         store = self.rendezvous.store if self.rendezvous else dist.TCPStore(
             host, port, 2, is_master=False, timeout=timedelta(seconds=60))
-        self.pg = process_group(backend, dist.PrefixStore(backend, store), self.rank, 2, host, 60,
+        self.pg = process_group(transport, dist.PrefixStore(transport, store), self.rank, 2, host, 60,
                                 torch.device("cpu"), ring_bytes=2 * LARGE + 4096)
 
     def allreduce(self, nbytes: int, repeats: int = 5) -> float:
@@ -72,17 +73,17 @@ class PingPong:
         return min(medians)
 
 
-def measure(backend: str) -> dict:
-    """Latency, bandwidth and per-message CPU time of `backend` between two Ray actors of this node."""
+def measure(transport: str) -> dict:
+    """Latency, bandwidth and per-message CPU time of `transport` between two Ray actors of this node."""
     import ray
 
     actors = [ray.remote(num_cpus=1)(PingPong).remote(r) for r in range(2)]
     try:
         port = ray.get(actors[0].open_rendezvous.remote("127.0.0.1"))
-        ray.get([a.connect.remote("127.0.0.1", port, backend) for a in actors])
+        ray.get([a.connect.remote("127.0.0.1", port, transport) for a in actors])
         small = ray.get([a.run.remote(SMALL) for a in actors])[0]
         large = ray.get([a.run.remote(LARGE) for a in actors])[0]
-        reduce_s = ray.get([a.allreduce.remote(REDUCE) for a in actors])[0] if backend == "gloo" else 0.0
+        reduce_s = ray.get([a.allreduce.remote(REDUCE) for a in actors])[0] if transport == "gloo" else 0.0
     finally:
         for a in actors:
             ray.kill(a)

@@ -1,15 +1,11 @@
-"""Typed settings: one dataclass per TOML section, loaded, overridden with ``--set`` and validated
-before anything starts. Every bad setting raises ``ConfigError`` with one line that names the key and
-what is allowed."""
+"""The settings' schema: one dataclass per TOML section, each field with its default, docstring and
+allowed values, and the checks of single values (`check_value`) and of settings together (`validate`).
+Every bad setting raises ``ConfigError`` with one line that names the key and what is allowed."""
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
-
-import tomli_w
 
 
 class ConfigError(ValueError):
@@ -135,11 +131,11 @@ class RuntimeConfig:
     backend: str = _opt("ray", "`ray`: one actor per stage; `local`: the single-process reference.",
                         ("local", "ray"))
     depth: int = _opt(1, "In-flight depth D of the pipeline schedule; 1 is synchronous DFA.", lo=1)
-    stages: list[int] = _opt([], "Blocks per stage, in order (e.g. [2, 1]); empty puts one block per stage; "
+    blocks_per_stage: list[int] = _opt([], "Blocks per stage, in order (e.g. [2, 1]); empty puts one block per stage; "
                              "\"auto\" measures every block's forward + update and splits the blocks into "
                              "runtime.num_stages contiguous stages so that the slowest is as fast as it can be.",
                              lo=1, choices=("auto",))
-    num_stages: int = _opt(0, "With runtime.stages = \"auto\": how many stages; 0 means one per CPU core of "
+    num_stages: int = _opt(0, "With runtime.blocks_per_stage = \"auto\": how many stages; 0 means one per CPU core of "
                            "this machine (at most one per block).", lo=0)
     address: str = _opt("", "Ray address to join (e.g. `auto`); empty starts a local instance for the run.")
     threads: int = _opt(1, "Torch threads per stage actor (and of the local backend).", lo=1)
@@ -233,11 +229,11 @@ class Config:
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
 
 
-def _section_class(name):
+def section_class(name):
     return typing.get_type_hints(Config)[name]
 
 
-def _check_value(key: str, f: dataclasses.Field, hint, value):
+def check_value(key: str, f: dataclasses.Field, hint, value):
     """Coerce and check one value against its declared type and range; return the stored value."""
     meta = f.metadata
     origin = typing.get_origin(hint)
@@ -283,67 +279,6 @@ def _check_range(key, meta, v):
         raise ConfigError(f"{key}: {v!r} is out of range; it must be {'<' if meta['hi_open'] else '<='} {hi}")
 
 
-def from_dict(raw: dict) -> Config:
-    """Build a validated Config from nested dicts (as TOML gives); unknown keys are errors."""
-    cfg = Config()
-    if not isinstance(raw, dict):
-        raise ConfigError("config: expected a table of sections")
-    for section, values in raw.items():
-        if section not in SECTIONS:
-            raise ConfigError(f"{section}: unknown section; sections are {', '.join(SECTIONS)}")
-        if not isinstance(values, dict):
-            raise ConfigError(f"{section}: expected a table of settings, got {values!r}")
-        cls = _section_class(section)
-        hints = typing.get_type_hints(cls)
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        target = getattr(cfg, section)
-        for key, value in values.items():
-            if key not in fields:
-                raise ConfigError(f"{section}.{key}: unknown setting; {section} has {', '.join(fields)}")
-            setattr(target, key, _check_value(f"{section}.{key}", fields[key], hints[key], value))
-    validate(cfg)
-    return cfg
-
-
-def parse_override(text: str) -> tuple[str, str, object]:
-    """Parse `section.key=value`; the value is TOML (numbers, true/false, [lists], "strings") or a bare word."""
-    if "=" not in text or "." not in text.split("=", 1)[0]:
-        raise ConfigError(f"--set {text}: expected section.key=value, e.g. --set optim.lr=0.01")
-    path, raw = text.split("=", 1)
-    section, key = path.strip().split(".", 1)
-    raw = raw.strip()
-    try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw
-    return section, key, value
-
-
-def load(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
-    """Load a TOML file (or the built-in default when None) and apply `--set` overrides, then validate."""
-    raw: dict = {}
-    if path is not None:
-        try:
-            with open(path, "rb") as fh:
-                raw = tomllib.load(fh)
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path}: not found") from None
-        except IsADirectoryError:
-            raise ConfigError(f"config file {path}: is a directory; give a TOML file such as "
-                              "examples/configs/mnist_mlp.toml") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-            raise ConfigError(f"config file {path}: not valid TOML ({str(err).splitlines()[0][:120]})") from None
-        except OSError as err:
-            raise ConfigError(f"config file {path}: cannot be read ({err.strerror})") from None
-    for text in overrides:
-        section, key, value = parse_override(text)
-        raw.setdefault(section, {})
-        if not isinstance(raw[section], dict):
-            raise ConfigError(f"{section}: expected a table of settings")
-        raw[section][key] = value
-    return from_dict(raw)
-
-
 def validate(cfg: Config, own_model: bool = False) -> None:
     """Checks that involve more than one setting (`own_model`: the model is a user's nn.Sequential, so
     the checks that depend on model.* are left to stage.Plan)."""
@@ -383,14 +318,15 @@ def validate(cfg: Config, own_model: bool = False) -> None:
         if not 1 <= b.width <= width:
             raise ConfigError(f"bottleneck.width: {b.width} is out of range; it must be 1..{width} "
                               f"(the width of block {b.layer})")
-    if rt.stages == "auto" and rt.num_stages > cfg.num_blocks() and not own_model:
+    if rt.blocks_per_stage == "auto" and rt.num_stages > cfg.num_blocks() and not own_model:
         raise ConfigError(f"runtime.num_stages: {rt.num_stages} stages for a model of {cfg.num_blocks()} blocks; "
                           f"use 0 to {cfg.num_blocks()}")
-    if rt.num_stages and rt.stages != "auto":
-        raise ConfigError("runtime.num_stages: only used with runtime.stages = \"auto\"; set that, or give "
-                          "runtime.stages as a list and num_stages = 0")
-    if isinstance(rt.stages, list) and rt.stages and not own_model and sum(rt.stages) != cfg.num_blocks():
-        raise ConfigError(f"runtime.stages: {rt.stages} holds {sum(rt.stages)} blocks but the model has "
+    if rt.num_stages and rt.blocks_per_stage != "auto":
+        raise ConfigError("runtime.num_stages: only used with runtime.blocks_per_stage = \"auto\"; set that, or give "
+                          "runtime.blocks_per_stage as a list and num_stages = 0")
+    sizes = rt.blocks_per_stage
+    if isinstance(sizes, list) and sizes and not own_model and sum(sizes) != cfg.num_blocks():
+        raise ConfigError(f"runtime.blocks_per_stage: {sizes} holds {sum(sizes)} blocks but the model has "
                           f"{cfg.num_blocks()}; make the counts add up to {cfg.num_blocks()}")
     if d.name == "synthetic" and len(d.shape) != 3:
         raise ConfigError(f"data.shape: {d.shape} must be [channels, height, width]")
@@ -412,53 +348,3 @@ def validate(cfg: Config, own_model: bool = False) -> None:
                           "shm, gloo or auto")
     if cfg.optim.schedule == "step" and cfg.optim.step_every == 0:
         raise ConfigError("optim.step_every: the step schedule needs step_every >= 1 (epochs)")
-
-
-def _shown(value) -> str:
-    """A value as TOML on one line (tomli-w spreads arrays over lines)."""
-    if isinstance(value, list):
-        return "[" + ", ".join(map(_shown, value)) + "]"
-    return tomli_w.dumps({"v": value}).removeprefix("v = ").strip()
-
-
-def to_toml(cfg: Config) -> str:
-    """Write the settings as TOML (the format they load from), so each run keeps its exact settings; any
-    string (a run name with a newline or a quote) round-trips."""
-    return tomli_w.dumps(cfg.to_dict())
-
-
-# Settings that say where and how to run, not what is learned (the runtime is tested to learn the same
-# weights under any placement): a resumed run may change them; any other change is refused.
-NOT_LEARNED = ({"train.root", "train.name", "train.log_every", "train.eval_batch_size", "data.dir", "data.url",
-                "checkpoint.keep", "train.on_nonfinite"}
-               | {f"runtime.{k}" for k in ("backend", "stages", "num_stages", "address", "threads", "num_cpus",
-                                            "placement", "transport", "window", "peer_timeout_s", "device",
-                                            "gpus_per_stage", "max_failures", "autoscale", "placement_timeout_s")})
-
-
-def differences(old: dict, new: dict, learned_only: bool = False) -> list[str]:
-    """`section.key: old -> new` for every setting that differs between two `to_dict()`s (with
-    `learned_only`, leaving out NOT_LEARNED and the metrics and alignment sections). A setting missing
-    from `old` (a run of a version without it) counts as its default."""
-    out, defaults = [], Config().to_dict()
-    for section in SECTIONS:
-        a, b = {**defaults.get(section, {}), **old.get(section, {})}, new.get(section, {})
-        for key in sorted(set(a) | set(b)):
-            name = f"{section}.{key}"
-            if learned_only and (name in NOT_LEARNED or section in ("metrics", "alignment")):
-                continue
-            if a.get(key) != b.get(key):
-                out.append(f"{name}: {a.get(key)!r} -> {b.get(key)!r}")
-    return out
-
-
-def describe() -> str:
-    """Every setting with its default and docstring (for `dfa-async settings`)."""
-    out = []
-    for section in SECTIONS:
-        cls = _section_class(section)
-        for f in dataclasses.fields(cls):
-            default = getattr(cls(), f.name)
-            choices = f" ({' | '.join(f.metadata['choices'])})" if f.metadata["choices"] else ""
-            out.append(f"{section}.{f.name} = {_shown(default)}{choices}\n    {f.metadata['doc']}")
-    return "\n".join(out)
