@@ -4,7 +4,6 @@ does not depend on how blocks are placed on stages. The learning rate is a pure 
 the step, so every block (wherever it lives) uses the same rate at the same step."""
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -23,23 +22,6 @@ def make(params: list[torch.nn.Parameter], cfg: OptimConfig) -> torch.optim.Opti
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **kw)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
                            weight_decay=cfg.weight_decay, **kw)
-
-
-def step(opt: torch.optim.Optimizer) -> None:
-    """`opt.step()` without torch.optim's per-call wrappers (a profiler range, step-hook dispatch, grad-mode
-    switches and compiler graph breaks): the optimizer's own step function under no_grad, so the same
-    kernels and the same state. The wrappers cost ~0.07 ms a call on a CPU core, ~3 % of a 576-wide
-    stage's whole step (and more of a GPU stage's). A stage's optimizer is private to it: no hooks to run."""
-    with torch.no_grad():
-        _unwrapped(type(opt))(opt)
-
-
-@functools.cache
-def _unwrapped(cls: type):
-    fn = cls.step
-    while hasattr(fn, "__wrapped__"):
-        fn = fn.__wrapped__
-    return fn
 
 
 def part_state(opt: torch.optim.Optimizer, first: int, count: int) -> dict:

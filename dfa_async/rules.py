@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import feedback, optim, seeding
+from . import feedback, seeding
 
 
 def head_error(logits: torch.Tensor, y: torch.Tensor, scale: str = "mean"):
@@ -178,7 +178,7 @@ def update(learners: list[Learner], opt: torch.optim.Optimizer | None, step: int
         for group in opt.param_groups:
             group["lr"] = lr
         frozen = [learner.frozen_rows() for learner in learners]
-        optim.step(opt)
+        opt.step()
         for group in opt.param_groups:  # (zero_grad, without its per-call overhead)
             for p in group["params"]:
                 p.grad = None

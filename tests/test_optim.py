@@ -33,37 +33,6 @@ def test_parts_of_the_state_round_trip(name):
         optim.load_part_states(fresh, parts[:1])
 
 
-@pytest.mark.parametrize("cfg", [OptimConfig(name="sgd"), OptimConfig(name="sgd", fused=False),
-                                 OptimConfig(name="sgd", momentum=0.0, weight_decay=1e-3),
-                                 OptimConfig(name="sgd", nesterov=True, weight_decay=1e-3),
-                                 OptimConfig(name="adam"), OptimConfig(name="adam", fused=False, weight_decay=1e-2)],
-                         ids=["sgd", "sgd-loop", "sgd-plain-wd", "sgd-nesterov", "adam", "adam-loop"])
-def test_lean_step_is_the_optimizers_own_step(cfg):
-    """optim.step skips torch.optim's wrappers only: the same parameters and state, bit for bit, from the
-    first step (state created) on, with the learning rate changed between steps; and no profiler range."""
-    torch.manual_seed(0)
-    a = [torch.nn.Parameter(torch.randn(*s)) for s in [(16, 8), (8,)]]
-    b = [torch.nn.Parameter(p.detach().clone()) for p in a]
-    oa, ob = optim.make(a, cfg), optim.make(b, cfg)
-    for i in range(4):
-        for pa, pb in zip(a, b):
-            pa.grad = torch.randn_like(pa)
-            pb.grad = pa.grad.clone()
-        for o in (oa, ob):
-            o.param_groups[0]["lr"] = cfg.lr / (i + 1)
-        with torch.profiler.profile() as prof:
-            optim.step(oa)
-        ob.step()
-        assert not [e for e in prof.events() if e.name.startswith("Optimizer.step")]
-        for pa, pb in zip(a, b):
-            assert torch.equal(pa, pb)
-    sa, sb = oa.state_dict(), ob.state_dict()
-    assert sa["param_groups"] == sb["param_groups"] and sa["state"].keys() == sb["state"].keys()
-    for i in sa["state"]:
-        assert sa["state"][i].keys() == sb["state"][i].keys()
-        for k, v in sa["state"][i].items():
-            assert torch.equal(v, sb["state"][i][k]) if torch.is_tensor(v) else v == sb["state"][i][k]
-
 
 def test_fused_kernels_agree_with_the_loop_to_rounding():
     torch.manual_seed(0)

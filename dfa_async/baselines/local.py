@@ -10,24 +10,21 @@ import torch.nn.functional as F
 from .. import data, optim
 
 
-def step(opt: torch.optim.Optimizer, lr: float | None, forward_backward: Callable[[], object],
-         fused: bool = True):
+def step(opt: torch.optim.Optimizer, lr: float | None, forward_backward: Callable[[], object]):
     """One backprop step: step t's learning rate (None: leave it), the gradients cleared, forward and
-    backward (`forward_backward()`, which returns the loss where it is known), then the optimizer step:
-    `optim.step` (the stages' optimizer call) when `fused`, else the optimizer's own step, as a user
-    writes it."""
+    backward (`forward_backward()`, which returns the loss where it is known), then the optimizer step."""
     if lr is not None:
         for group in opt.param_groups:
             group["lr"] = lr
     opt.zero_grad(set_to_none=True)
     loss = forward_backward()
-    optim.step(opt) if fused else opt.step()
+    opt.step()
     return loss
 
 
 class Backprop:
     """Plain backprop over the run's minibatches, stepped one step or a window at a time. `fused`: the
-    stages' optimizer (optim.make, optim.step); else PyTorch's SGD with the run's momentum, as a user
+    stages' optimizer (optim.make: fused kernels); else PyTorch's SGD with the run's momentum, as a user
     writes it."""
 
     def __init__(self, plan, ds, fused: bool = True, device: str = "cpu"):
@@ -53,7 +50,7 @@ class Backprop:
             loss = F.cross_entropy(self.net(x), y)
             loss.backward()
             return loss
-        return step(self.opt, lr, forward_backward, self.fused)
+        return step(self.opt, lr, forward_backward)
 
     def run(self, a: int, b: int) -> None:
         for t in range(a, b):

@@ -55,7 +55,7 @@ def start_local(cpus: int) -> None:
     """A private local Ray instance, watched (reaper.py) so that a driver killed with kill -9 leaves none of
     its processes behind. End it with `shutdown()`."""
     global _watcher
-    before = {p for p, _ in reaper.descendants(os.getpid())} if os.path.exists("/proc/self/stat") else set()
+    before = {p for p, _ in reaper.descendants(os.getpid())}
     # Ray starts its workers at nice 15 (its worker_niceness): with anything else busy on the machine the
     # stages, which do all of the run's compute, would starve behind it (measured: a 10-epoch run beside
     # one single-process run took 5-10x longer). A private instance's workers run at the driver's priority;

@@ -7,9 +7,13 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlparse
 
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
 from ..config import ConfigError
 
 LOG = "events.msgpack"
+ATTEMPTS = 5  # tries of each remote write; a transient error (a dropped connection, a throttled request)
+BACKOFF_S = 1.0  # waits 1, 2, 4, 8 s between them (object stores ask clients to back off exponentially)
 
 
 def is_uri(target: str | Path) -> bool:
@@ -90,15 +94,30 @@ class RunStore:
                 continue
             final = f"{self.path}/{rel}"
             parent, leaf = final.rsplit("/", 1)
-            tmp = f"{parent}/.{leaf}.{uuid.uuid4().hex}.tmp"
-            self.fs.makedirs(parent, exist_ok=True)
-            self.fs.put_file(str(files[rel]), tmp)
-            self.fs.mv(tmp, final)
+            self._retried(self._put, str(files[rel]), parent, leaf)
             self._pushed[rel] = stamp
         # Checkpoints rotated out locally go remotely too, after the newer ones are in place.
         for rel in [r for r in self._pushed if r not in files]:
-            self.fs.rm_file(f"{self.path}/{rel}")
+            self._retried(self._remove, f"{self.path}/{rel}")
             del self._pushed[rel]
+
+    def _put(self, src: str, parent: str, leaf: str) -> None:
+        """One file, whole: copied under a temporary name, then moved over the old one."""
+        tmp = f"{parent}/.{leaf}.{uuid.uuid4().hex}.tmp"
+        self.fs.makedirs(parent, exist_ok=True)
+        self.fs.put_file(src, tmp)
+        self.fs.mv(tmp, f"{parent}/{leaf}")
+
+    def _remove(self, path: str) -> None:
+        if self.fs.exists(path):  # a retry after a removal whose answer was lost
+            self.fs.rm_file(path)
+
+    @staticmethod
+    def _retried(fn, *args) -> None:
+        for attempt in Retrying(stop=stop_after_attempt(ATTEMPTS), wait=wait_exponential(multiplier=BACKOFF_S, max=30),
+                                retry=retry_if_exception_type(OSError), reraise=True):
+            with attempt:
+                fn(*args)
 
     def close(self) -> None:
         """Push what is left and drop the staging folder (kept, and named, if the push fails)."""

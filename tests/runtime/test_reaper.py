@@ -22,7 +22,7 @@ def _cmdline(pid: int) -> str:
 
 
 def alive(procs):
-    return [p for p, start in procs if (st := reaper._stat(p)) and st[1] == start]
+    return [pid for pid, start in procs if reaper._same(pid, start)]
 
 
 def test_a_killed_driver_leaves_no_ray_process_behind(tmp_path):

@@ -88,17 +88,50 @@ def test_unknown_protocol_is_a_one_line_error():
         train(small_config(train={"root": "nosuch://b/r", "name": "x"}))
 
 
-def test_a_failed_push_keeps_the_old_file_and_names_the_staging_folder(mem, monkeypatch):
+@pytest.fixture
+def quick_retries(monkeypatch):
+    from dfa_async.storage import remote
+
+    monkeypatch.setattr(remote, "BACKOFF_S", 0.001)
+
+
+def test_pushes_that_fail_twice_transiently_are_retried_and_the_run_completes(mem, monkeypatch, tmp_path,
+                                                                                quick_retries):
+    put, failures = mem.put_file, []
+
+    def flaky(*args, **kwargs):
+        if len(failures) < 2:
+            failures.append(args)
+            raise ConnectionResetError("connection reset by peer")
+        return put(*args, **kwargs)
+    monkeypatch.setattr(mem, "put_file", flaky)
+    res = train(small_config(**COMMON), "memory://bucket/flaky")
+    assert len(failures) == 2  # the first push's first file, twice
+    straight = train(small_config(**COMMON), tmp_path / "straight")
+    a = read_state(mem, "/bucket/flaky/final_model.pt")
+    b = torch.load(tmp_path / "straight" / "final_model.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a) and res.test_accuracy == straight.test_accuracy
+    names = sorted(p.split("/bucket/flaky/", 1)[1] for p in mem.find("/bucket/flaky"))
+    assert names == sorted(p.relative_to(tmp_path / "straight").as_posix()
+                           for p in (tmp_path / "straight").rglob("*")
+                           if p.is_file() and p.name != ".lock")  # nothing lost, no .tmp left
+
+
+def test_a_failed_push_keeps_the_old_file_and_names_the_staging_folder(mem, monkeypatch, quick_retries):
     store = storage.open_run("memory://bucket/s")
     (store.local / "events.msgpack").write_bytes(b"old")
     store.push()
     (store.local / "events.msgpack").write_bytes(b"new, longer")
 
+    tries = []
+
     def broken(*a, **k):
+        tries.append(a)
         raise OSError("link down")
     monkeypatch.setattr(store.fs, "mv", broken)
     with pytest.raises(OSError, match=f"files are kept in {store.local}"):
         store.close()
+    assert len(tries) == 5  # storage.remote.ATTEMPTS, then it gives up
     assert mem.cat("/bucket/s/events.msgpack") == b"old"  # never half-written: the temporary copy carries it
     assert (store.local / "events.msgpack").read_bytes() == b"new, longer"
     monkeypatch.undo()
