@@ -1,36 +1,32 @@
-"""The machine under a bench: its CPU model, how idle its cores are (/proc/stat), waiting for them to
-quiet down, and a device sync for timing asynchronous kernels."""
+"""The machine under a bench: its CPU model, how idle its cores are (psutil), waiting for them to quiet
+down, and a device sync for timing asynchronous kernels."""
 from __future__ import annotations
 
 import platform
 import time
 from pathlib import Path
 
+import psutil
 import torch
 
 
-def machine_ticks() -> tuple[int, int]:
-    """This machine's idle (with iowait) and total CPU ticks so far (/proc/stat)."""
-    with open("/proc/stat") as f:
-        ticks = [int(v) for v in f.readline().split()[1:]]
-    return ticks[3] + ticks[4], sum(ticks)
+def machine_ticks() -> tuple[float, float]:
+    """This machine's idle (with iowait, where the system counts it) and total CPU seconds so far, all
+    cores together."""
+    t = psutil.cpu_times()
+    return t.idle + getattr(t, "iowait", 0.0), sum(t)
 
 
-def idle_between(a: tuple[int, int], b: tuple[int, int]) -> float:
+def idle_between(a: tuple[float, float], b: tuple[float, float]) -> float:
     """Fraction of the CPU time between two `machine_ticks` readings spent idle."""
-    return (b[0] - a[0]) / max(b[1] - a[1], 1)
+    return (b[0] - a[0]) / max(b[1] - a[1], 1e-9)
 
 
-def idle_fraction(span: float) -> float | None:
-    """Fraction of this machine's CPU time spent idle over the next `span` seconds (None without
-    /proc/stat)."""
-    try:
-        a = machine_ticks()
-        time.sleep(span)
-        b = machine_ticks()
-    except OSError:
-        return None
-    return idle_between(a, b)
+def idle_fraction(span: float) -> float:
+    """Fraction of this machine's CPU time spent idle over the next `span` seconds."""
+    a = machine_ticks()
+    time.sleep(span)
+    return idle_between(a, machine_ticks())
 
 
 def wait_quiet(idle: float = 0.9, span: float = 1.0, limit: float = 30.0) -> bool:
@@ -39,8 +35,7 @@ def wait_quiet(idle: float = 0.9, span: float = 1.0, limit: float = 30.0) -> boo
     half busy; a link measured then read 40x the latency of an idle machine."""
     deadline = time.monotonic() + limit
     while True:
-        frac = idle_fraction(span)
-        if frac is None or frac >= idle:
+        if idle_fraction(span) >= idle:
             return True
         if time.monotonic() >= deadline:
             return False

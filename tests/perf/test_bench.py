@@ -1,6 +1,7 @@
 """The benchmark program runs every mode side by side and writes its JSON and Markdown (no timing
 assertions: speed is reported, not tested)."""
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -110,11 +111,24 @@ def test_every_mode_sees_the_same_minibatches_and_drains_after_the_warmup():
     assert cfg.runtime.blocks_per_stage == [1, 2]
 
 
-def test_wait_quiet_returns_once_the_cores_are_idle_enough_and_gives_up_at_its_limit():
-    frac = machine.idle_fraction(0.1)
-    assert frac is None or 0.0 <= frac <= 1.0
-    assert machine.wait_quiet(idle=0.0, span=0.05, limit=10.0)  # any machine is at least 0 % idle
+def test_idle_fraction_sees_a_core_kept_busy():
+    """One process spinning on one of N cores leaves at most (N - 1) / N of the machine idle."""
+    n = os.cpu_count()
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)  # past its start-up
+        busy = machine.idle_fraction(0.5)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert 0.0 <= busy <= 1 - 0.5 / n
+
+
+def test_wait_quiet_returns_once_the_cores_are_idle_enough_and_gives_up_at_its_limit(monkeypatch):
+    readings = iter([0.2, 0.5, 0.95, 0.1])
+    monkeypatch.setattr(machine, "idle_fraction", lambda span: next(readings))
+    assert machine.wait_quiet(idle=0.9, span=0.01, limit=10.0) and next(readings) == 0.1  # stopped at 0.95
+    monkeypatch.setattr(machine, "idle_fraction", lambda span: time.sleep(span) or 0.5)
     t0 = time.monotonic()
-    quiet = machine.wait_quiet(idle=1.01, span=0.05, limit=0.2)  # never 101 % idle
-    assert (quiet, frac is None) in ((False, False), (True, True))
-    assert frac is None or time.monotonic() - t0 >= 0.2
+    assert not machine.wait_quiet(idle=0.9, span=0.05, limit=0.2)
+    assert 0.2 <= time.monotonic() - t0 < 2.0
