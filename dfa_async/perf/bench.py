@@ -91,25 +91,7 @@ def measure(width: int, batch: int, threads: int, stages: int, depths, warmup: i
                   + (f"  busy {busy}" if busy else ""), flush=True)
         if device == "cpu":
             rounds_profiled.append(block_profile(plan, microbatches, stages))
-    records = []
-    for mode, results in runs.items():
-        sps, busy = max(results, key=lambda t: t[0])
-        rec = {"mode": mode, "workers": stages, "steps_per_s": sps, "samples_per_s": sps * batch,
-               "ms_per_step": 1e3 / sps, "rounds": [round(s, 2) for s, _ in results], "threads": threads}
-        if "-D" in mode:
-            rec.update(depth=int(mode.rsplit("D", 1)[1]), stages=stages, busy_fraction=busy)
-        records.append(rec)
-    by = {r["mode"]: r for r in records}
-    base, ceiling = by["reference-dfa"]["steps_per_s"], by["ceiling-independent-stages"]["steps_per_s"]
-    bp = by["backprop-fused-opt"]["steps_per_s"]
-    for r in records:
-        r["vs_reference_dfa"] = r["steps_per_s"] / base
-        r["vs_ceiling"] = r["steps_per_s"] / ceiling
-        dfa = r["mode"].startswith(("reference-dfa", "ceiling", "dataplane", "raycalls"))
-        r["speedup"] = r["steps_per_s"] / (base if dfa else bp)
-        r["efficiency"] = r["speedup"] / stages
-        if "-D" in r["mode"]:  # what the transfers and the waiting add to a step, beyond the stages' compute
-            r["overhead_ms_per_step"] = r["ms_per_step"] - 1e3 / ceiling
+    records = summarize(runs, stages, batch, threads)
     # The best depth against the reference, paired in time (see paired_speedup). Not on a GPU: a lent
     # machine's minutes are few, and a new pipeline there costs every stage a CUDA start.
     paired = None
@@ -129,10 +111,38 @@ def measure(width: int, batch: int, threads: int, stages: int, depths, warmup: i
     # For the simulator: per-block costs, measured alone (each its best round, as for the modes), and how
     # much slower N stages compute at once.
     blocks = fastest(rounds_profiled)
+    ceiling = next(r["steps_per_s"] for r in records if r["mode"] == "ceiling-independent-stages")
     alone = max(sum(blocks[k]["dfa_forward_s"] + blocks[k]["dfa_update_s"] for k in ids) for ids in plan.partition())
     profile = {"blocks": blocks, "partition": plan.stage_sizes, "slowdown": (1 / ceiling) / alone,
                "transport": "shm" if transport in ("auto", "shm") and shm.available() and stages > 1 else "gloo"}
     return records, meta, profile
+
+
+def summarize(runs: dict[str, list[tuple[float, list | None]]], workers: int, batch: int, threads: int) -> list[dict]:
+    """One record per mode from its rounds (steps/s, busy fractions): its best round, and its ratios to the
+    reference (`vs_reference_dfa`), to the ceiling (`vs_ceiling`) and to the single process of its own rule
+    (`speedup`: reference-dfa for DFA modes, backprop-fused-opt for backprop), `efficiency` = speedup / N;
+    for the pipelines also the depth, the busy fractions and the time per step beyond the ceiling's."""
+    records = []
+    for mode, results in runs.items():
+        sps, busy = max(results, key=lambda t: t[0])
+        rec = {"mode": mode, "workers": workers, "steps_per_s": sps, "samples_per_s": sps * batch,
+               "ms_per_step": 1e3 / sps, "rounds": [round(s, 2) for s, _ in results], "threads": threads}
+        if "-D" in mode:
+            rec.update(depth=int(mode.rsplit("D", 1)[1]), stages=workers, busy_fraction=busy)
+        records.append(rec)
+    by = {r["mode"]: r for r in records}
+    base, ceiling = by["reference-dfa"]["steps_per_s"], by["ceiling-independent-stages"]["steps_per_s"]
+    bp = by["backprop-fused-opt"]["steps_per_s"]
+    for r in records:
+        r["vs_reference_dfa"] = r["steps_per_s"] / base
+        r["vs_ceiling"] = r["steps_per_s"] / ceiling
+        dfa = r["mode"].startswith(("reference-dfa", "ceiling", "dataplane", "raycalls"))
+        r["speedup"] = r["steps_per_s"] / (base if dfa else bp)
+        r["efficiency"] = r["speedup"] / workers
+        if "-D" in r["mode"]:  # what the transfers and the waiting add to a step, beyond the stages' compute
+            r["overhead_ms_per_step"] = r["ms_per_step"] - 1e3 / ceiling
+    return records
 
 
 def check(width: int, batch: int, threads: int, stages: list[int], depths: list[int], warmup: int, steps: int,
