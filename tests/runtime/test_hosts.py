@@ -107,14 +107,14 @@ def test_a_pair_that_cannot_talk_is_named_in_one_line_by_the_doctor_and_the_trai
     a, b = hosts.nodes[1], hosts.nodes[2]
     hosts.isolate(a, b)
     try:
-        code, out, err, took = doctor()
-        assert code == 1 and took < 30, (out, err)
+        code, out, err, took = doctor("runtime.peer_timeout_s=4")  # each channel's connect waits 4 s at most
+        assert code == 1 and took < 20, (out, err)
         where = placed(out)
         pair = sorted((where[a], where[b]))
         (line,) = err.strip().splitlines()
         assert f"stage {pair[0]}" in line and f"stage {pair[1]}" in line and "cannot connect" in line
         with pytest.raises(TrainingStopped) as stopped:  # the restart loop tries again, then one line
-            train(spread(1, max_failures=1, peer_timeout_s=5), tmp_path)
+            train(spread(1, max_failures=1, peer_timeout_s=4), tmp_path)
         assert "stopped after 2 failures" in str(stopped.value) and "cannot connect" in str(stopped.value)
         assert len(str(stopped.value).splitlines()) == 1
         assert len(runlog.read(tmp_path / "events.msgpack", "restart")) == 2
