@@ -16,14 +16,14 @@ def test_bench_writes_one_record_per_mode(tiny_bench):
     records = [r for r in every if r["workers"] == 2]
     assert [r["mode"] for r in records] == ["pytorch-backprop", "backprop-fused-opt", "reference-dfa",
                                                "backprop-threads2", "reference-dfa-threads2",
-                                               "ceiling-independent-stages", "dataplane-D2", "raycalls-D2",
+                                               "ceiling-independent-stages", "dataplane-D2",
                                                "gpipe-M2", "1f1b-M2", "ddp"]
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert saved["records"] == every and saved["meta"]["width"] == 16 and saved["meta"]["cpu"]
     by = {r["mode"]: r for r in records}
     assert all(r["steps_per_s"] > 0 and r["samples_per_s"] == pytest.approx(8 * r["steps_per_s"]) for r in records)
     assert by["reference-dfa"]["vs_reference_dfa"] == 1.0 and by["ceiling-independent-stages"]["vs_ceiling"] == 1.0
-    for mode in ("dataplane-D2", "raycalls-D2"):
+    for mode in ("dataplane-D2",):
         r = by[mode]
         assert r["depth"] == 2 and len(r["busy_fraction"]) == 2 and all(0 < b <= 1 for b in r["busy_fraction"])
         assert r["rounds"] == [round(r["steps_per_s"], 2)]
