@@ -1,9 +1,11 @@
 """Checkpoints: written atomically (temporary file, fsync, rename), read with ``weights_only=True`` so
-loading never unpickles arbitrary objects; the newest `keep` are kept. A checkpoint that fails to load
+loading never unpickles arbitrary objects; the newest `keep` are kept. Each carries a SHA-256 of its
+contents (`digest`), checked at load: a checkpoint that fails to load or whose contents changed on disk
 is skipped in favour of the one before it (and the driver says so); a state that is not finite is never
 written."""
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tempfile
@@ -43,6 +45,31 @@ def nonfinite(blocks: dict) -> str | None:
     return next((k for k, v in blocks.items() if bad(v)), None)
 
 
+def digest(obj) -> str:
+    """SHA-256 of a state's contents: every key, value and tensor byte, in a fixed order (torch.load does
+    not check the archive's own CRCs: a flipped byte inside a tensor loads without complaint)."""
+    h = hashlib.sha256()
+
+    def feed(o):
+        if isinstance(o, torch.Tensor):
+            t = o.detach().cpu().contiguous().reshape(-1)
+            h.update(f"T{t.dtype}{tuple(o.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes())
+        elif isinstance(o, dict):
+            h.update(f"D{len(o)}".encode())
+            for k in sorted(o, key=repr):
+                h.update(repr(k).encode())
+                feed(o[k])
+        elif isinstance(o, (list, tuple)):
+            h.update(f"L{len(o)}".encode())
+            for v in o:
+                feed(v)
+        else:
+            h.update(repr(o).encode())
+    feed(obj)
+    return h.hexdigest()
+
+
 def save(run_dir: Path, step: int, state: dict, keep: int) -> Path:
     """Write step's checkpoint and drop all but the newest `keep`; refuses state that is not finite."""
     block = nonfinite(state["blocks"])
@@ -51,7 +78,7 @@ def save(run_dir: Path, step: int, state: dict, keep: int) -> Path:
                                  "no checkpoint was written (lower optim.lr, or train.on_nonfinite = skip)")
     folder = Path(run_dir) / "checkpoints"
     path = folder / f"step-{step:08d}.pt"
-    atomic_save(state, path)
+    atomic_save({**state, "sha256": digest(state)}, path)
     for old in sorted(folder.glob("step-*.pt"), key=_step)[:-keep]:
         old.unlink()
     return path
@@ -82,6 +109,10 @@ def newest(run_dir: Path) -> tuple[tuple[Path, dict] | None, list[tuple[str, str
             continue
         if not (isinstance(state, dict) and isinstance(state.get("step"), int) and isinstance(state.get("blocks"), dict)):
             skipped.append((path.name, "is not a dfa-async checkpoint (no step and blocks)"))
+            continue
+        saved = state.pop("sha256", None)  # (checkpoints of versions before 2026-12-04 have none)
+        if saved is not None and saved != digest(state):
+            skipped.append((path.name, "is damaged (its contents do not match the checksum written with it)"))
             continue
         return (path, state), skipped
     return None, skipped

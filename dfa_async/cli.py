@@ -20,6 +20,9 @@ def ints(flag: str, text: str) -> list[int]:
         raise ValueError(f"{flag}: {text!r} is not a comma-separated list of integers, e.g. 1,2,4") from None
 
 
+MAX_WORKERS = 4096  # simulate: the engine's events grow with the workers times the steps
+
+
 class Parser(argparse.ArgumentParser):
     """argparse that reports a bad command line in one line (and says where the help is)."""
 
@@ -117,6 +120,8 @@ def _main(argv: list[str] | None = None) -> int:
                 workers = ints("--workers", args.workers)
                 for w in workers:
                     positive("--workers", w)
+                    if w > MAX_WORKERS:
+                        raise ValueError(f"--workers: {w}; the simulator models at most {MAX_WORKERS} workers")
                 table = sim.scaling(args.bench_dir, args.link, workers, args.depth, args.microbatches)
             if args.out:
                 Path(args.out).write_text(table + "\n")
@@ -183,6 +188,10 @@ def _main(argv: list[str] | None = None) -> int:
         return 0
     try:
         cfg = config_mod.load(args.config, args.set)
+        for setting, target in (("--run-dir", args.run_dir), ("train.root", cfg.train.root)):
+            if target is not None and str(target).startswith("memory://"):
+                raise ConfigError(f"{setting}: {target!r} lives in this process only and would be gone when the "
+                                  "command ends; give a path or a persistent URI (memory:// is for the Python API)")
 
         metrics = None
         if cfg.metrics.enabled or cfg.metrics.port:

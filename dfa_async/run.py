@@ -47,7 +47,15 @@ def step_counts(cfg: Config, n_train: int) -> tuple[int, int]:
     total = cfg.train.epochs * spe if cfg.train.epochs else cfg.train.max_steps
     if cfg.train.max_steps:
         total = min(total, cfg.train.max_steps)
+    drains = total // spe + (total // cfg.checkpoint.every if cfg.checkpoint.every else 0)
+    if drains > MAX_DRAINS:
+        raise ConfigError(f"train.max_steps: {total} steps drain the pipeline {drains} times (an evaluation every "
+                          f"epoch of {spe} steps, a checkpoint every {cfg.checkpoint.every or total}); at most "
+                          f"{MAX_DRAINS:,} are allowed: train fewer steps, or checkpoint less often")
     return total, spe
+
+
+MAX_DRAINS = 1_000_000  # epoch ends and checkpoints of one run: each is listed up front (Plan.boundaries)
 
 
 def make_pipeline(plan: Plan, ds: data.Dataset) -> Pipeline:

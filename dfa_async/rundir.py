@@ -57,12 +57,14 @@ def check(store: storage.RunStore, cfg: Config, plan: Plan) -> Start:
             raise ConfigError(f"--run-dir {shown}: {path.name} is a {'directory' if path.is_dir() else 'file'}; "
                               "this is not a run directory that dfa-async wrote, choose another")
     found, skipped = checkpoint.newest(run_dir)
-    old = None
+    old = record = None
     try:
+        if cfg_path.exists():
+            record = tomllib.loads(cfg_path.read_text())
         if found is not None and "settings" in found[1]:
             old = tomllib.loads(found[1]["settings"])
-        elif cfg_path.exists():
-            old = tomllib.loads(cfg_path.read_text())
+        elif record is not None:
+            old = record
         elif log_path.exists():
             configs = runlog.read(log_path, "config")
             old = configs[0]["config"] if configs else None
@@ -71,12 +73,20 @@ def check(store: storage.RunStore, cfg: Config, plan: Plan) -> Start:
                           "directory") from None
     changed = []
     if old is not None:
+        if record is not None and record is not old and (edited := config_mod.differences(old, record, True)):
+            raise ConfigError(f"--run-dir {shown}: its config.toml was edited after the run began ({edited[0]}"
+                              f"{'; …' if len(edited) > 1 else ''}); a run's settings cannot change on resume: "
+                              "restore the file, or start a new run (another --run-dir) with the new settings")
         learned = config_mod.differences(old, cfg.to_dict(), learned_only=True)
         if learned:
             raise ConfigError(f"--run-dir {shown}: holds a run with other settings ({'; '.join(learned[:3])}"
                               f"{'; …' if len(learned) > 3 else ''}); resume it with its settings or choose "
                               "another directory")
         changed = config_mod.differences(old, cfg.to_dict())
+    reached = int(found[1]["step"]) if found is not None else -1
+    if reached >= total and any(c.split(":")[0] in config_mod.EXTENDABLE for c in changed):
+        raise ConfigError(f"--run-dir {shown}: the run has reached step {reached + 1}, beyond the {total} steps "
+                          "train.max_steps and train.epochs now give; a resumed run can be made longer, not shorter")
     if found is not None and (why := checkpoint.mismatch(found[1], plan.shell())):
         raise ConfigError(f"--run-dir {shown}: checkpoint {found[0].name} does not fit this model ({why}); "
                           "choose another directory")
@@ -84,7 +94,7 @@ def check(store: storage.RunStore, cfg: Config, plan: Plan) -> Start:
             and runlog.read(log_path, "done")):
         raise ConfigError(f"--run-dir {shown}: holds a finished run; choose another directory")
     fresh = found is None and not log_path.exists()
-    if not cfg_path.exists():
+    if not cfg_path.exists() or changed:  # the record of the settings in effect
         write_text(cfg_path, saved)
     return Start(found, skipped, changed, fresh)
 

@@ -37,6 +37,50 @@ def test_a_bad_newest_checkpoint_is_passed_over_with_its_reason(tmp_path):
     assert "not a dfa-async checkpoint" in skipped[0][1] and "does not load" in skipped[1][1]
 
 
+def flip_a_byte_of(path, tensor):
+    """Flip one byte inside `tensor`'s stored data (torch keeps tensor bytes as they are in the archive)."""
+    raw = bytearray(path.read_bytes())
+    at = raw.find(tensor.numpy().tobytes())
+    assert at >= 0
+    raw[at + 5] ^= 0x40
+    path.write_bytes(bytes(raw))
+
+
+def test_a_flipped_byte_inside_a_tensor_is_caught_by_the_checksum(tmp_path):
+    for t in (4, 9):
+        checkpoint.save(tmp_path, t, state(t, value=0.5 + t), keep=5)
+    newest = tmp_path / "checkpoints" / "step-00000009.pt"
+    assert torch.load(newest, weights_only=True)["sha256"] == checkpoint.digest(state(9, value=9.5))
+    flip_a_byte_of(newest, torch.full((3, 2), 9.5))
+    assert torch.load(newest, weights_only=True)["blocks"]["0"]["block"]["weight"].sum() != 6 * 9.5  # loads fine
+    found, skipped = checkpoint.newest(tmp_path)
+    assert found[1]["step"] == 4 and "sha256" not in found[1]
+    assert skipped == [("step-00000009.pt", "is damaged (its contents do not match the checksum written with it)")]
+
+
+def test_a_run_whose_newest_checkpoint_was_damaged_resumes_from_the_one_before_to_the_same_weights(tmp_path, capsys):
+    from dfa_async import train
+
+    from conftest import small_config
+
+    cfg = small_config(train={"epochs": 2}, checkpoint={"every": 7, "keep": 10})
+    straight = train(cfg, tmp_path / "straight")
+    train(cfg, tmp_path / "r")
+    folder = tmp_path / "r" / "checkpoints"
+    for p in folder.glob("step-*.pt"):
+        if checkpoint._step(p) > 20:
+            p.unlink()
+    (tmp_path / "r" / "final_model.pt").unlink()  # as if the driver was lost after step 20
+    weight = torch.load(folder / "step-00000020.pt", weights_only=True)["blocks"]["0"]["block"]["1.weight"]
+    flip_a_byte_of(folder / "step-00000020.pt", weight)
+    capsys.readouterr()
+    train(cfg, tmp_path / "r")
+    assert "checkpoint step-00000020.pt is damaged" in capsys.readouterr().err
+    a = torch.load(tmp_path / "r" / "final_model.pt", weights_only=True)
+    b = torch.load(tmp_path / "straight" / "final_model.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a) and straight.steps == 32
+
+
 def test_clean_removes_only_temporaries(tmp_path):
     checkpoint.save(tmp_path, 4, state(4), keep=5)
     folder = tmp_path / "checkpoints"

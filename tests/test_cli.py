@@ -100,7 +100,7 @@ def _other_shape_checkpoint(tmp):
                      "--set", "train.max_steps=6", "--run-dir", str(tmp / "shape"), "--no-progress"]) == 0
     for p in (tmp / "shape" / "checkpoints").glob("step-*.pt"):
         state = checkpoint.load(p)
-        del state["settings"]
+        del state["settings"], state["sha256"]  # (that era had neither)
         torch.save(state, p)
     (tmp / "shape" / "config.toml").unlink()
     (tmp / "shape" / "events.msgpack").unlink()
@@ -145,6 +145,30 @@ AUDIT = {
     "bench --depths 0": (lambda t: ["bench", "--depths", "0"], "--depths: 0"),
     "an unknown flag": (lambda t: ["train", "--epochs", "3"], "unrecognized arguments: --epochs"),
     "simulate of a missing folder": (lambda t: ["simulate", str(t / "none")], "none"),
+    # issue 25's audit: each of these hung, lost the run, or ended in a traceback
+    "train.name with a newline": (lambda t: ["train", *SYNTH, "--set", 'train.name="a\\nb"'], "train.name: 'a\\nb'"),
+    "train.name outside train.root": (lambda t: ["train", *SYNTH, "--set", "train.name=../x"], "train.name: '../x'"),
+    "--run-dir memory://": (lambda t: ["train", *SYNTH, "--run-dir", "memory://x"], "lives in this process only"),
+    "train.root memory://": (lambda t: ["train", *SYNTH, "--set", "train.root=memory://r"], "train.root: 'memory://r'"),
+    "--run-dir http://": (lambda t: ["train", *SYNTH, "--run-dir", "http://127.0.0.1:9/x"], "read-only"),
+    "--run-dir relative file://": (lambda t: ["train", *SYNTH, "--run-dir", "file://relrun/sub"],
+                                   "relative file:// URI"),
+    "--run-dir empty": (lambda t: ["train", *SYNTH, "--run-dir", ""], "--run-dir: empty"),
+    "optim.lr = inf": (lambda t: ["train", *SYNTH, "--set", "optim.lr=inf"], "optim.lr: expected a finite number"),
+    "peer timeout of a nanosecond": (lambda t: ["train", *SYNTH, "--set", "runtime.peer_timeout_s=1e-9"],
+                                     "runtime.peer_timeout_s: 1e-09 is out of range; it must be >= 1.0"),
+    "peer timeout of forever": (lambda t: ["train", *SYNTH, "--set", "runtime.peer_timeout_s=inf"],
+                                "runtime.peer_timeout_s: expected a finite number"),
+    "a seed beyond 64 bits": (lambda t: ["train", *SYNTH, "--set", "train.seed=18446744073709551616"],
+                              "train.seed: 18446744073709551616 is out of range"),
+    "a sample count beyond 2^64": (lambda t: ["train", *SYNTH, "--set", "data.n_train=18446744073709551617"],
+                           "data.n_train: 18446744073709551617 is out of range"),
+    "a billion billion steps": (lambda t: ["train", *SYNTH, "--set", "train.epochs=0", "--set",
+                                           "train.max_steps=1000000000000000000"], "train.max_steps: 10000"),
+    "two billion evaluations": (lambda t: ["train", *SYNTH, "--set", "train.epochs=0", "--set",
+                                           "train.max_steps=2000000000"], "drain the pipeline 1000000000 times"),
+    "simulate a hundred million workers": (lambda t: ["simulate", str(t), "--workers", "100000000"],
+                                           "--workers: 100000000"),
 }
 
 

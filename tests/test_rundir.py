@@ -76,3 +76,34 @@ def test_a_fallback_to_an_older_checkpoint_is_logged_and_printed_and_temporaries
     assert skipped[0]["path"] == "step-00000031.pt" and skipped[0]["resumed_from"] == "step-00000029.pt"
     assert [r["files"] for r in recs if r["kind"] == "cleaned"] == [["checkpoints/.step-00000035.pt.x1y2"]]
     assert not (folder / ".step-00000035.pt.x1y2").exists()
+
+
+def test_a_learning_rate_edited_into_config_toml_is_refused_in_one_line(tmp_path):
+    cfg = small_config(train={"epochs": 2}, checkpoint={"every": 5, "keep": 10})
+    train(cfg, tmp_path / "r")
+    for p in (tmp_path / "r" / "checkpoints").glob("step-*.pt"):
+        if checkpoint._step(p) > 20:
+            p.unlink()
+    toml = tmp_path / "r" / "config.toml"
+    toml.write_text(toml.read_text().replace("lr = 0.001", "lr = 0.01"))
+    with pytest.raises(ConfigError, match=r"its config.toml was edited after the run began \(optim.lr: 0.001 -> "
+                                          r"0.01\); .* start a new run") as err:
+        train(cfg, tmp_path / "r")
+    assert "\n" not in str(err.value)
+
+
+def test_a_longer_run_resumes_with_the_new_length_and_logs_it(tmp_path):
+    """train.max_steps raised after the run ended early: it goes on from its checkpoint to the new end, the
+    change is in the `resume` record and in config.toml, and a shorter length is refused."""
+    short = small_config(train={"epochs": 4, "max_steps": 20}, checkpoint={"every": 5, "keep": 10})
+    train(short, tmp_path / "r")
+    longer = small_config(train={"epochs": 4, "max_steps": 40}, checkpoint={"every": 5, "keep": 10})
+    res = train(longer, tmp_path / "r")
+    assert res.steps == 40
+    (resume,) = runlog.read(tmp_path / "r" / "events.msgpack", "resume")
+    assert resume["checkpoint"] == "step-00000019.pt" and resume["changed"] == ["train.max_steps: 20 -> 40"]
+    assert "max_steps = 40" in (tmp_path / "r" / "config.toml").read_text()
+    assert runlog.read(tmp_path / "r" / "events.msgpack", "train")[-1]["step"] == 39
+    shorter = small_config(train={"epochs": 4, "max_steps": 30}, checkpoint={"every": 5, "keep": 10})
+    with pytest.raises(ConfigError, match="has reached step 40, beyond the 30 steps"):
+        train(shorter, tmp_path / "r")

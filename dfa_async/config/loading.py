@@ -116,6 +116,12 @@ def describe() -> str:
         cls = section_class(section)
         for f in dataclasses.fields(cls):
             default = getattr(cls(), f.name)
-            choices = f" ({' | '.join(f.metadata['choices'])})" if f.metadata["choices"] else ""
-            out.append(f"{section}.{f.name} = {_shown(default)}{choices}\n    {f.metadata['doc']}")
+            meta = f.metadata
+            allowed = [" | ".join(meta["choices"])] if meta["choices"] else []
+            if meta["lo"] is not None or meta["hi"] is not None:
+                lo = "" if meta["lo"] is None else f"{meta['lo']} {'<' if meta['lo_open'] else '<='} "
+                hi = "" if meta["hi"] is None else f" {'<' if meta['hi_open'] else '<='} {meta['hi']}"
+                allowed.append(f"{lo}value{hi}")
+            shown = f" ({'; '.join(allowed)})" if allowed else ""
+            out.append(f"{section}.{f.name} = {_shown(default)}{shown}\n    {meta['doc']}")
     return "\n".join(out)

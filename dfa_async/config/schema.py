@@ -4,6 +4,7 @@ Every bad setting raises ``ConfigError`` with one line that names the key and wh
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 
@@ -12,7 +13,13 @@ class ConfigError(ValueError):
     """A setting is malformed; the message is one line naming the key and what is allowed."""
 
 
+INT_MAX = 2**31 - 1  # the bound of every integer setting that has no bound of its own
+
+
 def _opt(default, doc, choices=None, lo=None, hi=None, lo_open=False, hi_open=False):
+    is_int = isinstance(default, int) and not isinstance(default, bool) or isinstance(default, list)
+    if hi is None and is_int:
+        hi = INT_MAX
     meta = {"doc": doc, "choices": choices, "lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
@@ -117,7 +124,8 @@ class TrainConfig:
     batch_size: int = _opt(128, "Minibatch size (the last partial batch of an epoch is dropped).", lo=2)
     eval_batch_size: int = _opt(1000, "Batch size of evaluation.", lo=1)
     seed: int = _opt(0, "Seed of initialization, feedback matrices, shuffling and dropout.", lo=0)
-    name: str = _opt("", "Run name (directory under `root`); empty derives one from the settings and time.")
+    name: str = _opt("", "Run name (directory under `root`): letters, digits, `.`, `_` and `-`, not starting with "
+                     "`.`; empty derives one from the settings and time.")
     root: str = _opt("runs", "Directory that holds run directories: a path (shared by every node on a cluster) "
                      "or an fsspec URI such as s3://bucket/runs, staged locally and pushed at every checkpoint.")
     log_every: int = _opt(10, "Write a `train` record every this many steps.", lo=1)
@@ -155,7 +163,7 @@ class RuntimeConfig:
                        "evaluation, checkpoint and alignment probe.", lo=0)
     peer_timeout_s: float = _opt(120.0, "Seconds a stage waits for a tensor from its peers before it reports "
                                  "them lost (a peer whose process dies is noticed at once; this catches a node "
-                                 "that vanished without closing its connections).", lo=0.0, lo_open=True)
+                                 "that vanished without closing its connections).", lo=1.0)
     device: str = _opt("auto", "`auto` uses GPUs where the cluster has runtime.gpus_per_stage of a GPU for every "
                        "stage, else the CPU; `cuda` requires them.", ("auto", "cpu", "cuda"))
     gpus_per_stage: float = _opt(1.0, "Share of a GPU each stage actor asks Ray for: 1 is a GPU per stage; "
@@ -165,7 +173,7 @@ class RuntimeConfig:
                            "present total resources wait up to runtime.placement_timeout_s for new nodes instead of "
                            "failing at once.")
     placement_timeout_s: float = _opt(300.0, "Seconds to wait for the stages to be placed on a joined cluster (other "
-                                      "jobs may hold its resources) before a clear error.", lo=0.0, lo_open=True)
+                                      "jobs may hold its resources) before a clear error.", lo=1.0)
     max_failures: int = _opt(3, "Stage failures survived (restart from the last checkpoint) before "
                              "the run stops.", lo=0)
 
@@ -257,8 +265,8 @@ def check_value(key: str, f: dataclasses.Field, hint, value):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         value = float(value)
-        if value != value:
-            raise ConfigError(f"{key}: expected a number, got nan")
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ConfigError(f"{key}: expected a finite number, got {value}")
     elif hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
@@ -279,10 +287,16 @@ def _check_range(key, meta, v):
         raise ConfigError(f"{key}: {v!r} is out of range; it must be {'<' if meta['hi_open'] else '<='} {hi}")
 
 
+NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")  # a run name: one directory, no path, no control
+
+
 def validate(cfg: Config, own_model: bool = False) -> None:
     """Checks that involve more than one setting (`own_model`: the model is a user's nn.Sequential, so
     the checks that depend on model.* are left to stage.Plan)."""
     m, fb, b, rt, tr, d = cfg.model, cfg.feedback, cfg.bottleneck, cfg.runtime, cfg.train, cfg.data
+    if tr.name and not NAME.fullmatch(tr.name):
+        raise ConfigError(f"train.name: {tr.name!r} is not a plain directory name; use letters, digits, '.', '_' "
+                          "and '-' (not starting with '.'), at most 200 characters")
     if d.url and d.url.split("://", 1)[0] not in ("http", "https", "ftp", "file"):
         raise ConfigError(f"data.url: {d.url!r} is not a URL; give http(s)://, ftp:// or file:// (a mirror of the "
                           "publisher's files), or leave it empty")

@@ -31,6 +31,23 @@ def join(root: str | Path, name: str) -> str | Path:
     return f"{str(root).rstrip('/')}/{name}" if is_uri(root) else local_path(root) / name
 
 
+READ_ONLY = ("http", "https")  # fsspec reads these, and cannot write a run
+
+
+def check_target(target: str | Path, setting: str) -> None:
+    """A run directory that can hold a run: not empty, not a relative file:// URI (file://a/b is host a,
+    path /b), not a read-only protocol."""
+    text = str(target)
+    if not text.strip():
+        raise ConfigError(f"{setting}: empty; give a directory (a path or a URI such as s3://bucket/runs)")
+    if text.startswith("file://") and urlparse(text).netloc not in ("", "localhost"):
+        raise ConfigError(f"{setting}: {text!r} is a relative file:// URI (it names host "
+                          f"{urlparse(text).netloc!r}); give file:///absolute/path or a plain path")
+    if is_uri(text) and text.split("://", 1)[0] in READ_ONLY:
+        raise ConfigError(f"{setting}: {text!r}: {text.split('://', 1)[0]}:// is read-only for fsspec; give a "
+                          "path or a writable URI such as s3://bucket/runs")
+
+
 def filesystem(target: str, setting: str):
     """fsspec's filesystem and path for `target`; a one-line error naming `setting` when it has none."""
     import fsspec
@@ -56,6 +73,7 @@ class RunStore:
     and the event log last (the log names the checkpoints it wrote)."""
 
     def __init__(self, target: str | Path, setting: str = "--run-dir"):
+        check_target(target, setting)
         self.name = str(target)
         self.fs = None
         if not is_uri(target):
