@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from . import config as config_mod
@@ -203,6 +205,9 @@ def _main(argv: list[str] | None = None) -> int:
                 raise ConfigError(f"metrics.port: cannot serve on {cfg.metrics.host}:{cfg.metrics.port} ({err.strerror}); "
                                   "choose another port, or 0 for any free one") from None
             print(f"dfa-async: metrics on http://{cfg.metrics.host}:{metrics.port}/metrics", flush=True)
+        if threading.current_thread() is threading.main_thread():
+            # SIGTERM stops a run as Ctrl-C does, naming what was kept (Ray's driver handler does the same).
+            signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
         try:
             result = train(cfg, args.run_dir, progress=not args.no_progress, metrics=metrics)
         finally:
@@ -216,7 +221,7 @@ def _main(argv: list[str] | None = None) -> int:
         return 1
     except Interrupted as err:
         print(f"dfa-async: {err}", file=sys.stderr)
-        return 130
+        return 128 + err.signum
     print(result.summary())
     return 0
 

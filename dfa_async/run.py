@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import math
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -163,11 +164,16 @@ def _train(cfg, plan, ds, store, begin, cleaned, total, spe, progress, metrics) 
                 if metrics:
                     metrics.restart()
         return driver.finish()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit) as stop:
+        # SIGTERM (a job's time limit, `kill`) ends a driver through Ray's handler, sys.exit(SIGTERM), or
+        # the CLI's, which does the same: stopped as Ctrl-C is.
+        term = isinstance(stop, SystemExit)
+        if term and stop.code != signal.SIGTERM:
+            raise
         step = driver.step if driver else 0
-        _try(log.write, "interrupted", step)
-        raise Interrupted(f"interrupted at step {step}; {_kept(run_dir)}; rerun the same command to resume") \
-            from None
+        _try(lambda: log.write("interrupted", step, signal="SIGTERM" if term else "SIGINT"))
+        raise Interrupted(f"{'terminated (SIGTERM)' if term else 'interrupted'} at step {step}; {_kept(run_dir)}; "
+                          "rerun the same command to resume", signal.SIGTERM if term else signal.SIGINT) from None
     except OSError as err:
         if err.errno not in FULL:
             raise
@@ -203,7 +209,11 @@ class TrainingStopped(RuntimeError):
 
 
 class Interrupted(RuntimeError):
-    """Ctrl-C (SIGINT): the message gives the step and what was kept."""
+    """Ctrl-C (SIGINT) or SIGTERM: the message gives the step and what was kept."""
+
+    def __init__(self, message: str, signum: int = signal.SIGINT):
+        super().__init__(message)
+        self.signum = signum
 
 
 class StorageFull(RuntimeError):

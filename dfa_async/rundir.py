@@ -93,6 +93,10 @@ def check(store: storage.RunStore, cfg: Config, plan: Plan) -> Start:
     if (found is not None and int(found[1]["step"]) >= total - 1 and log_path.exists()
             and runlog.read(log_path, "done")):
         raise ConfigError(f"--run-dir {shown}: holds a finished run; choose another directory")
+    if found is None and not skipped and log_path.exists() and (kept := runlog.read(log_path, "checkpoint")):
+        raise ConfigError(f"--run-dir {shown}: its log records checkpoints up to {kept[-1]['path']}, but "
+                          "checkpoints/ holds none; restore them to resume, or choose another directory to start "
+                          "again (this one would restart from step 0)")
     fresh = found is None and not log_path.exists()
     if not cfg_path.exists() or changed:  # the record of the settings in effect
         write_text(cfg_path, saved)

@@ -142,6 +142,9 @@ def arguments(doc: str, budgets: dict, out: str, argv=None) -> argparse.Namespac
         args.runs = Path(args.out).resolve() / "runs"
     elif not remote.is_uri(args.runs):
         args.runs = remote.local_path(args.runs).resolve()  # a job's working dir is not ours
+    if args.budget == "smoke":
+        print("smoke budget: a plumbing check (a slice of the data, 1 epoch); its accuracies are near chance and "
+              "say nothing about the method (--budget cpu for results)", flush=True)
     return args
 
 

@@ -214,13 +214,16 @@ def test_audit_inputs_that_now_succeed(tmp_path, capsys, monkeypatch):
     assert "checkpoint step-00000003.pt is not a dfa-async checkpoint" in capsys.readouterr().err
 
 
-def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(tmp_path):
+@pytest.mark.parametrize("sig,backend", [("SIGINT", "local"), ("SIGTERM", "ray")])
+def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(tmp_path, sig, backend):
+    """Ctrl-C, and SIGTERM (a job's time limit) on either trainer: one line naming the step and the kept
+    checkpoint, exit 128 + the signal's number; the same command resumes."""
     import os
     import signal
     import time
 
     args = ["train", *SYNTH, "--set", "data.n_train=16000", "--set", "train.batch_size=8", "--set",
-            "checkpoint.every=100", "--no-progress", "--run-dir", "r"]
+            "checkpoint.every=100", "--set", f"runtime.backend={backend}", "--no-progress", "--run-dir", "r"]
     # A shell's background job starts with SIGINT ignored, and Python keeps an ignored SIGINT ignored:
     # give the run the default disposition, as a terminal's foreground job has.
     proc = subprocess.Popen([sys.executable, "-m", "dfa_async.cli", *args], cwd=tmp_path, stdout=subprocess.PIPE,
@@ -232,11 +235,14 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(tmp_path):
     while time.time() < deadline and proc.poll() is None and not any((tmp_path / "r").glob("checkpoints/step-*.pt")):
         time.sleep(0.05)
     assert proc.poll() is None, "the run ended before it could be interrupted"
-    os.kill(proc.pid, signal.SIGINT)
+    os.kill(proc.pid, getattr(signal, sig))
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
-    assert err.strip().count("\n") == 0 and "Traceback" not in err, err
-    assert "interrupted at step" in err and "kept: checkpoint step-" in err and "rerun the same command" in err
+    assert proc.returncode == 128 + getattr(signal, sig), err
+    lines = [ln for ln in err.strip().splitlines() if "warning:" not in ln]  # (2 cores: the time-sharing one)
+    # (on Ray, the driver's core worker prints its native signal report first: ours is the last line)
+    assert len(lines) == 1 or backend == "ray" and lines[-1].startswith("dfa-async: terminated"), err
+    said = "interrupted at step" if sig == "SIGINT" else "terminated (SIGTERM) at step"
+    assert said in err and "kept: checkpoint step-" in err and "rerun the same command" in err
     again = dfa_async(*args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert runlog.read(log, "interrupted") and runlog.read(log, "done")

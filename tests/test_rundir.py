@@ -17,12 +17,18 @@ def test_run_dir_of_another_config_is_refused(tmp_path):
     assert (tmp_path / "r" / "events.msgpack").read_bytes() == before
 
 
-def test_settings_live_in_every_checkpoint_so_a_missing_config_toml_hides_nothing(tmp_path):
-    cfg = small_config(train={"epochs": 2}, checkpoint={"every": 5, "keep": 10})
-    train(cfg, tmp_path / "r")
-    for p in (tmp_path / "r" / "checkpoints").glob("step-*.pt"):
+def stopped_after_step_20(cfg, run_dir):
+    """A run of `cfg` (checkpoints every 5 steps) whose driver was lost after step 20: the later checkpoints
+    never reached the disk."""
+    train(cfg, run_dir)
+    for p in (run_dir / "checkpoints").glob("step-*.pt"):
         if checkpoint._step(p) > 20:
             p.unlink()
+
+
+def test_settings_live_in_every_checkpoint_so_a_missing_config_toml_hides_nothing(tmp_path):
+    cfg = small_config(train={"epochs": 2}, checkpoint={"every": 5, "keep": 10})
+    stopped_after_step_20(cfg, tmp_path / "r")
     (tmp_path / "r" / "config.toml").unlink()
     (tmp_path / "r" / "events.msgpack").unlink()  # the checkpoint is all that is left
     with pytest.raises(ConfigError, match=r"other settings \(optim.lr: 0.001 -> 0.5\)"):
@@ -80,10 +86,7 @@ def test_a_fallback_to_an_older_checkpoint_is_logged_and_printed_and_temporaries
 
 def test_a_learning_rate_edited_into_config_toml_is_refused_in_one_line(tmp_path):
     cfg = small_config(train={"epochs": 2}, checkpoint={"every": 5, "keep": 10})
-    train(cfg, tmp_path / "r")
-    for p in (tmp_path / "r" / "checkpoints").glob("step-*.pt"):
-        if checkpoint._step(p) > 20:
-            p.unlink()
+    stopped_after_step_20(cfg, tmp_path / "r")
     toml = tmp_path / "r" / "config.toml"
     toml.write_text(toml.read_text().replace("lr = 0.001", "lr = 0.01"))
     with pytest.raises(ConfigError, match=r"its config.toml was edited after the run began \(optim.lr: 0.001 -> "
@@ -107,3 +110,13 @@ def test_a_longer_run_resumes_with_the_new_length_and_logs_it(tmp_path):
     shorter = small_config(train={"epochs": 4, "max_steps": 30}, checkpoint={"every": 5, "keep": 10})
     with pytest.raises(ConfigError, match="has reached step 40, beyond the 30 steps"):
         train(shorter, tmp_path / "r")
+
+
+def test_a_run_whose_checkpoints_were_deleted_is_not_restarted_from_step_0_silently(tmp_path):
+    cfg = small_config(train={"epochs": 2}, checkpoint={"every": 5, "keep": 10})
+    stopped_after_step_20(cfg, tmp_path / "r")
+    for p in (tmp_path / "r" / "checkpoints").glob("step-*.pt"):
+        p.unlink()
+    with pytest.raises(ConfigError, match=r"its log records checkpoints up to step-00000031.pt, but checkpoints/ "
+                                          r"holds none; restore them"):
+        train(cfg, tmp_path / "r")

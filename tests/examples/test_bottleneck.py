@@ -14,6 +14,10 @@ from conftest import ray_head_process
 
 ROOT = Path(__file__).resolve().parents[2]
 
+# Opt-in (`.ci/run` runs it): the grid runner is exercised by test_best_practices.py and a job submission
+# by tests/runtime/test_jobs.py; this runs six cells as Ray jobs on a head of their own.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def head():

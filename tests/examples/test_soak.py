@@ -3,7 +3,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
+
+# A soak at length is opt-in (`.ci/run` runs it): the bound on steps in flight is the schedule's
+# (tests/test_schedule.py) and the stages report it every window (tests/test_metrics.py).
+pytestmark = pytest.mark.slow
 
 
 def test_soak_runs_and_keeps_in_flight_steps_within_the_depth(tmp_path):
