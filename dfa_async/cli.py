@@ -190,6 +190,10 @@ def _main(argv: list[str] | None = None) -> int:
         return 0
     try:
         cfg = config_mod.load(args.config, args.set)
+        if cfg.runtime.backend == "ray" and not (cfg.runtime.address or os.environ.get("RAY_ADDRESS")):
+            # A private instance: token authentication is what Ray 2.60 picks for it anyway. Chosen here,
+            # before Ray reads the setting (once per process), it skips the warning Ray prints otherwise.
+            os.environ.setdefault("RAY_AUTH_MODE", "token")
         for setting, target in (("--run-dir", args.run_dir), ("train.root", cfg.train.root)):
             if target is not None and str(target).startswith("memory://"):
                 raise ConfigError(f"{setting}: {target!r} lives in this process only and would be gone when the "

@@ -60,9 +60,6 @@ def start_local(cpus: int) -> None:
     # stages, which do all of the run's compute, would starve behind it (measured: a 10-epoch run beside
     # one single-process run took 5-10x longer). A private instance's workers run at the driver's priority;
     # RAY_worker_niceness in the environment still wins.
-    # Token authentication is what Ray 2.60 picks for a new local instance anyway; choosing it explicitly
-    # keeps that and skips the warning Ray prints first on every run when the choice is left to it.
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
     ours = "RAY_worker_niceness" not in os.environ
     if ours:
         os.environ["RAY_worker_niceness"] = str(os.nice(0))
