@@ -6,6 +6,7 @@ written."""
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 import tempfile
@@ -17,11 +18,15 @@ PATTERN = re.compile(r"step-(\d+)\.pt$")
 
 
 def atomic_save(obj, path: Path) -> None:
+    # Serialized in memory first: torch's archive writer turns a full disk into a RuntimeError ("unexpected
+    # pos …") that names neither the file nor the cause; a plain write raises ENOSPC / EFBIG with both.
+    buf = io.BytesIO()
+    torch.save(obj, buf)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
+            fh.write(buf.getbuffer())
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

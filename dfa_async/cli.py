@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
 import sys
@@ -206,8 +207,12 @@ def _main(argv: list[str] | None = None) -> int:
             try:
                 metrics = Exporter(cfg.metrics.port, cfg.metrics.host)
             except OSError as err:
-                raise ConfigError(f"metrics.port: cannot serve on {cfg.metrics.host}:{cfg.metrics.port} ({err.strerror}); "
-                                  "choose another port, or 0 for any free one") from None
+                if err.errno == errno.EADDRINUSE or isinstance(err, PermissionError):
+                    raise ConfigError(f"metrics.port: cannot serve on {cfg.metrics.host}:{cfg.metrics.port} "
+                                      f"({err.strerror}); choose another port, or 0 for any free one") from None
+                raise ConfigError(f"metrics.host: {cfg.metrics.host!r} is not an address of this machine "
+                                  f"({err.strerror or err}); give one, e.g. 127.0.0.1 (or 0.0.0.0 for every "
+                                  "interface)") from None
             print(f"dfa-async: metrics on http://{cfg.metrics.host}:{metrics.port}/metrics", flush=True)
         if threading.current_thread() is threading.main_thread():
             # SIGTERM stops a run as Ctrl-C does, naming what was kept (Ray's driver handler does the same).

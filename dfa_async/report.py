@@ -23,8 +23,14 @@ def load(run_dir: Path) -> dict[str, list[dict]]:
         print(f"dfa-async: warning: {path}: the last {len(data) - found.tail} bytes are a torn record (a run cut "
               "off mid-write); the report covers what precedes them", file=sys.stderr)
     out: dict[str, list[dict]] = {}
+    foreign = 0
     for rec in found.records:
+        if not isinstance(rec, dict) or not isinstance(rec.get("kind"), str):
+            foreign += 1  # intact framing around a record dfa-async did not write
+            continue
         out.setdefault(rec["kind"], []).append(rec)
+    if foreign:
+        print(f"dfa-async: warning: {path}: {foreign} record(s) without a kind passed over", file=sys.stderr)
     return out
 
 

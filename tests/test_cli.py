@@ -1,4 +1,5 @@
 """The `dfa-async` command as a user runs it."""
+import re
 import subprocess
 import sys
 
@@ -169,7 +170,21 @@ AUDIT = {
                                            "train.max_steps=2000000000"], "drain the pipeline 1000000000 times"),
     "simulate a hundred million workers": (lambda t: ["simulate", str(t), "--workers", "100000000"],
                                            "--workers: 100000000"),
+    "a metrics.host of another machine": (lambda t: ["train", *SYNTH, "--set", "metrics.enabled=true", "--set",
+                                                    "metrics.host=192.0.2.1"],
+                                          "metrics.host: '192.0.2.1' is not an address of this machine"),
+    "simulate of a malformed profile.json": (lambda t: _bench_dir(t, '{"batch": 8}') and ["simulate", str(t / "b")],
+                                             "profile.json is not what `dfa-async bench` writes (no classes"),
+    "simulate of a profile.json that is not JSON": (lambda t: _bench_dir(t, "{") and ["simulate", str(t / "b")],
+                                                    "profile.json is not JSON"),
 }
+
+
+def _bench_dir(tmp, profile: str):
+    (tmp / "b").mkdir()
+    (tmp / "b" / "bench.json").write_text('{"meta": {}, "records": []}')
+    (tmp / "b" / "profile.json").write_text(profile)
+    return True
 
 
 @pytest.mark.parametrize("case", list(AUDIT), ids=list(AUDIT))
@@ -188,6 +203,19 @@ def test_audit_inputs_get_a_one_line_error(case, tmp_path, capsys, monkeypatch):
     assert code == 2, (code, err)
     assert err.count("\n") == 0 and "Traceback" not in err, err
     assert words in err, err
+
+
+def test_report_passes_over_records_without_a_kind(tmp_path, capsys):
+    from dfa_async import cli, runlog
+
+    train_args = ["train", *SYNTH, "--no-progress", "--run-dir", str(tmp_path / "r")]
+    assert cli.main(train_args) == 0
+    with open(tmp_path / "r" / "events.msgpack", "ab") as fh:
+        fh.write(runlog.frame({"step": 3, "note": "written by another tool"}))
+    capsys.readouterr()
+    assert cli.main(["report", str(tmp_path / "r")]) == 0
+    err = capsys.readouterr().err
+    assert "1 record(s) without a kind passed over" in err and (tmp_path / "r" / "report" / "report.md").exists()
 
 
 def test_audit_inputs_that_now_succeed(tmp_path, capsys, monkeypatch):
@@ -265,6 +293,27 @@ def test_a_full_disk_names_the_path_and_what_was_kept(tmp_path):
     assert err.count("\n") == 0 and "Traceback" not in err, err
     assert "no space left writing r/" in err and "kept: checkpoint step-" in err, err
     again = dfa_async(*args, cwd=tmp_path)  # space again: the same command resumes and finishes
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "r" / "final_model.pt").exists()
+
+
+def test_a_disk_that_fills_while_a_checkpoint_is_written_is_one_line_and_the_run_resumes(tmp_path):
+    """The first checkpoint (~200 kB: a 256-wide block and its Adam state) is past RLIMIT_FSIZE's 100 kB:
+    torch's archive writer used to end that in a RuntimeError traceback."""
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+
+    args = ["train", *SYNTH, "--set", "model.widths=[256]", "--set", "checkpoint.every=4", "--no-progress",
+            "--run-dir", "r"]
+    p = subprocess.run([sys.executable, "-m", "dfa_async.cli", *args], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=300, preexec_fn=limit)
+    assert p.returncode == 1, p.stderr
+    err = p.stderr.strip()
+    assert err.count("\n") == 0 and re.search(r"no space left writing r/checkpoints/step-\d+\.pt \(", err), err
+    assert "no checkpoint yet" in err and not list((tmp_path / "r" / "checkpoints").iterdir())  # no torn file
+    again = dfa_async(*args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert (tmp_path / "r" / "final_model.pt").exists()
 

@@ -93,7 +93,19 @@ def _load(folder: Path) -> tuple[dict, dict]:
         if not (folder / name).is_file():
             raise FileNotFoundError(f"BENCH_DIR: {folder / name} does not exist; pass the --out folder of "
                                     "`dfa-async bench`")
-    return json.loads((folder / "bench.json").read_text()), json.loads((folder / "profile.json").read_text())
+    out = []
+    for name, keys in (("bench.json", ("meta", "records")), ("profile.json", ("batch", "classes", "per_workers", "links"))):
+        try:
+            doc = json.loads((folder / name).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"BENCH_DIR: {folder / name} is not JSON ({str(err).splitlines()[0][:80]}); pass the "
+                             "--out folder of `dfa-async bench`") from None
+        missing = [k for k in keys if not isinstance(doc, dict) or k not in doc]
+        if missing:
+            raise ValueError(f"BENCH_DIR: {folder / name} is not what `dfa-async bench` writes (no "
+                             f"{', '.join(missing)}); pass the --out folder of `dfa-async bench`")
+        out.append(doc)
+    return out[0], out[1]
 
 
 def validate(folder: Path, tolerance: float = 0.15) -> tuple[list[dict], str]:
