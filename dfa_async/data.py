@@ -105,8 +105,15 @@ def _ensure(cfg: DataConfig, name: str, filename: str, expected_md5: str) -> Pat
     if base.exists() and not base.is_dir():
         raise DataError(f"data.dir: {base} is a file, not a folder; set data.dir (or DFA_ASYNC_DATA) to a folder")
     path = base / name / filename
+    if path.exists() and not path.is_file():
+        raise DataError(f"data: {path} is a {'directory' if path.is_dir() else 'special file'}, where the dataset's "
+                        f"file belongs; remove it to download {_base_url(cfg, name)}{filename} there")
     if path.exists():
-        got = md5(path)
+        try:
+            got = md5(path)
+        except OSError as err:
+            raise DataError(f"data: cannot read {path} ({err.strerror}); make it readable, or set data.dir to a "
+                            "folder whose files you can read") from None
         if got != expected_md5:
             raise DataError(f"data: {path} is corrupt (md5 {got}, expected {expected_md5}); delete it to "
                             f"download it again from {_base_url(cfg, name)}{filename}")

@@ -56,6 +56,24 @@ def step_counts(cfg: Config, n_train: int) -> tuple[int, int]:
     return total, spe
 
 
+def check_memory(plan: Plan) -> None:
+    """Refuse, before anything is built, a model whose weights and optimizer state alone exceed this
+    machine's available memory where its stages would run here (the local backend, a private Ray
+    instance); on a joined cluster the placement decides."""
+    import psutil
+
+    rt = plan.cfg.runtime
+    if rt.backend == "ray" and (rt.address or os.environ.get("RAY_ADDRESS")) or rt.device == "cuda":
+        return
+    params = sum(p.numel() * p.element_size() for p in plan.shell().parameters())
+    need = params * (4 if plan.cfg.optim.name == "adam" else 3)  # weights, gradients, optimizer state
+    have = psutil.virtual_memory().available
+    if need > have:
+        raise ConfigError(f"model: its weights, gradients and {plan.cfg.optim.name} state need "
+                          f"{need / 2**30:,.1f} GiB, and this machine has {have / 2**30:,.1f} GiB available; make "
+                          "the model smaller, or run on a cluster (runtime.address)")
+
+
 MAX_DRAINS = 1_000_000  # epoch ends and checkpoints of one run: each is listed up front (Plan.boundaries)
 
 
@@ -86,7 +104,9 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, model=None, progres
     tr = cfg.train
     ds = data.load(cfg.data, tr.seed)
     total, spe = step_counts(cfg, len(ds.x_train))
-    plan = balance.resolve(Plan(cfg, ds.shape, ds.classes, total, spe, net=model))
+    plan = Plan(cfg, ds.shape, ds.classes, total, spe, net=model)
+    check_memory(plan)
+    plan = balance.resolve(plan)
     store = rundir.prepare(cfg, run_dir)
     lock = None
     try:
