@@ -171,6 +171,9 @@ def _train(cfg, plan, ds, store, begin, cleaned, total, spe, progress, metrics) 
                 found = checkpoint.latest(run_dir)
                 where = found[0].name if found else "none (restart from step 0)"
                 log.write("restart", driver.step, reason=str(err), failures=failures, checkpoint=where)
+                if failures <= cfg.runtime.max_failures:
+                    warn(f"{err}; every stage restarts from checkpoint {where} (failure {failures} of "
+                         f"{cfg.runtime.max_failures} allowed, runtime.max_failures)")
                 if failures > cfg.runtime.max_failures:
                     raise TrainingStopped(f"{err}; stopped after {failures} failures (runtime.max_failures = "
                                        f"{cfg.runtime.max_failures}); last good checkpoint: {where}") from err

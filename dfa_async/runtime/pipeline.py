@@ -214,11 +214,22 @@ class RayPipeline:
                 ray.get(ready[0])
             return ray.get(refs)
         except RECOVERABLE as err:
-            raise StageFailure(f"a stage actor died ({type(err).__name__})") from err
+            raise StageFailure(f"{self._which(refs, ready[0])} died ({type(err).__name__})") from err
         except ray.exceptions.RayTaskError as err:
             if isinstance(err.cause, RECOVERABLE + (PeerLost,)):
                 raise StageFailure(f"a stage failed ({err.cause})") from err
             raise
+
+    def _which(self, refs, failed) -> str:
+        """The stage whose call `failed` was, with its blocks, node and pid where they are known."""
+        if not isinstance(refs, list) or len(refs) != len(self.actors) or failed not in refs:
+            return "a stage actor"
+        k = refs.index(failed)
+        where = [f"blocks {','.join(map(str, self.partition[k]))}"]
+        for name, values in (("node", getattr(self, "ips", None)), ("pid", getattr(self, "pids", None))):
+            if values and k < len(values):
+                where.append(f"{name} {values[k]}")
+        return f"stage {k} ({', '.join(where)})"
 
     # -- windows, evaluation, state ------------------------------------------------------------------
     def _connected(self) -> None:

@@ -1,6 +1,7 @@
 """The Ray runtime (stages running windows of the schedule over the data plane) against the
 single-process reference, on a real local Ray instance."""
 import os
+import re
 import signal
 import threading
 import time
@@ -129,6 +130,9 @@ def test_killed_stage_is_restarted_from_the_checkpoint_with_the_same_result(tmp_
     assert result.restarts == 1
     restarts = runlog.read(tmp_path / "killed" / "events.msgpack", "restart")
     assert len(restarts) == 1 and restarts[0]["checkpoint"].startswith("step-")
+    # the stage killed (stage 1, block 1) is named with its node and pid
+    assert re.match(rf"stage 1 \(blocks 1, node [\d.]+, pid {box['pid']}\) died \(ActorDiedError\)$",
+                    restarts[0]["reason"]), restarts[0]["reason"]
     assert restarts[0]["time"] - box["time"] < 30  # the window its peers were waiting in ended at once
     straight = train(cfg_for(MLP, 2, [], "ray", **LONG), tmp_path / "straight")
     assert same(weights(tmp_path / "killed"), weights(tmp_path / "straight"))
