@@ -1,4 +1,5 @@
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -16,6 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # ("Missing authentication token", test order dependent). Token mode is what ray.init() picks by
 # default anyway; every Ray use in the tests (private instances, test heads, their clients) shares it.
 os.environ["RAY_AUTH_MODE"] = "token"
+# The tests' token, in the environment every Ray process of theirs inherits: without one, Ray would write
+# ~/.ray/auth_token, and the suite changes nothing outside the checkout.
+os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
 RAY = str(Path(sys.executable).parent / "ray")
 
 
@@ -54,6 +58,42 @@ def tiny_bench(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _threads():
     torch.set_num_threads(1)
+
+
+def as_nobody(fn) -> str:
+    """What fn() raised, as text, run by a user whom permissions bind: root passes every permission check,
+    so as root fn runs in a forked child with the uid and gid of `nobody`. Give it relative paths in a
+    folder open to all (the child cannot pass the test's private parents)."""
+    import pwd
+
+    if os.geteuid() != 0:
+        try:
+            fn()
+            return "no error"
+        except Exception as err:
+            return f"{type(err).__name__}: {err}"
+    nobody = pwd.getpwnam("nobody")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop root, run, report, and leave without running pytest's exit handlers
+        code = 1
+        try:
+            os.setgroups([])
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            try:
+                fn()
+                os.write(write, b"no error")
+            except Exception as err:
+                os.write(write, f"{type(err).__name__}: {err}".encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read) as fh:
+        said = fh.read()
+    assert os.waitpid(pid, 0)[1] == 0
+    return said
 
 
 def small_config(**sections):

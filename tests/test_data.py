@@ -103,6 +103,21 @@ def test_idx_reader_rejects_short_files(tmp_path):
         data.read_idx(p)
 
 
+def test_a_dataset_file_that_cannot_be_read_is_one_line_saying_so(tmp_path, monkeypatch):
+    from conftest import as_nobody
+
+    (tmp_path / "mnist").mkdir()
+    target = tmp_path / "mnist" / "train-images-idx3-ubyte.gz"
+    target.write_bytes(b"whatever")
+    target.chmod(0)
+    for folder in (tmp_path, tmp_path / "mnist"):
+        folder.chmod(0o755)  # open to all (pytest makes them 700): only the file refuses
+    monkeypatch.chdir(tmp_path)
+    said = as_nobody(lambda: data.load(DataConfig(name="mnist", dir=".", download=False)))
+    assert said == ("DataError: data: cannot read mnist/train-images-idx3-ubyte.gz (Permission denied); make it "
+                    "readable, or set data.dir to a folder whose files you can read"), said
+
+
 def write_cifar(folder, n=4, seed=0):
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True)

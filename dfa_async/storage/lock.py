@@ -8,6 +8,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import pwd
 import socket
 import time
 from pathlib import Path
@@ -20,7 +21,11 @@ NAME = ".lock"
 class RunLock:
     def __init__(self, run_dir: Path, shown: str):
         self.path = Path(run_dir) / NAME
-        self.fh = open(self.path, "a+")
+        try:
+            self.fh = open(self.path, "a+")
+        except PermissionError as err:  # e.g. a run directory another user's run made
+            raise ConfigError(f"--run-dir {shown}: cannot open its {NAME} for writing ({err.strerror}; it belongs to "
+                              f"{owner(self.path)}); run as that user or choose another directory") from None
         try:
             fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -45,3 +50,17 @@ class RunLock:
             self.fh.truncate()
             fcntl.flock(self.fh, fcntl.LOCK_UN)
             self.fh.close()
+
+
+def owner(path: Path) -> str:
+    """The user name owning `path` (or the directory above it), for messages."""
+    for p in (path, path.parent):
+        try:
+            uid = p.stat().st_uid
+        except OSError:
+            continue
+        try:
+            return f"user {pwd.getpwuid(uid).pw_name}"
+        except KeyError:
+            return f"uid {uid}"
+    return "another user"

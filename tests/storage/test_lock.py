@@ -5,7 +5,9 @@ import signal
 import socket
 import subprocess
 import sys
+import pwd
 import time
+from pathlib import Path
 
 import pytest
 
@@ -13,11 +15,25 @@ from dfa_async import runlog, train
 from dfa_async.config import ConfigError
 from dfa_async.storage.lock import RunLock
 
-from conftest import small_config
+from conftest import as_nobody, small_config
 
 LONG = ["--set", "data.name=synthetic", "--set", "data.n_train=20000", "--set", "train.batch_size=8",
         "--set", "train.epochs=1", "--set", "runtime.backend=local", "--set", "model.widths=[32,32]",
         "--set", "data.n_test=128", "--set", "checkpoint.every=50", "--no-progress"]
+
+
+def test_a_lock_file_of_another_user_is_one_line_naming_the_owner(tmp_path, monkeypatch):
+    """A run directory another user's run made: its .lock cannot be opened for writing."""
+    lock = tmp_path / ".lock"
+    lock.write_text("{}")
+    lock.chmod(0)
+    tmp_path.chmod(0o755)  # the directory open to all (pytest makes it 700): only the file refuses
+    monkeypatch.chdir(tmp_path)
+    said = as_nobody(lambda: RunLock(Path("."), "R"))
+    assert said == (f"ConfigError: --run-dir R: cannot open its .lock for writing (Permission denied; it belongs to "
+                    f"user {pwd.getpwuid(lock.stat().st_uid).pw_name}); run as that user or choose another directory")
+    lock.chmod(0o600)
+    assert lock.read_text() == "{}"  # nothing it held was touched
 
 
 def test_a_second_lock_is_refused_and_a_released_one_is_free(tmp_path):
