@@ -50,25 +50,30 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None = None) -> int:
-    parser = Parser(prog="dfa-async", description=__doc__)
+    parser = Parser(prog="dfa-async", description="Train neural networks with Direct Feedback Alignment, layer-"
+                    "parallel: each stage of blocks a Ray actor, updated as soon as the error arrives. "
+                    "`dfa-async COMMAND --help` describes each command.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    tr = sub.add_parser("train", help="train a model (with no config: an MLP on MNIST)")
+
+    def command(name: str, summary: str) -> Parser:  # the one line in the list is also the command's own help
+        return sub.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + ".")
+    tr = command("train", "train a model (with no config: an MLP on MNIST)")
     tr.add_argument("config", nargs="?", help="settings file (TOML); the built-in default when omitted")
     tr.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="override one setting, e.g. --set optim.lr=0.01 (repeatable)")
     tr.add_argument("--run-dir", help="run directory, a path or an fsspec URI (default train.root/<name>); resumes from "
                     "its checkpoint")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
-    doc = sub.add_parser("doctor", help="before training on a new cluster: the plan (stages, nodes, GPUs, the "
+    doc = command("doctor", "before training on a new cluster: the plan (stages, nodes, GPUs, the "
                          "transport of each channel) and a ping through every channel of the data plane")
     doc.add_argument("config", nargs="?", help="settings file (TOML); the built-in default when omitted")
     doc.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                      help="override one setting, as for train (repeatable)")
-    sub.add_parser("settings", help="list every setting with its default and meaning")
-    rep = sub.add_parser("report", help="tables and plots of a run, from its event log")
+    command("settings", "list every setting with its default and meaning")
+    rep = command("report", "tables and plots of a run, from its event log")
     rep.add_argument("run_dir", metavar="RUN_DIR")
     rep.add_argument("--out", help="output folder (default RUN_DIR/report)")
-    be = sub.add_parser("bench", help="steps/s of backprop (single process, gpipe, 1f1b, ddp), reference DFA, the "
+    be = command("bench", "steps/s of backprop (single process, gpipe, 1f1b, ddp), reference DFA, the "
                         "data plane and the per-op Ray calls, side by side, over worker counts")
     be.add_argument("--width", type=int, default=4096, help="width of each block (a square)")
     be.add_argument("--batch", type=int, default=256)
@@ -99,7 +104,7 @@ def _main(argv: list[str] | None = None) -> int:
                     help="with --to-accuracy: override one setting (repeatable)")
     be.add_argument("--eval-every", type=int, default=0, help="with --to-accuracy: steps between evaluations "
                     "(default a quarter epoch)")
-    si = sub.add_parser("simulate", help="predicted samples/s of the DFA pipeline, gpipe, 1f1b and ddp for N "
+    si = command("simulate", "predicted samples/s of the DFA pipeline, gpipe, 1f1b and ddp for N "
                         "workers, from the profile a bench wrote")
     si.add_argument("bench_dir", metavar="BENCH_DIR", help="the --out folder of `dfa-async bench`")
     si.add_argument("--validate", action="store_true", help="instead: every mode the bench measured, measured "
@@ -191,10 +196,6 @@ def _main(argv: list[str] | None = None) -> int:
         return 0
     try:
         cfg = config_mod.load(args.config, args.set)
-        if cfg.runtime.backend == "ray" and not (cfg.runtime.address or os.environ.get("RAY_ADDRESS")):
-            # A private instance: token authentication is what Ray 2.60 picks for it anyway. Chosen here,
-            # before Ray reads the setting (once per process), it skips the warning Ray prints otherwise.
-            os.environ.setdefault("RAY_AUTH_MODE", "token")
         for setting, target in (("--run-dir", args.run_dir), ("train.root", cfg.train.root)):
             if target is not None and str(target).startswith("memory://"):
                 raise ConfigError(f"{setting}: {target!r} lives in this process only and would be gone when the "

@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from dfa_async import runlog
+from dfa_async import cli, runlog
 
 SYNTH = ["--set", "data.name=synthetic", "--set", "model.widths=[16]", "--set", "train.epochs=1",
          "--set", "runtime.backend=local", "--set", "data.n_train=256"]
@@ -396,3 +396,20 @@ def test_a_reader_that_goes_away_gets_no_traceback(tmp_path):
     proc.stdout.close()  # before the child has imported anything, so its first write fails
     err = proc.stderr.read()
     assert proc.wait(timeout=120) == 141 and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("command", ["train", "doctor", "settings", "report", "bench", "simulate"])
+def test_every_command_describes_itself_in_whole_sentences(command, capsys):
+    with pytest.raises(SystemExit) as done:
+        cli.main([command, "--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    description = " ".join(text.split("\n\n")[1].split())  # the paragraph after the usage
+    assert description[0].isupper() and description.endswith(".") and len(description) > 30, description
+
+
+def test_the_commands_overview_says_what_the_tool_is_and_where_each_commands_help_is(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Direct Feedback Alignment, layer-parallel" in text and "`dfa-async COMMAND --help`" in text

@@ -3,6 +3,8 @@ killing the stage actors. Actors are ordinary (single-threaded) Ray actors, so e
 submission order; the driver relies on that when it queues a window behind the one running."""
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import socket
 
@@ -14,6 +16,10 @@ from ..config import ConfigError
 from . import reaper
 
 JOIN_CHECK_S = 5  # seconds to wait for an answer at runtime.address before saying nothing is there
+# Where Ray 2.60 announces that a new local instance uses token authentication (its default when
+# RAY_AUTH_MODE is unset). The instance is this process's own, so the announcement is noise; a renamed
+# logger upstream only brings the line back.
+_TOKEN_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 
 def start_ray(cfg, stages: int) -> bool:
@@ -64,12 +70,25 @@ def start_local(cpus: int) -> None:
     if ours:
         os.environ["RAY_worker_niceness"] = str(os.nice(0))
     try:
-        ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
+        with _quiet(_TOKEN_LOGGER):
+            ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
+                     configure_logging=False)
     finally:
         if ours:
             del os.environ["RAY_worker_niceness"]
     _watcher = reaper.watch(os.getpid(), before)
+
+
+@contextlib.contextmanager
+def _quiet(name: str):
+    """Warnings of logger `name` dropped inside the block (errors still show)."""
+    log = logging.getLogger(name)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def shutdown() -> None:

@@ -1,5 +1,7 @@
 """The control plane: a placement the cluster can never satisfy is a clear error, and leaves the
 instance usable."""
+import os
+
 import pytest
 
 from dfa_async import train
@@ -47,3 +49,19 @@ def test_stages_that_outnumber_this_machines_cores_are_warned_with_what_fits():
     assert note.startswith("runtime.blocks_per_stage: 4 stages x 1 thread(s) on this machine's 2 cores")
     assert "into at most 2 stage(s) with runtime.blocks_per_stage" in note and "runtime.num_stages = 2" in note
     assert "at most 1 stage(s)" in time_shared(2, 2, 3)  # two-thread stages on 3 cores: one fits
+
+
+def test_a_private_instance_started_from_python_says_nothing_about_its_token(tmp_path):
+    """Ray announces the token mode it picks for a new local instance; for the run's own private instance
+    (the Python API, where nothing chose RAY_AUTH_MODE first) that line is noise, and nothing else is lost."""
+    import subprocess
+    import sys
+
+    code = ("import ray\nfrom dfa_async.runtime import cluster\ncluster.start_local(1)\n"
+            "print('answer', ray.get(ray.remote(lambda: 41 + 1).remote()))\ncluster.shutdown()\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "answer 42" in done.stdout
+    assert "Token authentication" not in done.stderr, done.stderr
