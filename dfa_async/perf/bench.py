@@ -39,6 +39,25 @@ from .profile import block_profile, fastest
 from .writing import markdown, plot, save
 
 MODES_FIXED = ("pytorch-backprop", "backprop-fused-opt", "reference-dfa", "ceiling-independent-stages")
+# Below this a stage's step is the same order as the fixed costs a runtime adds to every step (here a
+# message costs 5 us on shm, 19 us on gloo, and a stage sends, receives and wakes several times per step):
+# the ratios then measure those costs, not the rules or the pipelines.
+MEANINGFUL_STEP_S = 1e-3
+
+
+def too_small(records: list[dict], workers: int) -> str | None:
+    """Why the bench of N = `workers` cannot be read as a measure of its modes, or None."""
+    sps = {r["mode"]: r["steps_per_s"] for r in records if r["workers"] == workers}
+    ceiling = sps["ceiling-independent-stages"]
+    why = []
+    if 1 / ceiling < MEANINGFUL_STEP_S:
+        why.append(f"a stage computes a step in {1e3 / ceiling:.2f} ms (under {MEANINGFUL_STEP_S * 1e3:g} ms)")
+    if ceiling < sps["reference-dfa"]:
+        why.append("the ceiling is below single-process DFA")
+    if not why:
+        return None
+    return (f"N={workers}: the model is too small for these numbers to mean anything: {' and '.join(why)}; "
+            "per-step overheads dominate every mode. Use a wider model (e.g. --width 1024 or more on CPUs)")
 
 
 def measure(width: int, batch: int, threads: int, stages: int, depths, warmup: int, steps: int,
@@ -98,6 +117,7 @@ def measure(width: int, batch: int, threads: int, stages: int, depths, warmup: i
     if stages > 1 and device == "cpu":
         best = max((r for r in records if r["mode"].startswith("dataplane-D")), key=lambda r: r["steps_per_s"])
         paired = paired_speedup(plan, ds, best["depth"], warmup, steps, threads, window)
+    small = too_small(records, stages)
     meta = {"width": width, "batch": batch, "threads": threads, "stages": stages, "blocks": plan.num_blocks,
             "device": device, "gpus_per_stage": gpus_per_stage,
             "partition": cfg.runtime.blocks_per_stage, "steps": steps, "warmup": warmup, "repeats": repeats,
@@ -106,6 +126,8 @@ def measure(width: int, batch: int, threads: int, stages: int, depths, warmup: i
             **step_ratios(plan, ds, warmup, steps, threads)}
     if paired:
         meta["dataplane_over_reference_paired"] = paired
+    if small:
+        meta["too_small"] = small
     if device != "cpu":  # the simulator's profile is of CPU workers
         return records, meta, None
     # For the simulator: per-block costs, measured alone (each its best round, as for the modes), and how
@@ -114,7 +136,8 @@ def measure(width: int, batch: int, threads: int, stages: int, depths, warmup: i
     ceiling = next(r["steps_per_s"] for r in records if r["mode"] == "ceiling-independent-stages")
     alone = max(sum(blocks[k]["dfa_forward_s"] + blocks[k]["dfa_update_s"] for k in ids) for ids in plan.partition())
     profile = {"blocks": blocks, "partition": plan.stage_sizes, "slowdown": (1 / ceiling) / alone,
-               "transport": "shm" if transport in ("auto", "shm") and shm.available() and stages > 1 else "gloo"}
+               "transport": "shm" if transport in ("auto", "shm") and shm.available() and stages > 1 else "gloo",
+               **({"too_small": small} if small else {})}
     return records, meta, profile
 
 
@@ -197,7 +220,7 @@ def run(width: int = 4096, batch: int = 256, threads: int = 1, stages=(2,), dept
     process.setup(threads)  # as every stage does: the modes and profiles timed here run alike
     started = not ray.is_initialized()
     if started:
-        cluster.start_local(max(stages))
+        cluster.start_local(max(2, *stages))  # the link measures (pingpong) take two workers even at N = 1
     if device == "cuda" and baselines and ray.cluster_resources().get("GPU", 0) < max(stages):
         print("gpipe, 1f1b and ddp skipped: they need a GPU per worker", flush=True)
         baselines = False

@@ -68,6 +68,8 @@ def markdown(records: list[dict], meta: dict) -> str:
     lines += [tables.markdown(["N", "mode", "steps/s", "samples/s", "ms/step", "speedup", "efficiency",
                                "vs reference DFA", "vs ceiling", "busy"], rows, "rlrrrrrrrl"), ""]
     for n, m in meta["per_workers"].items():
+        if "too_small" in m:
+            lines.append(f"Warning: {m['too_small']}")
         lines.append(f"N = {n}: single-process DFA step time / backprop step time, timed in alternating chunks: "
                      f"{m['dfa_step_over_backprop_step']:.3f} (same optimizer call), "
                      f"{m['dfa_step_over_plain_backprop_step']:.3f} (plain PyTorch backprop)")

@@ -108,6 +108,13 @@ def _load(folder: Path) -> tuple[dict, dict]:
     return out[0], out[1]
 
 
+def warnings(profile: dict) -> list[str]:
+    """The bench's own warnings about the profile's models (e.g. too small to mean anything), which every
+    prediction fitted on them inherits."""
+    return [f"Warning: fitted on a bench whose {w['too_small']}" for _, w in sorted(profile["per_workers"].items())
+            if isinstance(w, dict) and w.get("too_small")]
+
+
 def validate(folder: Path, tolerance: float = 0.15) -> tuple[list[dict], str]:
     """Every simulated mode the bench measured in `folder`: measured and predicted samples/s, error, and
     how far apart the measurement's own rounds were (best over worst round, less 1).
@@ -152,7 +159,7 @@ def validate(folder: Path, tolerance: float = 0.15) -> tuple[list[dict], str]:
                      "within": fitted or abs(err) <= tolerance})
     rows.sort(key=lambda r: (r["workers"], r["mode"]))
     checked = [r for r in rows if not r["calibration"]]
-    lines = [f"Simulator against the bench in {folder} ({profile.get('cpu', '')}, {cores} CPUs); tolerance "
+    lines = warnings(profile) + [f"Simulator against the bench in {folder} ({profile.get('cpu', '')}, {cores} CPUs); tolerance "
              f"{tolerance:.0%}: {sum(r['within'] for r in checked)} of {len(checked)} predictions within", "",
              tables.markdown(["N", "mode", "link", "measured samples/s", "its rounds apart", "predicted", "error",
                               "within"],
@@ -185,7 +192,7 @@ def scaling(folder: Path, link_name: str, workers: list[int], depth: int, microb
     link = links.get(link_name, profile["links"].get("shm") or profile["links"].get("gloo"))
     cores = profile.get("cpus", 1)
     batch, classes = profile["batch"], profile["classes"]
-    lines = [f"Predicted samples/s, link {link_name} ({link.bandwidth / 1e9:.1f} GB/s, {link.latency_s * 1e6:.0f} us); "
+    lines = warnings(profile) + [f"Predicted samples/s, link {link_name} ({link.bandwidth / 1e9:.1f} GB/s, {link.latency_s * 1e6:.0f} us); "
              f"costs from {folder} (N = {max(per, key=int)})", ""]
     rows = []
     for n in workers:

@@ -75,6 +75,42 @@ def test_a_sweep_over_worker_counts_writes_a_plot(tiny_bench):
     assert (out / "scaling.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_a_model_too_small_to_measure_anything_is_said_so_beside_its_numbers(tiny_bench):
+    _, out = tiny_bench  # 16-wide blocks: a step takes microseconds
+    saved = json.loads((out / "bench.json").read_text())["meta"]["per_workers"]
+    assert all("a stage computes a step in" in saved[n]["too_small"] for n in ("1", "2"))
+    table = (out / "bench.md").read_text()
+    assert "Warning: N=1: the model is too small for these numbers to mean anything" in table
+    assert "Warning: N=2:" in table and "--width 1024" in table
+    assert "too_small" in json.loads((out / "profile.json").read_text())["per_workers"]["2"]
+
+
+@pytest.mark.parametrize("ceiling, reference, why", [
+    (100.0, 50.0, None),  # 10 ms per step, above single-process DFA: numbers that mean something
+    (2000.0, 1000.0, "a stage computes a step in 0.50 ms (under 1 ms)"),
+    (100.0, 150.0, "the ceiling is below single-process DFA"),
+    (2000.0, 3000.0, "0.50 ms (under 1 ms) and the ceiling is below single-process DFA"),
+])
+def test_too_small_names_each_reason(ceiling, reference, why):
+    records = [{"workers": 2, "mode": "ceiling-independent-stages", "steps_per_s": ceiling},
+               {"workers": 2, "mode": "reference-dfa", "steps_per_s": reference},
+               {"workers": 1, "mode": "ceiling-independent-stages", "steps_per_s": 1.0}]
+    said = bench.too_small(records, 2)
+    assert said is None if why is None else (said.startswith("N=2: the model is too small") and why in said)
+
+
+@pytest.mark.slow
+def test_a_bench_of_one_stage_runs_through(tmp_path):
+    """`--stages 1` once waited a minute for a second link-measuring worker its one-CPU instance could not
+    place, then raised; its instance now has the two CPUs those measures take."""
+    done = subprocess.run([sys.executable, "-m", "dfa_async.cli", "bench", "--stages", "1", "--width", "16",
+                           "--batch", "8", "--steps", "4", "--warmup", "1", "--repeats", "1", "--microbatches", "2",
+                           "--no-calls", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "| 1 | dataplane-D3 |" in done.stdout and "Warning: N=1" in done.stdout
+    assert json.loads((tmp_path / "profile.json").read_text())["links"]["shm"]["latency_s"] > 0
+
+
 def test_a_sweep_cut_short_keeps_every_n_it_measured(tmp_path, monkeypatch):
     """An end in the middle of N = 2 (a job's time limit) leaves N = 1's files whole: written, each replaced
     whole, before N = 2 began. (The measurements are stand-ins here; the session bench runs real ones.)"""

@@ -116,6 +116,9 @@ def test_validate_and_scaling_on_a_real_bench(tiny_bench, capsys):
                      "--microbatches", "2"]) == 0
     out = capsys.readouterr().out
     assert out.count("\n| ") == 5 and "| 8 |" in out and "| 4 | " in out
+    # fitted on a 16-wide model: the bench's warning comes first, in the predictions too
+    assert out.startswith("Warning: fitted on a bench whose N=1: the model is too small") and "N=2:" in out
+    assert table.startswith("Warning: fitted on a bench whose N=1")
     assert cli.main(["simulate", str(tmp_path), "--link", "carrier-pigeon"]) == 2
     assert "--link: 'carrier-pigeon'" in capsys.readouterr().err
 
