@@ -48,12 +48,15 @@ def tables(ev: dict[str, list[dict]]) -> str:
         lines += ["## Evaluation", "", markdown(["epoch", "test accuracy", "test loss"], [
             [f"{r['epoch']:g}", f"{r['test_accuracy']:.4f}", f"{r['test_loss']:.4f}"] for r in ev["eval"]], "rrr"), ""]
     if ev.get("align"):
-        # Blocks numbered from 0, as in every record and plot; cosines are per-sample means ± std.
+        # Blocks numbered from 0, as in every record and plot.
         blocks = [b["block"] for b in ev["align"][0]["blocks"]]
-        columns = ["step"] + [c for k in blocks for c in (f"block {k} cosine", f"block {k} update angle")]
+        columns = ["step"] + [c for k in blocks for c in (f"block {k} signal cosine", f"block {k} update angle")]
         rows = [[r["step"]] + [c for b in r["blocks"] for c in (f"{b['cos_mean']:.3f} ± {b['cos_std']:.3f}",
                                                                  f"{b['update_angle']:.1f}°")] for r in ev["align"]]
-        lines += ["## Alignment", "", markdown(columns, rows, "r" * len(columns)), ""]
+        lines += ["## Alignment", "", "Signal cosine: between the block's DFA signal B e and the backprop gradient "
+                  "at its output, per sample (mean ± std; 1 is aligned). Update angle: between the block's DFA and "
+                  "backprop weight updates, in degrees (0 is aligned).", "",
+                  markdown(columns, rows, "r" * len(columns)), ""]
     if ev.get("stage"):
         lines += ["## Stages", "", markdown(["stage", "busy s", "span s", "idle fraction"], [
             [r["stage"], f"{r['busy_s']:.2f}", f"{r['span_s']:.2f}", f"{r['idle_fraction']:.3f}"]
@@ -68,31 +71,51 @@ def plots(ev: dict[str, list[dict]], out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     written = []
+    for name, fig in figures(ev, plt).items():
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        written.append(out / name)
+    return written
+
+
+def figures(ev: dict[str, list[dict]], plt) -> dict[str, object]:
+    """Each plot the log has data for, by file name, laid out (tight) and not yet saved."""
+    figs = {}
     if ev.get("train"):
         fig, ax = plt.subplots(figsize=(6, 4))
         ax.plot([r["step"] for r in ev["train"]], [r["loss"] for r in ev["train"]], lw=0.8)
         ax.set(xlabel="step", ylabel="training loss", yscale="log", title="Training loss")
-        written.append(_save(fig, out / "loss.png"))
+        figs["loss.png"] = fig
     if ev.get("eval"):
         fig, ax = plt.subplots(figsize=(6, 4))
         ax.plot([r["epoch"] for r in ev["eval"]], [100 * (1 - r["test_accuracy"]) for r in ev["eval"]], marker="o")
         ax.set(xlabel="epoch", ylabel="test error (%)", title="Test error")
-        written.append(_save(fig, out / "test_error.png"))
+        figs["test_error.png"] = fig
     if ev.get("align"):
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
         steps = [r["step"] for r in ev["align"]]
         for i, b in enumerate(ev["align"][0]["blocks"]):
             cos = [r["blocks"][i]["cos_mean"] for r in ev["align"]]
             std = [r["blocks"][i]["cos_std"] for r in ev["align"]]
-            a1.errorbar(steps, cos, yerr=std, label=f"block {b['block'] + 1}", capsize=2)
-            a2.plot(steps, [r["blocks"][i]["update_angle"] for r in ev["align"]], label=f"block {b['block'] + 1}")
-        a1.set(xlabel="step", ylabel="cos(B e, dL/dh)", title="Signal alignment")
-        a2.set(xlabel="step", ylabel="degrees", title="DFA vs BP update angle")
-        a1.legend()
-        written.append(_save(fig, out / "alignment.png"))
+            a1.errorbar(steps, cos, yerr=std, label=f"block {b['block']}", capsize=2)
+            a2.plot(steps, [r["blocks"][i]["update_angle"] for r in ev["align"]], label=f"block {b['block']}")
+        a1.set(xlabel="step", ylabel="cosine of B e and dL/dh (per sample)", title="Signal alignment (cosine)")
+        a2.set(xlabel="step", ylabel="angle (degrees)", title="DFA against BP update (angle)")
+        a1.legend(fontsize=8)
+        a2.legend(fontsize=8)
+        figs["alignment.png"] = fig
     if ev.get("timeline"):
-        written += timeline_plots(ev["timeline"], out, plt)
-    return written
+        figs.update(timeline_figures(ev["timeline"], plt))
+    for fig in figs.values():
+        fig.tight_layout()
+    return figs
+
+
+def clipped(fig) -> bool:
+    """Whether anything drawn on `fig` (titles, labels, ticks, legends) reaches beyond its edges."""
+    drawn = fig.get_tightbbox(fig.canvas.get_renderer())  # in inches, of what is drawn only
+    width, height = fig.get_size_inches()
+    return drawn.x0 < -0.01 or drawn.y0 < -0.01 or drawn.x1 > width + 0.01 or drawn.y1 > height + 0.01
 
 
 GANTT_STEPS = 24  # steps of one window drawn: enough to show the pipeline's steady state, few enough to read
@@ -125,7 +148,7 @@ def staleness_counts(records: list[dict]) -> dict[int, int]:
     return dict(sorted(out.items()))
 
 
-def timeline_plots(records: list[dict], out: Path, plt) -> list[Path]:
+def timeline_figures(records: list[dict], plt) -> dict[str, object]:
     """A Gantt chart of every stage's forward/update/idle (gaps) and the staleness histogram."""
     first, bars = gantt(records)
     fig, ax = plt.subplots(figsize=(10, 0.6 * len(bars) + 1.6))
@@ -137,23 +160,14 @@ def timeline_plots(records: list[dict], out: Path, plt) -> list[Path]:
            title=f"Pipeline timeline: steps {first}-{first + GANTT_STEPS - 1}")
     ax.invert_yaxis()
     ax.legend(loc="upper right", fontsize=8)
-    written = [_save(fig, out / "timeline.png")]
+    figs = {"timeline.png": fig}
     counts = staleness_counts(records)
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = plt.subplots(figsize=(6, 4))
     ax.bar(list(counts), list(counts.values()), width=0.8)
-    ax.set(xlabel="staleness (updates applied between a step's forward and its update)", ylabel="updates",
+    ax.set(xlabel="staleness: updates applied between\na step's forward and its update", ylabel="updates",
            title="Staleness", xticks=list(counts))
-    written.append(_save(fig, out / "staleness.png"))
-    return written
-
-
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return path
+    figs["staleness.png"] = fig
+    return figs
 
 
 def write(run_dir: str | Path, out: str | Path | None = None) -> Path | str:

@@ -132,9 +132,9 @@ class Stage:
                                     cfg.train.seed).to(device)
             keep = elements = None
             bn = cfg.bottleneck
-            if bn.layer == k + 1 and bn.form == "mask":
+            if bn.block == k and bn.form == "mask":
                 keep = rules.bottleneck_units(plan.out_shapes[k][0], bn.width, cfg.train.seed).to(device)
-            if bn.layer == k + 1 and bn.form == "elements":
+            if bn.block == k and bn.form == "elements":
                 elements = {name: m.to(device) for name, m in
                             rules.bottleneck_elements(net[k], bn.width, plan.out_shapes[k][0], cfg.train.seed).items()}
             self.learners.append(rules.Learner(

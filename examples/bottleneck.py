@@ -23,7 +23,7 @@ import grid
 from dfa_async.storage import remote
 
 B_PAPER = [1, 3, 5, 8, 11, 18, 28, 46, 73, 118, 191, 308, 496, 800]
-PAPER = grid.PAPER + ["bottleneck.layer=2", "feedback.rule=dfa"]
+PAPER = grid.PAPER + ["bottleneck.block=1", "feedback.rule=dfa"]
 # budget -> (data, width, b values, epochs, seeds, train samples (0: all), runtime settings)
 BUDGETS = {
     "smoke": ("mnist", 64, [1, 8, 64], 1, 1, 1280, ["runtime.backend=local"]),

@@ -20,6 +20,35 @@ def test_report_from_a_run(tmp_path):
         assert f"({name})" in md
 
 
+def test_every_plot_fits_its_figure_and_names_its_lines(tmp_path):
+    """Nothing clipped (the staleness label once ran off its figure), a legend on both alignment panels,
+    blocks numbered from 0 as in the log."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cfg = small_config(runtime={"depth": 3, "blocks_per_stage": [1, 2]},
+                       alignment={"every": 8, "probe_size": 16})
+    train(cfg, tmp_path / "r")
+    figs = report.figures(report.load(tmp_path / "r"), plt)
+    try:
+        assert set(figs) == {"loss.png", "test_error.png", "alignment.png", "timeline.png", "staleness.png"}
+        for name, fig in figs.items():
+            assert not report.clipped(fig), name
+        panels = figs["alignment.png"].axes
+        for ax in panels:
+            assert [t.get_text() for t in ax.get_legend().get_texts()] == ["block 0", "block 1", "block 2"]
+        assert "cosine" in panels[0].get_title() and "angle" in panels[1].get_title()
+        # the check itself: a label longer than its figure is caught
+        wide, ax = plt.subplots(figsize=(2, 2))
+        ax.set_xlabel("a label far longer than a two-inch figure can hold")
+        wide.tight_layout()
+        assert report.clipped(wide)
+    finally:
+        plt.close("all")
+
+
 def test_report_of_an_unfinished_run_and_of_a_missing_dir(tmp_path):
     train(small_config(), tmp_path / "r")
     log = tmp_path / "r" / "events.msgpack"

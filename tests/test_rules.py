@@ -257,7 +257,7 @@ def test_pre_activation_and_head_cosines_in_closed_form():
 def test_elements_bottleneck_trains_a_fixed_random_share_of_the_entries():
     """form = elements (the paper's code): each entry of the restricted block's linear layer is kept
     with probability b/width, fixed for the run; the others stay at their initial values under momentum."""
-    cfg = small_config(bottleneck={"layer": 2, "width": 8, "form": "elements"}, optim={"name": "sgd", "lr": 0.1},
+    cfg = small_config(bottleneck={"block": 1, "width": 8, "form": "elements"}, optim={"name": "sgd", "lr": 0.1},
                        model={"widths": [32, 32]})
     plan = Plan(cfg, (1, 8, 8), 10, total_steps=10, steps_per_epoch=10)
     pipe = LocalPipeline(plan)

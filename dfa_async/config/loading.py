@@ -15,22 +15,26 @@ from .schema import SECTIONS, Config, ConfigError, check_value, section_class, v
 
 # Settings renamed since an earlier version: old name -> new name (CHANGELOG.md). The old name is still
 # read, with a warning, so that old config files and the settings saved in old runs load.
-RENAMED = {"runtime.stages": "runtime.blocks_per_stage"}
+# old name: (new name, the old value as the new setting reads it)
+RENAMED = {"runtime.stages": ("runtime.blocks_per_stage", lambda v: v),
+           # hidden blocks counted from 1 (0 was off); now from 0 as in every record (-1 is off)
+           "bottleneck.layer": ("bottleneck.block", lambda v: v - 1 if type(v) is int else v)}
 
 
 def upgrade(raw: dict, quiet: bool = False) -> dict:
     """`raw` with renamed settings under their new names (a warning for each, unless `quiet`)."""
     out = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
-    for old, new in RENAMED.items():
+    for old, (new, convert) in RENAMED.items():
         (section, key), (_, key_new) = old.split("."), new.split(".")
         values = out.get(section)
         if not isinstance(values, dict) or key not in values:
             continue
         if key_new in values:
             raise ConfigError(f"{old}: is the old name of {new}, which is also given; keep only {new}")
-        values[key_new] = values.pop(key)
+        value = values[key_new] = convert(values.pop(key))
         if not quiet:
-            print(f"dfa-async: warning: {old} is now called {new}; please rename it", file=sys.stderr, flush=True)
+            print(f"dfa-async: warning: {old} is now called {new}; please rename it"
+                  + (f" (read as {new} = {value!r})" if value != raw[section][key] else ""), file=sys.stderr, flush=True)
     return out
 
 

@@ -70,7 +70,8 @@ class FeedbackConfig:
 
 @dataclass
 class BottleneckConfig:
-    layer: int = _opt(0, "Hidden block (1-based) to restrict; 0 turns the bottleneck off.", lo=0)
+    block: int = _opt(-1, "Hidden block to restrict, numbered from 0 as in the event log; -1 turns the bottleneck "
+                      "off.", lo=-1)
     width: int = _opt(0, "Effective width b of that block.", lo=0)
     form: str = _opt("mask", "`mask`: only a fixed random b of the block's units receive weight updates; "
                      "`elements`: the paper's code, a fixed random mask over the entries of the block's "
@@ -223,8 +224,8 @@ class Config:
         """Widths of the fully connected hidden blocks after the narrow bottleneck is applied."""
         widths = list(self.model.widths)
         b = self.bottleneck
-        if b.layer and b.form == "narrow":
-            widths[b.layer - 1 - self.num_conv_blocks()] = b.width
+        if b.block >= 0 and b.form == "narrow":
+            widths[b.block - self.num_conv_blocks()] = b.width
         return widths
 
     def num_conv_blocks(self) -> int:
@@ -320,18 +321,18 @@ def validate(cfg: Config, own_model: bool = False) -> None:
     if fb.rule == "bp" and rt.backend == "ray":
         raise ConfigError("feedback.rule: bp is not layer-parallel; with runtime.backend = ray use dfa or "
                           "shallow (or set runtime.backend = local)")
-    if b.layer and not own_model:
+    if b.block >= 0 and not own_model:
         hidden = cfg.num_blocks() - 1
-        if b.layer > hidden:
-            raise ConfigError(f"bottleneck.layer: {b.layer} is out of range; the model has hidden blocks "
-                              f"1..{hidden}")
-        if b.layer <= cfg.num_conv_blocks():
-            raise ConfigError(f"bottleneck.layer: {b.layer} is a conv block; choose a fully connected block "
-                              f"{cfg.num_conv_blocks() + 1}..{hidden}")
-        width = m.widths[b.layer - 1 - cfg.num_conv_blocks()]
+        if b.block >= hidden:
+            raise ConfigError(f"bottleneck.block: {b.block} is out of range; the model has hidden blocks "
+                              f"0..{hidden - 1}")
+        if b.block < cfg.num_conv_blocks():
+            raise ConfigError(f"bottleneck.block: {b.block} is a conv block; choose a fully connected block "
+                              f"{cfg.num_conv_blocks()}..{hidden - 1}")
+        width = m.widths[b.block - cfg.num_conv_blocks()]
         if not 1 <= b.width <= width:
             raise ConfigError(f"bottleneck.width: {b.width} is out of range; it must be 1..{width} "
-                              f"(the width of block {b.layer})")
+                              f"(the width of block {b.block})")
     if rt.blocks_per_stage == "auto" and rt.num_stages > cfg.num_blocks() and not own_model:
         raise ConfigError(f"runtime.num_stages: {rt.num_stages} stages for a model of {cfg.num_blocks()} blocks; "
                           f"use 0 to {cfg.num_blocks()}")

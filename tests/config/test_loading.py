@@ -44,15 +44,16 @@ MALFORMED = [
     (["runtime.blocks_per_stage=[1, 1]"], ["runtime.blocks_per_stage", "add up to 3"]),
     (["runtime.transport=mpi"], ["runtime.transport", "auto, shm, gloo, nccl"]),
     (["runtime.transport=nccl", "runtime.device=cpu"], ["runtime.transport", "shm, gloo or auto"]),
-    (["bottleneck.layer=3"], ["bottleneck.layer", "1..2"]),
-    (["bottleneck.layer=1", "bottleneck.width=900"], ["bottleneck.width", "1..800"]),
-    (["bottleneck.layer=1", "bottleneck.form=prune"], ["bottleneck.form", "mask, elements, narrow"]),
+    (["bottleneck.block=2"], ["bottleneck.block", "0..1"]),
+    (["bottleneck.block=-2"], ["bottleneck.block", ">= -1"]),
+    (["bottleneck.block=0", "bottleneck.width=900"], ["bottleneck.width", "1..800"]),
+    (["bottleneck.block=0", "bottleneck.form=prune"], ["bottleneck.form", "mask, elements, narrow"]),
     (["metrics.port=70000"], ["metrics.port", "<= 65535"]),
     (["checkpoint.keep=0"], ["checkpoint.keep", ">= 1"]),
     (["alignment.probe_size=1"], ["alignment.probe_size", ">= 2"]),
     (["model.kind=cnn", "data.name=synthetic", "data.shape=[1, 4, 4]"], ["data.shape", "too small"]),
     (["model.kind=cnn", "model.channels=[]"], ["model.channels", "at least one"]),
-    (["bottleneck.layer=1", "model.kind=cnn", "bottleneck.width=3"], ["bottleneck.layer", "conv block"]),
+    (["bottleneck.block=0", "model.kind=cnn", "bottleneck.width=3"], ["bottleneck.block", "conv block"]),
     (["train"], ["--set train", "section.key=value"]),
 ]
 
@@ -124,7 +125,7 @@ def test_every_setting_has_a_docstring():
 
 
 def test_narrow_bottleneck_changes_the_width():
-    cfg = config.load(None, ["bottleneck.layer=2", "bottleneck.width=8", "bottleneck.form=narrow"])
+    cfg = config.load(None, ["bottleneck.block=1", "bottleneck.width=8", "bottleneck.form=narrow"])
     assert cfg.hidden_widths() == [800, 8]
 
 
@@ -180,3 +181,12 @@ def test_the_old_name_of_a_renamed_setting_loads_with_a_warning(capsys, tmp_path
     assert config.load(path).runtime.blocks_per_stage == "auto"
     with pytest.raises(ConfigError, match="runtime.stages: is the old name of runtime.blocks_per_stage, which is also"):
         config.load(None, ["runtime.stages=[2, 1]", "runtime.blocks_per_stage=[2, 1]"])
+
+
+@pytest.mark.parametrize("layer, block", [(2, 1), (1, 0), (0, -1)])
+def test_the_one_based_bottleneck_layer_is_read_as_the_zero_based_block(layer, block, capsys):
+    """Blocks are numbered from 0 everywhere; the old 1-based setting (0 meant off) still loads, converted."""
+    cfg = config.load(None, [f"bottleneck.layer={layer}", "bottleneck.width=8"])
+    assert cfg.bottleneck.block == block
+    assert capsys.readouterr().err.strip() == ("dfa-async: warning: bottleneck.layer is now called bottleneck.block; "
+                                               f"please rename it (read as bottleneck.block = {block})")
