@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
+import threading
 
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
@@ -33,7 +35,7 @@ def start_ray(cfg, stages: int) -> bool:
     address = cfg.runtime.address or os.environ.get("RAY_ADDRESS", "")
     if address:
         _check_reachable(address)
-        ray.init(address=address, log_to_driver=False)
+        _init(address=address, log_to_driver=False)
         print(f"dfa-async: joined the Ray cluster at {address} ({ray.cluster_resources().get('CPU', 0):g} CPUs, "
               f"{ray.cluster_resources().get('GPU', 0):g} GPUs)", flush=True)
         return False
@@ -71,12 +73,23 @@ def start_local(cpus: int) -> None:
         os.environ["RAY_worker_niceness"] = str(os.nice(0))
     try:
         with _quiet(_TOKEN_LOGGER):
-            ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False)
+            _init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
+                  configure_logging=False)
     finally:
         if ours:
             del os.environ["RAY_worker_niceness"]
     _watcher = reaper.watch(os.getpid(), before)
+
+
+def _init(**kwargs) -> None:
+    """ray.init, then the driver's SIGTERM handler back in force. ray.init sets a Python one (exit with the
+    signal: the run then names its kept checkpoint), but the core worker it starts puts a native failure
+    handler over it at the OS level, which prints a stack report of the driver before that line. The
+    stages, other processes, keep Ray's."""
+    ray.init(**kwargs)
+    handler = signal.getsignal(signal.SIGTERM)
+    if callable(handler) and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
 
 
 @contextlib.contextmanager
