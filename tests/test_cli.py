@@ -413,3 +413,12 @@ def test_the_commands_overview_says_what_the_tool_is_and_where_each_commands_hel
         cli.main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "Direct Feedback Alignment, layer-parallel" in text and "`dfa-async COMMAND --help`" in text
+
+
+def test_every_audit_case_is_in_the_reliability_table():
+    """docs/reliability.md lists every bad input tried, under the name its test case has."""
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "reliability.md").read_text()
+    missing = [case for case in AUDIT if f"\n| {case} |" not in doc]
+    assert not missing, f"add to docs/reliability.md: {missing}"
