@@ -42,9 +42,12 @@ class Solo:
         self.stage = Stage(plan, ids, device=device)
         batch = plan.cfg.train.batch_size
         g = torch.Generator().manual_seed(seed)
-        self.x = torch.randn(batch, *([plan.in_shape] + plan.out_shapes)[ids[0]], generator=g).to(device)
-        self.y = torch.randint(0, plan.classes, (batch,), generator=g).to(device)
-        self.e = (torch.randn(batch, plan.classes, generator=g) / batch).to(device)
+        if ids[0] == 0 and plan.window:  # token ids
+            self.x = torch.randint(0, plan.classes, (batch, plan.window), generator=g).to(device)
+        else:
+            self.x = torch.randn(batch, *([plan.in_shape] + plan.out_shapes)[ids[0]], generator=g).to(device)
+        self.y = torch.randint(0, plan.classes, (batch, *plan.positions), generator=g).to(device)
+        self.e = (torch.randn(batch, *plan.error_shape, generator=g) / batch).to(device)
         self.cuda = torch.device(device).type == "cuda"
         self.t = 0
 

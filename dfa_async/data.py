@@ -1,6 +1,10 @@
 """Datasets in the formats their publishers distribute: MNIST and Fashion-MNIST as IDX .gz files,
-CIFAR-10 as its binary version (cifar-10-batches-bin), found under the data directory or downloaded
-with md5 verification; and a synthetic dataset for fast tests."""
+CIFAR-10 as its binary version (cifar-10-batches-bin), Tiny Shakespeare as char-rnn's input.txt, found
+under the data directory or downloaded with md5 (sha256) verification; any UTF-8 text file; and a
+synthetic dataset for fast tests.
+
+Images are samples; a text is a token stream (characters), whose training samples are windows at
+seeded random offsets (`Windows`) and whose validation set is a fixed seeded set of windows."""
 from __future__ import annotations
 
 import gzip
@@ -30,10 +34,17 @@ class Dataset:
     x_test: torch.Tensor
     y_test: torch.Tensor
     classes: int
+    window: int = 0  # > 0: x_train and y_train are one token stream, sampled in windows of this length
+    vocab: str = ""  # a token stream's characters, by token id
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(self.x_train.shape[1:])
+        return (self.window,) if self.window else tuple(self.x_train.shape[1:])
+
+    @property
+    def samples(self) -> int:
+        """Training samples in an epoch: a token stream counts its windows end to end."""
+        return (len(self.x_train) - 1) // self.window if self.window else len(self.x_train)
 
 
 IDX_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
@@ -48,7 +59,11 @@ URLS = {
     "mnist": "https://ossci-datasets.s3.amazonaws.com/mnist/",
     "fashion_mnist": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
     "cifar10": "https://www.cs.toronto.edu/~kriz/",
+    "tinyshakespeare": "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/",
 }
+SHAKESPEARE_FILE = "input.txt"
+SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+TRAIN_SHARE = 0.9  # of a text's characters, the first ones; the rest validate (nanoGPT's shakespeare_char)
 CIFAR_ARCHIVE, CIFAR_MD5 = "cifar-10-binary.tar.gz", "c32a1d4ab5d03f1284b67883e8d87530"
 CIFAR_FILES = [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]
 # Per-channel mean and std of the training sets.
@@ -63,16 +78,21 @@ def data_dir(cfg: DataConfig) -> Path:
     return Path(cfg.dir or os.environ.get("DFA_ASYNC_DATA") or Path.home() / ".cache" / "dfa_async").expanduser()
 
 
-def md5(path: Path) -> str:
-    h = hashlib.md5()
+def md5(path: Path, algorithm: str = "md5") -> str:
+    """The file's md5 (or another hashlib algorithm's) hex digest."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
 
 
+def _algorithm(expected: str) -> str:
+    return "sha256" if len(expected) == 64 else "md5"
+
+
 def download(url: str, dest: Path, expected_md5: str) -> None:
-    """Fetch `url` into `dest` atomically (temporary file, md5 check, rename)."""
+    """Fetch `url` into `dest` atomically (temporary file, md5 or sha256 check, rename)."""
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
@@ -83,9 +103,10 @@ def download(url: str, dest: Path, expected_md5: str) -> None:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
             while chunk := resp.read(1 << 20):
                 out.write(chunk)
-        got = md5(Path(tmp))
+        algorithm = _algorithm(expected_md5)
+        got = md5(Path(tmp), algorithm)
         if got != expected_md5:
-            raise DataError(f"data: download of {url} has md5 {got}, expected {expected_md5}; "
+            raise DataError(f"data: download of {url} has {algorithm} {got}, expected {expected_md5}; "
                             "the server sent a different file (check data.url)")
         os.replace(tmp, dest)
     except (OSError, ValueError) as err:  # ValueError: not a URL urllib can open
@@ -110,12 +131,12 @@ def _ensure(cfg: DataConfig, name: str, filename: str, expected_md5: str) -> Pat
                         f"file belongs; remove it to download {_base_url(cfg, name)}{filename} there")
     if path.exists():
         try:
-            got = md5(path)
+            got = md5(path, _algorithm(expected_md5))
         except OSError as err:
             raise DataError(f"data: cannot read {path} ({err.strerror}); make it readable, or set data.dir to a "
                             "folder whose files you can read") from None
         if got != expected_md5:
-            raise DataError(f"data: {path} is corrupt (md5 {got}, expected {expected_md5}); delete it to "
+            raise DataError(f"data: {path} is corrupt ({_algorithm(expected_md5)} {got}, expected {expected_md5}); delete it to "
                             f"download it again from {_base_url(cfg, name)}{filename}")
         return path
     if not cfg.download:
@@ -188,8 +209,57 @@ def synthetic(cfg: DataConfig, seed: int):
     return x[:n], y[:n], x[n:], y[n:]
 
 
-def load(cfg: DataConfig, seed: int = 0) -> Dataset:
-    """The dataset of `cfg`, as float32 tensors (N, C, H, W) and int64 labels."""
+VALIDATION_SEED = 0  # the validation windows: the same for every run, whatever its train.seed
+
+
+def load_text(cfg: DataConfig, window: int) -> Dataset:
+    """A UTF-8 text as a character stream: token ids by sorted distinct character, the first 90 % of the
+    characters for training (one stream: a window's labels are its inputs shifted by one) and
+    `cfg.eval_windows` fixed windows of the rest for validation."""
+    if cfg.name == "tinyshakespeare":
+        path = _ensure(cfg, "tinyshakespeare", SHAKESPEARE_FILE, SHAKESPEARE_SHA256)
+    else:
+        path = Path(cfg.path).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"data.path: {path} is not UTF-8 text ({err.reason} at byte {err.start}); give a UTF-8 "
+                        "file") from None
+    except OSError as err:
+        raise DataError(f"data.path: cannot read {path} ({err.strerror}); give a readable UTF-8 file") from None
+    vocab = "".join(sorted(set(text)))
+    index = {c: i for i, c in enumerate(vocab)}
+    ids = torch.from_numpy(np.fromiter((index[c] for c in text), dtype=np.int64, count=len(text)))
+    split = int(len(ids) * TRAIN_SHARE)
+    train, val = ids[:split], ids[split:]
+    if len(val) < window + 1 or len(vocab) < 2:
+        raise DataError(f"data: {path} holds {len(text)} characters ({len(vocab)} distinct); its last 10 % must "
+                        f"hold a window of model.block_size + 1 = {window + 1} and it needs 2 distinct characters: "
+                        "give a longer text or a smaller model.block_size")
+    rng = np.random.default_rng(seeding.derive(VALIDATION_SEED, "validation"))
+    span = torch.arange(window)
+    at = torch.from_numpy(rng.integers(0, len(val) - window, size=cfg.eval_windows))[:, None] + span
+    return Dataset(train, train, val[at], val[at + 1], len(vocab), window=window, vocab=vocab)
+
+
+def for_run(cfg) -> Dataset:
+    """The dataset of a run's settings (`cfg`: its Config): a text (or, for a gpt, synthetic tokens) in
+    windows of model.block_size."""
+    streams = cfg.data.name in ("tinyshakespeare", "text") or cfg.model.kind == "gpt"
+    return load(cfg.data, cfg.train.seed, cfg.model.block_size if streams else 0)
+
+
+def load(cfg: DataConfig, seed: int = 0, window: int = 0) -> Dataset:
+    """The dataset of `cfg`, as float32 tensors (N, C, H, W) and int64 labels; a text (data.name
+    tinyshakespeare or text) as int64 token streams sampled in windows of `window` tokens."""
+    if cfg.name in ("tinyshakespeare", "text"):
+        return load_text(cfg, window)
+    if cfg.name == "synthetic" and window:  # random tokens: the bench's and the tests' stream
+        g = seeding.generator(seed, "synthetic")
+        stream = torch.randint(0, cfg.classes, (max(cfg.n_train, window + 2),), generator=g)
+        held = torch.randint(0, cfg.classes, (cfg.n_test, window + 1), generator=g)
+        return Dataset(stream, stream, held[:, :-1], held[:, 1:], cfg.classes, window=window,
+                       vocab="".join(chr(65 + i % 58) for i in range(cfg.classes)))
     if cfg.name == "synthetic":
         xtr, ytr, xte, yte = synthetic(cfg, seed)
         classes = cfg.classes
@@ -257,6 +327,50 @@ class Batches:
             self._labels, self._labels_of, self._labels_epoch = y.index_select(0, _to(used, y.device)), y, epoch
         rows = self._labels[i * self.batch_size:(i + 1) * self.batch_size]
         return rows.tensor_split(parts)[part] if parts > 1 else rows
+
+
+class TextBatches:
+    """The minibatches of a token stream: step t takes `batch_size` windows of `window` tokens at offsets
+    drawn from (seed, t) alone, as nanoGPT samples them, and their labels the same windows one token on.
+    The first stage (inputs) and the head (labels) draw the same offsets without talking to each other.
+    An epoch is as many steps as hold the stream's windows end to end (for evaluations and drains)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, window: int):
+        self.n, self.batch_size, self.seed, self.window = n, batch_size, seed, window
+        self.steps_per_epoch = (n - 1) // window // batch_size
+        self._span = torch.arange(window)
+
+    def offsets(self, step: int) -> torch.Tensor:
+        rng = np.random.default_rng(seeding.derive(self.seed, "windows", step))
+        return torch.from_numpy(rng.integers(0, self.n - self.window, size=self.batch_size))
+
+    def _rows(self, stream: torch.Tensor, step: int, shift: int, part: int, parts: int) -> torch.Tensor:
+        at = _to(self.offsets(step).tensor_split(parts)[part][:, None] + self._span + shift, stream.device)
+        return stream[at]
+
+    def inputs(self, x: torch.Tensor, step: int, part: int = 0, parts: int = 1) -> torch.Tensor:
+        return self._rows(x, step, 0, part, parts)
+
+    def labels(self, y: torch.Tensor, step: int, part: int = 0, parts: int = 1) -> torch.Tensor:
+        return self._rows(y, step, 1, part, parts)
+
+
+def batches(n: int, cfg, window: int = 0):
+    """The minibatches of a run (`cfg`: its Config) over `n` training samples, or over a token stream of
+    `n` tokens sampled in windows of `window`."""
+    tr = cfg.train
+    if window:
+        return TextBatches(n, tr.batch_size, tr.seed, window)
+    return Batches(n, tr.batch_size, tr.seed, cfg.data.augment)
+
+
+def first(t: torch.Tensor, n: int, window: int = 0, shift: int = 0) -> torch.Tensor:
+    """The first n samples of `t` (a probe batch); of a token stream, its first n windows end to end
+    (`shift` 1: their labels)."""
+    if not window:
+        return t[:n]
+    n = min(n, (len(t) - 1) // window)
+    return t[shift:shift + n * window].view(n, window)
 
 
 def _to(t: torch.Tensor, device: torch.device) -> torch.Tensor:

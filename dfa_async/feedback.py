@@ -1,5 +1,6 @@
 """Fixed random feedback matrices. B_k has shape (classes, d_k): block k receives g_k = e @ B_k, reshaped
-to its output shape. Each matrix is a pure function of (seed, k, dims), so it is drawn where block k
+to its output shape. For a sequence, `classes` and d_k are features at one position (the vocabulary,
+or the width where e is taken; the block's width), and the same B_k maps e at every position. Each matrix is a pure function of (seed, k, dims), so it is drawn where block k
 lives and never travels."""
 from __future__ import annotations
 
@@ -25,7 +26,9 @@ def _draw(init: str, rows: int, cols: int, g: torch.Generator) -> torch.Tensor:
         q = q * torch.sign(torch.diagonal(r))  # unique Q (Haar-distributed)
         q = q.T if rows < cols else q
         return (q * math.sqrt(max(rows, cols))).float()
-    raise ValueError(f"feedback.init: {init!r}; choose gaussian, uniform, orthogonal or sign")
+    if init == "identity":  # the one orthogonal matrix that is not random: e reaches block k unrotated
+        return torch.eye(rows, cols) * math.sqrt(max(rows, cols))
+    raise ValueError(f"feedback.init: {init!r}; choose gaussian, uniform, orthogonal, sign or identity")
 
 
 def matrix(k: int, dims: list[int], classes: int, init: str = "gaussian", normalization: str = "paper",
@@ -55,6 +58,8 @@ def matrix(k: int, dims: list[int], classes: int, init: str = "gaussian", normal
                      "none-independent")
 
 
-def project(B: torch.Tensor, e: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    """g = e @ B reshaped to the block's output (batch, *shape)."""
-    return (e @ B).reshape(e.shape[0], *shape)
+def project(B: torch.Tensor, e: torch.Tensor, shape: tuple[int, ...], positions: int = 0) -> torch.Tensor:
+    """g = e @ B reshaped to the block's output (batch, *shape); with `positions` leading dims after the
+    batch (a sequence), the same B at every position: e's features there times B."""
+    lead = e.shape[:1 + positions]
+    return (e.reshape(*lead, -1) @ B).reshape(e.shape[0], *shape)

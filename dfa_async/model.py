@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-from . import seeding
+from . import gpt, seeding
 from .config import Config
 
 
@@ -72,6 +72,8 @@ def _structure(cfg: Config, in_shape: tuple[int, ...], classes: int) -> list[nn.
     m = cfg.model
     common = dict(act=m.activation, slope=m.leaky_slope, batchnorm=m.batchnorm,
                   dropout_input=m.dropout_input, dropout_hidden=m.dropout_hidden, order=m.block_order)
+    if m.kind == "gpt":  # in_shape is (block_size,) token ids; classes is the vocabulary
+        return gpt.blocks(classes, m.block_size, m.n_layer, m.n_head, m.n_embd, m.dropout, m.bias)
     if m.kind == "mlp":
         return mlp_blocks(math.prod(in_shape), cfg.hidden_widths(), classes, **common)
     return cnn_blocks(tuple(in_shape), m.channels, cfg.hidden_widths(), classes, **common)
@@ -90,7 +92,11 @@ def build_blocks(cfg: Config, in_shape: tuple[int, ...], classes: int, ids, devi
     shell, out = skeleton(cfg, in_shape, classes), {}
     for k in ids:
         block = shell[k].to_empty(device="cpu")  # the seed streams are CPU generators
-        reset(block, seeding.generator(cfg.train.seed, "init", k))
+        g = seeding.generator(cfg.train.seed, "init", k)
+        if cfg.model.kind == "gpt":
+            gpt.reset(block, g, cfg.model.n_layer)
+        else:
+            reset(block, g)
         out[k] = block.to(device)
     return out
 
@@ -127,10 +133,11 @@ def from_sequential(seq: nn.Sequential, starts: list[int]) -> nn.Sequential:
     return nn.Sequential(*[nn.Sequential(*list(seq)[a:b]) for a, b in zip(cuts, cuts[1:])])
 
 
-def output_shapes(model: nn.Sequential, in_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
-    """Per-sample output shape of every block."""
+def output_shapes(model: nn.Sequential, in_shape: tuple[int, ...],
+                  dtype: torch.dtype = torch.float32) -> list[tuple[int, ...]]:
+    """Per-sample output shape of every block, for inputs of `dtype` (int64: token ids)."""
     where = next(model.parameters(), torch.empty(0)).device
-    shapes, x = [], torch.zeros(2, *in_shape, device=where)
+    shapes, x = [], torch.zeros(2, *in_shape, device=where, dtype=dtype)
     was = model.training
     model.eval()
     with torch.no_grad():

@@ -18,8 +18,9 @@ def make(params: list[torch.nn.Parameter], cfg: OptimConfig) -> torch.optim.Opti
     if not params:
         return None
     kw = {"fused": True} if cfg.fused and params[0].device.type in ("cpu", "cuda") else {}
-    if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **kw)
+    if cfg.name in ("adam", "adamw"):  # adamw's decay is decoupled: before_step applies it
+        return torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                                weight_decay=cfg.weight_decay if cfg.name == "adam" else 0.0, **kw)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
                            weight_decay=cfg.weight_decay, **kw)
 
@@ -51,9 +52,28 @@ def load_part_states(opt: torch.optim.Optimizer, parts: list[dict]) -> None:
                                                             "params": list(range(offset))}]})
 
 
+def before_step(learners, cfg: OptimConfig, lr: float, decay: list[torch.Tensor]) -> None:
+    """What the settings add between a stage's backward and its optimizer step. `clip_norm`: each block's
+    gradient rescaled to at most that norm, the block's own (a norm across stages would need a sync).
+    `adamw`: the decoupled weight decay of Loshchilov & Hutter (2019), w <- w (1 - lr wd), on `decay`
+    (the matrices), before the Adam step, as torch.optim.AdamW orders it."""
+    if cfg.clip_norm:
+        for learner in learners:
+            torch.nn.utils.clip_grad_norm_(learner.block.parameters(), cfg.clip_norm, foreach=True)
+    if decay:
+        with torch.no_grad():
+            torch._foreach_mul_(decay, 1.0 - lr * cfg.weight_decay)
+
+
 def lr_at(cfg: OptimConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
+    if cfg.schedule == "warmup_cosine":  # nanoGPT's: linear warmup, then cosine down to lr_min at the end
+        if step < cfg.warmup_steps:
+            return cfg.lr * (step + 1) / (cfg.warmup_steps + 1)
+        ratio = min(step - cfg.warmup_steps, total_steps) / max(total_steps - cfg.warmup_steps, 1)
+        return cfg.lr_min + (cfg.lr - cfg.lr_min) * 0.5 * (1 + math.cos(math.pi * min(ratio, 1.0)))
     if cfg.schedule == "cosine":
-        return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+        return cfg.lr_min + (cfg.lr - cfg.lr_min) * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) /
+                                                                         max(total_steps, 1)))
     if cfg.schedule == "step":
         return cfg.lr * cfg.gamma ** (step // (cfg.step_every * steps_per_epoch))
     return cfg.lr

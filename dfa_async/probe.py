@@ -22,16 +22,18 @@ class StageProbe:
     B_k (None: the true gradient in its place); `last`: the model's head block index."""
 
     def __init__(self, blocks: dict[int, torch.nn.Module], Bs: dict[int, torch.Tensor | None], last: int,
-                 error_scale: str, seed: int, mode: str = "train"):
+                 error_scale: str, seed: int, mode: str = "train", positions: int = 0, hidden_error: bool = False):
         self.ids = sorted(blocks)
         self.blocks = [copy.deepcopy(blocks[k]).train(mode == "train") for k in self.ids]
         self.Bs, self.last, self.scale, self.seed = Bs, last, error_scale, seed
+        self.positions, self.hidden_error = positions, hidden_error
         self.is_head = self.ids[-1] == last
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Run the blocks keeping the graph; returns the output (detached) for the next stage, or at the
         head the error e."""
-        self.x = x.detach().requires_grad_(self.ids[0] > 0)  # the first stage sends nothing back
+        # the first stage sends nothing back (and its inputs may be token ids)
+        self.x = x.detach().requires_grad_(self.ids[0] > 0)
         self.hs, self.pres, h = [], [], self.x
         for k, block in zip(self.ids, self.blocks):
             layer, seen = rules.first_layer(block), []
@@ -45,13 +47,17 @@ class StageProbe:
             self.pres.append(seen[0] if seen else None)
         if not self.is_head:
             return h.detach()
-        self.loss = F.cross_entropy(h, y, reduction="sum" if self.scale == "sum" else "mean")
+        self.loss = F.cross_entropy(h.flatten(0, -2), y.flatten(), reduction="sum" if self.scale == "sum" else "mean")
         _, self.e = rules.head_error(h.detach(), y, self.scale)
+        into = self.hs[-2] if len(self.hs) > 1 else self.x  # the head's input
+        if self.hidden_error and into.requires_grad:  # what the head broadcasts: e back through it
+            (wire,) = torch.autograd.grad(self.hs[-1], into, self.e, retain_graph=True)
+            return wire
         return self.e
 
     def backward(self, g_out: torch.Tensor | None, e: torch.Tensor) -> tuple[list[dict], torch.Tensor | None]:
-        """Given dL/d(output) (None at the head, which has the loss) and the head's e: the measures of the
-        stage's blocks and dL/d(input) for the stage before (None at the first stage)."""
+        """Given dL/d(output) (None at the head, which has the loss) and the error the head broadcast: the
+        measures of the stage's blocks and dL/d(input) for the stage before (None at the first stage)."""
         params = [list(block.parameters()) for block in self.blocks]
         flat = [p for ps in params for p in ps]
         inner = self.hs[:-1]
@@ -72,17 +78,19 @@ class StageProbe:
             i += len(ps)
             h = self.hs[j]
             if k == self.last:
-                g = e / e.shape[0] if self.scale == "paper" else e  # the head's own signal
+                own = self.e  # the head's own signal
+                g = own / (own.numel() // own.shape[-1]) if self.scale == "paper" else own
             else:
                 B = self.Bs.get(k)
-                g = true_h[j] if B is None else feedback.project(B, e, h.shape[1:])
+                g = true_h[j] if B is None else feedback.project(B, e, h.shape[1:], self.positions)
             dfa = torch.autograd.grad(h, ps, grad_outputs=g, retain_graph=True)
-            rec = {"block": k, **rules.cosine_stats(g, true_h[j]), "update_angle": rules.update_angle(dfa, bp)}
+            p = self.positions
+            rec = {"block": k, **rules.cosine_stats(g, true_h[j], positions=p), "update_angle": rules.update_angle(dfa, bp)}
             if self.pres[j] is not None:
                 (dfa_pre,) = torch.autograd.grad(h, self.pres[j], grad_outputs=g, retain_graph=True)
-                rec.update(rules.cosine_stats(dfa_pre, true_pre.pop(0), "pre_"))
+                rec.update(rules.cosine_stats(dfa_pre, true_pre.pop(0), "pre_", positions=p))
             out.append(rec)
-        self.hs = self.pres = self.x = self.loss = None  # free the graph
+        self.hs = self.pres = self.x = self.loss = self.e = None  # free the graph
         return out, g_in
 
 
@@ -100,7 +108,8 @@ def chain(probes: list[StageProbe], x: torch.Tensor, y: torch.Tensor) -> list[di
 
 
 def alignment(model: torch.nn.Sequential, Bs: list[torch.Tensor | None], x: torch.Tensor, y: torch.Tensor,
-              error_scale: str = "mean", seed: int = 0, mode: str = "train") -> list[dict]:
+              error_scale: str = "mean", seed: int = 0, mode: str = "train", positions: int = 0,
+              hidden_error: bool = False) -> list[dict]:
     """Per block k of `model` (the head last), on the probe batch (x, y):
     - `cos_mean`, `cos_std`: per-sample cosine between the signal block k learns from (B_k e for a
       hidden block, the head's own error for the head) and the true gradient dL/dh_k (the paper's
@@ -115,5 +124,5 @@ def alignment(model: torch.nn.Sequential, Bs: list[torch.Tensor | None], x: torc
     ("probe", k) of `seed`; eval: no dropout, batchnorm running statistics)."""
     last = len(model) - 1
     whole = StageProbe(dict(enumerate(model)), {k: B for k, B in enumerate(Bs) if k != last}, last,
-                       error_scale, seed, mode)
+                       error_scale, seed, mode, positions, hidden_error)
     return chain([whole], x, y)

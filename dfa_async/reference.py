@@ -9,7 +9,7 @@ import copy
 import torch
 from torch import nn
 
-from . import data, probe, schedule
+from . import data, data as data_mod, probe, schedule
 from .stage import Plan, Stage, Window, assemble
 
 
@@ -23,8 +23,7 @@ class LocalPipeline:
         self.errors: dict[int, torch.Tensor] = {}
         self.staleness: dict[int, int] = {}
         if ds is not None:
-            self.batches = data.Batches(len(ds.x_train), plan.cfg.train.batch_size, plan.cfg.train.seed,
-                                        plan.cfg.data.augment)
+            self.batches = data.batches(len(ds.x_train), plan.cfg, plan.window)
             self.x_train, self.y_train = (data.resident(a, self.device, plan.cfg.data.on_device)
                                           for a in (ds.x_train, ds.y_train))
 
@@ -66,13 +65,15 @@ class LocalPipeline:
                 h = stage.evaluate(h)
             c, s = self.stages[-1].evaluate(h, y[a:a + bs].to(self.device))
             correct, total = correct + int(c), total + float(s)
-        return correct / len(x), total / len(x)
+        return correct / y.numel(), total / y.numel()  # per sample, or per position of a sequence
 
     def align(self, n: int, data: str = "train", mode: str = "train") -> list[dict]:
         """Alignment of every block on the first n samples of `data` (train or test), the blocks in `mode`
         (see probe.py)."""
         x, y = (self.ds.x_train, self.ds.y_train) if data == "train" else (self.ds.x_test, self.ds.y_test)
-        return probe.chain([stage.probe(mode) for stage in self.stages], x[:n].to(self.device), y[:n].to(self.device))
+        window = self.plan.window if data == "train" else 0  # a stream's validation set is windows already
+        x, y = data_mod.first(x, n, window), data_mod.first(y, n, window, shift=1)
+        return probe.chain([stage.probe(mode) for stage in self.stages], x.to(self.device), y.to(self.device))
 
     # -- state -------------------------------------------------------------------------------------------
     def state(self) -> dict:

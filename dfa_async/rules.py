@@ -13,16 +13,17 @@ from . import feedback, seeding
 
 
 def head_error(logits: torch.Tensor, y: torch.Tensor, scale: str = "mean"):
-    """Cross-entropy loss (mean over the batch, for logging; a tensor, so a GPU stage never waits for it)
-    and the error e every stage receives: `sum` and `paper`: softmax - onehot(y) per sample; `mean`: the
-    same divided by the batch size. (Under `paper` the head itself learns from e / batch: Learner.signal.)"""
+    """Cross-entropy loss (mean over the batch, or over every position of a sequence; for logging, a
+    tensor, so a GPU stage never waits for it) and the error e every stage receives: `sum` and `paper`:
+    softmax - onehot(y) per sample (per position); `mean`: the same divided by the number of labels.
+    (Under `paper` the head itself learns from e / labels: Learner.signal.) The classes are the last dim."""
     with torch.no_grad():
-        logp = torch.log_softmax(logits, dim=1)
-        loss = F.nll_loss(logp, y)
+        logp = torch.log_softmax(logits, dim=-1)
+        loss = F.nll_loss(logp.flatten(0, -2), y.flatten())
         e = logp.exp_()
-        e.scatter_add_(1, y[:, None], torch.full((len(y), 1), -1.0, dtype=e.dtype, device=e.device))
+        e.scatter_add_(-1, y[..., None], torch.full((*y.shape, 1), -1.0, dtype=e.dtype, device=e.device))
         if scale == "mean":
-            e.mul_(1.0 / len(y))
+            e.mul_(1.0 / y.numel())
     return loss, e
 
 
@@ -40,7 +41,7 @@ class stash_hooks(torch.autograd.graph.saved_tensors_hooks):
     linear layer), so no weights are stashed (PipeDream without weight stashing). One instance per block,
     entered at every forward: parameters are updated in place, so their storages never change."""
 
-    def __init__(self, module: nn.Module):
+    def __init__(self, module: nn.Module, weights: bool = False):
         self.saved_bytes = 0  # bytes of the tensors saved for backward so far (the stash's weight)
         live = {}
         for t in list(module.parameters()) + list(module.buffers()):
@@ -49,6 +50,9 @@ class stash_hooks(torch.autograd.graph.saved_tensors_hooks):
         def pack(t):
             if t.device.type != "meta":
                 base = live.get(t.untyped_storage().data_ptr())
+                if base is not None and weights:  # weight stashing: the weights as this forward saw them
+                    self.saved_bytes += t.numel() * t.element_size()
+                    return t.detach().clone()
                 if base is not None:
                     ref = _Live()
                     ref.base, ref.size, ref.stride, ref.offset = base, t.size(), t.stride(), t.storage_offset()
@@ -69,18 +73,22 @@ class Learner:
 
     forward(step, x) runs the block and keeps the output's graph; `update` back-propagates each block's
     signal inside the block only, then steps the optimizer. The signal of a hidden block under DFA is
-    B_k e; of the head, e itself (its true gradient)."""
+    B_k e (at every position, for a sequence: `positions` leading dims after the batch); of the head, e
+    itself (its true gradient). `input_grad`: the head also keeps the graph to its input, for the error
+    it broadcasts under feedback.error_at = hidden (`input_gradient`)."""
 
     def __init__(self, block: nn.Module, index: int, *, rule: str, is_head: bool, B: torch.Tensor | None,
                  out_shape: tuple[int, ...], seed: int, keep_units: torch.Tensor | None = None,
-                 error_scale: str = "mean", keep_elements: dict[str, torch.Tensor] | None = None):
+                 error_scale: str = "mean", keep_elements: dict[str, torch.Tensor] | None = None,
+                 positions: int = 0, input_grad: bool = False, stash_weights: bool = False):
         self.block, self.index, self.rule, self.is_head = block, index, rule, is_head
         # The paper's code: hidden blocks get the per-sample e, the head the gradient of the mean loss.
         self.head_mean = is_head and error_scale == "paper"
-        self.B, self.out_shape, self.seed = B, out_shape, seed
+        self.B, self.out_shape, self.seed, self.positions = B, out_shape, seed, positions
+        self.input_grad, self.inputs = input_grad, {}
         self.keep_units, self.keep_elements = keep_units, keep_elements
         self.random = any(isinstance(m, nn.modules.dropout._DropoutNd) for m in block.modules())
-        self.hooks = stash_hooks(block)
+        self.hooks = stash_hooks(block, stash_weights)
         self.stash: dict[int, torch.Tensor] = {}
         self.updates = 0  # own updates applied so far (for staleness)
         self.updates_at_forward: dict[int, int] = {}
@@ -103,7 +111,9 @@ class Learner:
             with torch.no_grad():
                 return self.block(x)
         if self.rule != "bp":
-            x = x.detach()
+            x = x.detach().requires_grad_(self.input_grad)
+            if self.input_grad:
+                self.inputs[step] = x
         before = self.hooks.saved_bytes
         with self.hooks:
             out = self.block(x)
@@ -114,10 +124,16 @@ class Learner:
 
     def signal(self, e: torch.Tensor) -> torch.Tensor | None:
         if self.is_head:
-            return e / e.shape[0] if self.head_mean else e
+            return e / (e.numel() // e.shape[-1]) if self.head_mean else e
         if self.rule == "dfa":
-            return feedback.project(self.B, e, self.out_shape)
+            return feedback.project(self.B, e, self.out_shape, self.positions)
         return None  # bp: gradients arrive through the graph; shallow: nothing to learn
+
+    def input_gradient(self, step: int, e: torch.Tensor) -> torch.Tensor:
+        """e taken back through the block at step's forward to its input: the error the head broadcasts
+        under feedback.error_at = hidden (the block's weights as they were at that forward)."""
+        (g,) = torch.autograd.grad(self.stash[step], self.inputs.pop(step), e, retain_graph=True)
+        return g
 
     def take(self, step: int, e: torch.Tensor | None):
         """Step's stashed output, its signal (None: nothing to back-propagate from here) and staleness
@@ -131,6 +147,7 @@ class Learner:
     def drop(self, step: int) -> None:
         """Forget step's stash without updating (a skipped step: its error was not finite)."""
         self.stash.pop(step, None)
+        self.inputs.pop(step, None)
         self.stash_bytes.pop(step, None)
         self.updates_at_forward.pop(step, None)
 
@@ -162,15 +179,19 @@ class Learner:
         self.block.load_state_dict(state["block"])
         self.updates = int(state["updates"])
         self.stash.clear()
+        self.inputs.clear()
         self.stash_bytes.clear()
         self.updates_at_forward.clear()
 
 
 def update(learners: list[Learner], opt: torch.optim.Optimizer | None, step: int, e: torch.Tensor | None,
-           lr: float) -> list[int]:
+           lr: float, head_e: torch.Tensor | None = None, before_step=None) -> list[int]:
     """Step's update of `learners`, which share `opt`: every block's signal back-propagated inside the
-    block in one autograd call, then one optimizer step. Returns each learning block's staleness."""
-    taken = [learner.take(step, e) for learner in learners if learner.learns]
+    block in one autograd call, then `before_step()` (what the optimizer settings add: clipping,
+    decoupled decay), then one optimizer step. `head_e`: the head's own error where it differs from the
+    broadcast e (feedback.error_at = hidden). Returns each learning block's staleness."""
+    taken = [learner.take(step, head_e if learner.is_head and head_e is not None else e)
+             for learner in learners if learner.learns]
     roots = [(out, g) for out, g, _ in taken if g is not None]
     if roots:
         torch.autograd.backward([out for out, _ in roots], [g for _, g in roots])
@@ -178,6 +199,8 @@ def update(learners: list[Learner], opt: torch.optim.Optimizer | None, step: int
         for group in opt.param_groups:
             group["lr"] = lr
         frozen = [learner.frozen_rows() for learner in learners]
+        if before_step is not None:
+            before_step()
         opt.step()
         for group in opt.param_groups:  # (zero_grad, without its per-call overhead)
             for p in group["params"]:
@@ -208,10 +231,12 @@ def per_sample_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return F.cosine_similarity(a.flatten(1).double(), b.flatten(1).double(), dim=1, eps=1e-30)
 
 
-def cosine_stats(signal: torch.Tensor, true: torch.Tensor, prefix: str = "") -> dict:
+def cosine_stats(signal: torch.Tensor, true: torch.Tensor, prefix: str = "", positions: int = 0) -> dict:
     """The paper's measure over the probe batch (`cos_mean`, `cos_std`: every sample counts, one whose true
     gradient is exactly 0 with cosine 0), the share of such samples (`zero_share`: a saturated softmax
-    gives e = 0 in float32) and the mean over the others (`cos_live_mean`; NaN when there are none)."""
+    gives e = 0 in float32) and the mean over the others (`cos_live_mean`; NaN when there are none).
+    With `positions` (a sequence), every position of every sample counts as one."""
+    signal, true = signal.flatten(0, positions), true.flatten(0, positions)
     cos = per_sample_cosine(signal, true)
     live = true.flatten(1).abs().amax(1) > 0
     return {f"{prefix}cos_mean": cos.mean().item(), f"{prefix}cos_std": cos.std().item(),

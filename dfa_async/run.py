@@ -33,8 +33,13 @@ class Result:
     alignment: list = field(default_factory=list)
     restarts: int = 0
     stages: list = field(default_factory=list)
+    text: bool = False  # a language model: the test set is validation windows, measured per token
 
     def summary(self) -> str:
+        if self.text:
+            return (f"val_loss={self.test_loss:.4f} nats/token ({self.test_loss / math.log(2):.4f} bits/token) "
+                    f"token_accuracy={self.test_accuracy:.4f} steps={self.steps} time={self.seconds:.1f}s "
+                    f"windows/s={self.samples_per_s:.0f} run_dir={self.run_dir}")
         return (f"test_accuracy={self.test_accuracy:.4f} test_error={100 * (1 - self.test_accuracy):.2f}% "
                 f"test_loss={self.test_loss:.4f} steps={self.steps} time={self.seconds:.1f}s "
                 f"samples/s={self.samples_per_s:.0f} run_dir={self.run_dir}")
@@ -48,7 +53,7 @@ def step_counts(cfg: Config, n_train: int) -> tuple[int, int]:
     total = cfg.train.epochs * spe if cfg.train.epochs else cfg.train.max_steps
     if cfg.train.max_steps:
         total = min(total, cfg.train.max_steps)
-    drains = total // spe + (total // cfg.checkpoint.every if cfg.checkpoint.every else 0)
+    drains = total // spe + sum(total // every for every in (cfg.checkpoint.every, cfg.train.eval_every) if every)
     if drains > MAX_DRAINS:
         raise ConfigError(f"train.max_steps: {total} steps drain the pipeline {drains} times (an evaluation every "
                           f"epoch of {spe} steps, a checkpoint every {cfg.checkpoint.every or total}); at most "
@@ -66,7 +71,7 @@ def check_memory(plan: Plan) -> None:
     if rt.backend == "ray" and (rt.address or os.environ.get("RAY_ADDRESS")) or rt.device == "cuda":
         return
     params = sum(p.numel() * p.element_size() for p in plan.shell().parameters())
-    need = params * (4 if plan.cfg.optim.name == "adam" else 3)  # weights, gradients, optimizer state
+    need = params * (4 if plan.cfg.optim.name in ("adam", "adamw") else 3)  # weights, gradients, optimizer state
     have = psutil.virtual_memory().available
     if need > have:
         raise ConfigError(f"model: its weights, gradients and {plan.cfg.optim.name} state need "
@@ -101,10 +106,9 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, model=None, progres
     """Train as `cfg` says; resume when `run_dir` already holds a checkpoint of this config.
     `model`: a user's own nn.Sequential of blocks (see model.from_sequential) in place of cfg.model."""
     config_mod.validate(cfg, own_model=model is not None)
-    tr = cfg.train
-    ds = data.load(cfg.data, tr.seed)
-    total, spe = step_counts(cfg, len(ds.x_train))
-    plan = Plan(cfg, ds.shape, ds.classes, total, spe, net=model)
+    ds = data.for_run(cfg)
+    total, spe = step_counts(cfg, ds.samples)
+    plan = Plan(cfg, ds.shape, ds.classes, total, spe, net=model, window=ds.window)
     check_memory(plan)
     plan = balance.resolve(plan)
     store = rundir.prepare(cfg, run_dir)
@@ -143,7 +147,8 @@ def _train(cfg, plan, ds, store, begin, cleaned, total, spe, progress, metrics) 
         pipe = make_pipeline(plan, ds)
         if found is None:
             log.write("config", 0, config=cfg.to_dict(), blocks=plan.num_blocks, steps=total,
-                      steps_per_epoch=spe, partition=plan.partition(), backend=cfg.runtime.backend)
+                      steps_per_epoch=spe, partition=plan.partition(), backend=cfg.runtime.backend,
+                      **({"vocab": ds.vocab} if ds.vocab else {}))  # a text's tokens, for `dfa-async sample`
             if not begin.fresh:
                 log.write("resume", 0, checkpoint=None, changed=begin.changed)
         if metrics:
@@ -154,8 +159,8 @@ def _train(cfg, plan, ds, store, begin, cleaned, total, spe, progress, metrics) 
             warn(note)
         probe_samples = None
         if cfg.alignment.every:
-            held = ds.x_train if cfg.alignment.data == "train" else ds.x_test
-            probe_samples = min(cfg.alignment.probe_size, len(held))  # the first samples of alignment.data
+            held = ds.samples if cfg.alignment.data == "train" else len(ds.x_test)
+            probe_samples = min(cfg.alignment.probe_size, held)  # the first samples of alignment.data
         if progress:
             from tqdm import tqdm
 
@@ -254,6 +259,7 @@ class _Driver:
         self.timelines = windows.Timelines()
         self.last = {"test_accuracy": float("nan"), "test_loss": float("nan")}
         self.align_log, self.samples, self.seconds, self.step = [], 0, 0.0, 0
+        self.t0 = time.time()
         self.settings = config_mod.to_toml(cfg)  # kept in every checkpoint: the run's fingerprint
         self.probe_how = (cfg.alignment.data, cfg.alignment.mode)
 
@@ -271,7 +277,7 @@ class _Driver:
         if self.bar:
             self.bar.reset(total=self.total)
             self.bar.update(start)
-        t0 = time.time()
+        t0 = self.t0 = time.time()
         if start >= self.total:  # resumed after the last checkpoint: only the final evaluation is left
             self._evaluate(self.total - 1)
             return
@@ -327,7 +333,8 @@ class _Driver:
 
     def _boundary(self, t: int) -> None:
         cfg = self.cfg
-        if (t + 1) % self.spe == 0 or t == self.total - 1:
+        every = cfg.train.eval_every
+        if (t + 1) % self.spe == 0 or t == self.total - 1 or (every and (t + 1) % every == 0):
             self._evaluate(t)
         if (cfg.checkpoint.every and (t + 1) % cfg.checkpoint.every == 0) or t == self.total - 1:
             path = checkpoint.save(self.run_dir, t, {"step": t, "blocks": self.pipe.state(),
@@ -339,7 +346,8 @@ class _Driver:
     def _evaluate(self, t: int) -> None:
         acc, tl = self.pipe.evaluate()
         self.last = {"test_accuracy": acc, "test_loss": tl}
-        self.log.write("eval", t, epoch=(t + 1) / self.spe, **self.last)
+        # seconds: the run's training wall time so far, for loss against time (report)
+        self.log.write("eval", t, epoch=(t + 1) / self.spe, seconds=self.seconds + time.time() - self.t0, **self.last)
         if self.metrics:
             self.metrics.eval(t, acc, tl)
         if self.bar:
@@ -354,7 +362,8 @@ class _Driver:
         stages = self.timelines.summary(self.log, total)
         shown = self.store.name if self.store.remote else self.run_dir
         result = Result(shown, total, self.last["test_accuracy"], self.last["test_loss"], self.seconds,
-                        self.samples / max(self.seconds, 1e-9), self.align_log, self.pipe.restarts, stages)
+                        self.samples / max(self.seconds, 1e-9), self.align_log, self.pipe.restarts, stages,
+                        text=bool(self.plan.window))
         self.log.write("done", total, test_accuracy=result.test_accuracy, test_loss=result.test_loss,
                        seconds=self.seconds, samples_per_s=result.samples_per_s, restarts=result.restarts)
         return result

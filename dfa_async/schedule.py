@@ -43,11 +43,13 @@ def ops(start: int, stop: int, depth: int, boundaries: Iterable[int] = ()) -> It
             yield Op("update", pending.popleft())
 
 
-def boundaries(total_steps: int, steps_per_epoch: int, checkpoint_every: int) -> list[int]:
-    """Steps after which the pipeline drains: each epoch's last step and every checkpoint."""
+def boundaries(total_steps: int, steps_per_epoch: int, checkpoint_every: int, eval_every: int = 0) -> list[int]:
+    """Steps after which the pipeline drains: each epoch's last step, every checkpoint and every
+    evaluation."""
     marks = set(range(steps_per_epoch - 1, total_steps, steps_per_epoch))
-    if checkpoint_every:
-        marks |= set(range(checkpoint_every - 1, total_steps, checkpoint_every))
+    for every in (checkpoint_every, eval_every):
+        if every:
+            marks |= set(range(every - 1, total_steps, every))
     marks.add(total_steps - 1)
     return sorted(marks)
 

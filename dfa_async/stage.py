@@ -70,18 +70,43 @@ class StageFailure(RuntimeError):
 
 class Plan:
     """What every stage needs to know about the whole model (shapes, step counts), computed once by
-    the driver and sent to the stages: small and picklable."""
+    the driver and sent to the stages: small and picklable.
+
+    The tensor contract. A sample is a float tensor of `in_shape`, or (`window` > 0) `window` token ids.
+    For token inputs every tensor after the first block keeps the positions in front, (batch, window,
+    features...), and the loss and error are per position: the head's output is (batch, window, classes)
+    and its labels (batch, window). The error e has per-sample shape `error_shape` (the head's output, or
+    its input under feedback.error_at = hidden); a hidden block's feedback matrix maps e's features at a
+    position to the block's features at that position: `error_features` x `features[k]`, the same matrix
+    for every position."""
 
     def __init__(self, cfg: Config, in_shape: tuple[int, ...], classes: int, total_steps: int,
-                 steps_per_epoch: int, net: torch.nn.Sequential | None = None):
+                 steps_per_epoch: int, net: torch.nn.Sequential | None = None, window: int = 0):
         self.cfg, self.in_shape, self.classes = cfg, tuple(in_shape), classes
         self.total_steps, self.steps_per_epoch = total_steps, steps_per_epoch
+        self.window = window
+        self.in_dtype = torch.int64 if window else torch.float32
+        self.positions = (window,) if window else ()
         # Where the schedule drains (epoch ends, checkpoints, the last step): the same for every stage.
-        self.boundaries = schedule.boundaries(total_steps, steps_per_epoch, cfg.checkpoint.every)
+        self.boundaries = schedule.boundaries(total_steps, steps_per_epoch, cfg.checkpoint.every, cfg.train.eval_every)
         self.net = net  # a user's own model (blocks of an nn.Sequential); None builds cfg.model
         net = self.shell()
-        self.out_shapes = models.output_shapes(net, self.in_shape)
+        self.out_shapes = models.output_shapes(net, self.in_shape, self.in_dtype)
         self.num_blocks = len(net)
+        p = len(self.positions)
+        if any(s[:p] != self.positions for s in self.out_shapes):
+            raise ConfigError(f"model: every block must keep the {p} position dim(s) {self.positions} in front of its "
+                              f"output; the outputs are {self.out_shapes}")
+        self.features = [math.prod(s[p:]) for s in self.out_shapes]
+        # feedback.error_at = hidden: the head broadcasts dL/d(its input), which its own backward gives
+        self.hidden_error = cfg.feedback.error_at == "hidden" and cfg.feedback.rule == "dfa" and self.num_blocks > 1
+        self.error_shape = self.out_shapes[-2] if self.hidden_error else self.out_shapes[-1]
+        self.error_features = math.prod(self.error_shape[p:])
+        fb = cfg.feedback
+        if fb.init == "identity" and fb.rule == "dfa" and any(f != self.error_features for f in self.features[:-1]):
+            raise ConfigError(f"feedback.init: identity needs e as wide as every hidden block (e has "
+                              f"{self.error_features} features, the blocks {self.features[:-1]}); use "
+                              "feedback.error_at = hidden on a model whose blocks keep one width (gpt), or a random init")
         sizes = cfg.runtime.blocks_per_stage
         if isinstance(sizes, list) and sizes and sum(sizes) != self.num_blocks:
             raise ConfigError(f"runtime.blocks_per_stage: {sizes} holds {sum(sizes)} blocks but "
@@ -121,15 +146,15 @@ class Stage:
         cfg = plan.cfg
         self.plan, self.cfg, self.ids = plan, cfg, list(blocks)
         net = plan.blocks(self.ids, device)
-        dims = [math.prod(s) for s in plan.out_shapes[:-1]]
         last = plan.num_blocks - 1
+        self.hidden_error = plan.hidden_error
         self.learners = []
         for k in self.ids:
             is_head = k == last
             B = None
             if not is_head and cfg.feedback.rule == "dfa":
-                B = feedback.matrix(k, dims, plan.classes, cfg.feedback.init, cfg.feedback.normalization,
-                                    cfg.train.seed).to(device)
+                B = feedback.matrix(k, plan.features[:-1], plan.error_features, cfg.feedback.init,
+                                    cfg.feedback.normalization, cfg.train.seed).to(device)
             keep = elements = None
             bn = cfg.bottleneck
             if bn.block == k and bn.form == "mask":
@@ -139,11 +164,17 @@ class Stage:
                             rules.bottleneck_elements(net[k], bn.width, plan.out_shapes[k][0], cfg.train.seed).items()}
             self.learners.append(rules.Learner(
                 net[k], k, rule=cfg.feedback.rule, is_head=is_head, B=B, out_shape=plan.out_shapes[k],
-                seed=cfg.train.seed, keep_units=keep, error_scale=cfg.feedback.error_scale, keep_elements=elements))
+                seed=cfg.train.seed, keep_units=keep, error_scale=cfg.feedback.error_scale, keep_elements=elements,
+                positions=len(plan.positions), input_grad=is_head and self.hidden_error,
+                stash_weights=cfg.runtime.weight_stashing and cfg.runtime.depth > 1))
         # One optimizer over every learning block: one call per update.
         self.learning = [learner for learner in self.learners if learner.learns]
         self.sizes = [len(list(learner.block.parameters())) for learner in self.learning]
         self.opt = optim.make([p for learner in self.learning for p in learner.block.parameters()], cfg.optim)
+        self.head_errors: dict[int, torch.Tensor] = {}  # error_at = hidden: the head's own e, until its update
+        # adamw: weight decay decoupled from the gradient, on matrices only (optim.decay)
+        self.decay = [p for learner in self.learning for p in learner.block.parameters() if p.dim() >= 2] \
+            if cfg.optim.name == "adamw" and cfg.optim.weight_decay else []
         self.is_head = self.ids[-1] == last
         self.skip_nonfinite = cfg.train.on_nonfinite == "skip"
         # Timestamps of every op: (op, step, start, end, staleness); bubbles show as gaps.
@@ -160,7 +191,11 @@ class Stage:
             h = learner.forward(step, h)
         out = h
         if self.is_head:
-            out = rules.head_error(h.detach(), y, self.cfg.feedback.error_scale)
+            loss, e = rules.head_error(h.detach(), y, self.cfg.feedback.error_scale)
+            if self.hidden_error:  # every other block's error: e taken back through the head
+                self.head_errors[step] = e
+                e = self.learners[-1].input_gradient(step, e)
+            out = loss, e
         self.timeline.append(("forward", step, t0, self.clock.now(), 0))
         if self.learning:
             peaks = self.peaks
@@ -174,13 +209,15 @@ class Stage:
         t0 = self.clock.now()
         # train.on_nonfinite = skip: every stage sees the same e, so every stage skips the same steps
         # (one device sync per update; the default, stop, leaves the check to the driver's window).
+        own = self.head_errors.pop(step, None)
         if self.skip_nonfinite and not bool(torch.isfinite(e).all()):
             for learner in self.learners:
                 learner.drop(step)
             self.timeline.append(("skip", step, t0, self.clock.now(), 0))
             return []
         lr = optim.lr_at(self.cfg.optim, step, self.plan.total_steps, self.plan.steps_per_epoch)
-        stale = rules.update(self.learners, self.opt, step, e, lr)
+        stale = rules.update(self.learners, self.opt, step, e, lr, own,
+                             lambda: optim.before_step(self.learning, self.cfg.optim, lr, self.decay))
         self.timeline.append(("update", step, t0, self.clock.now(), max(stale, default=0)))
         return stale
 
@@ -213,7 +250,8 @@ class Stage:
                 learner.block.train()
         if y is None:
             return x
-        return (x.argmax(1) == y).sum(), F.cross_entropy(x, y, reduction="sum")
+        # per sample, or per position of a sequence (the classes last)
+        return (x.argmax(-1) == y).sum(), F.cross_entropy(x.flatten(0, -2), y.flatten(), reduction="sum")
 
     def state(self) -> dict:
         out = {str(k): learner.state() for k, learner in zip(self.ids, self.learners)}
@@ -236,12 +274,12 @@ class Stage:
         plan, cfg = self.plan, self.cfg
         last = plan.num_blocks - 1
         if not hasattr(self, "_probe_Bs"):
-            dims = [math.prod(s) for s in plan.out_shapes[:-1]]
             device = next(self.learners[0].block.parameters()).device
-            self._probe_Bs = {k: feedback.matrix(k, dims, plan.classes, cfg.feedback.init,
+            self._probe_Bs = {k: feedback.matrix(k, plan.features[:-1], plan.error_features, cfg.feedback.init,
                                                  cfg.feedback.normalization, cfg.train.seed).to(device)
                               for k in self.ids if k != last}
-        return StageProbe(self.modules(), self._probe_Bs, last, cfg.feedback.error_scale, cfg.train.seed, mode)
+        return StageProbe(self.modules(), self._probe_Bs, last, cfg.feedback.error_scale, cfg.train.seed, mode,
+                          len(plan.positions), plan.hidden_error)
 
     def modules(self) -> dict[int, torch.nn.Module]:
         return {k: learner.block for k, learner in zip(self.ids, self.learners)}

@@ -134,8 +134,8 @@ def poison(monkeypatch, sample: int, n_train: int, batch: int, steps: int) -> li
 
     load = data.load
 
-    def with_nan(cfg, seed):
-        ds = load(cfg, seed)
+    def with_nan(cfg, seed, window=0):
+        ds = load(cfg, seed, window)
         ds.x_train.view(len(ds.x_train), -1)[sample, 0] = float("nan")
         return ds
     monkeypatch.setattr(data, "load", with_nan)

@@ -198,3 +198,74 @@ def test_labels_are_the_inputs_rows_and_gathering_stays_on_the_datas_device():
     assert xm.is_meta and data.resident(x, "meta", False) is x and data.resident(None, "meta", True) is None
     got, labels = flip.inputs(xm, 5, 1, 3), flip.labels(ym, 5, 1, 3)
     assert got.is_meta and labels.is_meta and got.shape == (5, 3) and labels.shape == (5,)
+
+
+# -- texts: token streams ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def shakespeare(shared_data):
+    """A folder holding tinyshakespeare/input.txt (downloaded into it, sha256-checked, where missing)."""
+    data.load(DataConfig(name="tinyshakespeare", dir=str(shared_data)), window=8)
+    return shared_data
+
+
+def test_tiny_shakespeare_splits_as_nanogpt_does(shakespeare):
+    ds = data.load(DataConfig(name="tinyshakespeare", dir=str(shakespeare), download=False, eval_windows=50), window=64)
+    text = (shakespeare / "tinyshakespeare" / "input.txt").read_text()
+    assert len(text) == 1_115_394 and ds.classes == 65 and ds.vocab == "".join(sorted(set(text)))
+    assert len(ds.x_train) == int(len(text) * 0.9) == 1_003_854  # nanoGPT's train.bin holds as many
+    assert "".join(ds.vocab[i] for i in ds.x_train[:40].tolist()) == text[:40]
+    assert ds.x_test.shape == ds.y_test.shape == (50, 64) and ds.shape == (64,)
+    assert torch.equal(ds.x_test[:, 1:], ds.y_test[:, :-1])  # labels: the next character
+    assert ds.samples == (len(ds.x_train) - 1) // 64
+    val = text[1_003_854:]
+    first = "".join(ds.vocab[i] for i in ds.x_test[0].tolist())
+    assert first in val  # a window of the last 10 %
+    again = data.load(DataConfig(name="tinyshakespeare", dir=str(shakespeare), download=False, eval_windows=50),
+                      seed=7, window=64)
+    assert torch.equal(again.x_test, ds.x_test)  # the same validation windows for every run
+
+
+def test_tiny_shakespeare_download_is_checked_against_its_sha256(shakespeare, tmp_path, serve):
+    url = serve(shakespeare)
+    ds = data.load(DataConfig(name="tinyshakespeare", dir=str(tmp_path), url=url), window=8)
+    assert data.md5(tmp_path / "tinyshakespeare" / "input.txt", "sha256") == data.SHAKESPEARE_SHA256
+    assert ds.classes == 65
+    site = tmp_path / "site" / "tinyshakespeare"
+    site.mkdir(parents=True)
+    (site / "input.txt").write_text("not Shakespeare")
+    with pytest.raises(DataError, match="sha256 .* expected 86c4e6aa"):
+        data.load(DataConfig(name="tinyshakespeare", dir=str(tmp_path / "dest"), url=serve(tmp_path / "site")),
+                  window=8)
+
+
+def test_windows_are_seeded_by_step_alone_and_labels_are_one_token_on():
+    stream = torch.arange(1000)
+    a, b = data.TextBatches(1000, 6, seed=3, window=10), data.TextBatches(1000, 6, seed=3, window=10)
+    x = a.inputs(stream, 17)
+    assert x.shape == (6, 10) and torch.equal(x, b.inputs(stream, 17))  # any holder draws the same
+    assert torch.equal(b.labels(stream, 17), x + 1)
+    assert torch.equal(x[:, 1:] - x[:, :-1], torch.ones(6, 9, dtype=torch.long))  # contiguous windows
+    assert not torch.equal(x, a.inputs(stream, 18))
+    assert torch.equal(torch.cat([a.inputs(stream, 5, p, 3) for p in range(3)]), a.inputs(stream, 5))
+    many = torch.cat([a.labels(stream, t) for t in range(300)])
+    assert 990 <= many.max().item() <= 999 and many.min().item() >= 1  # offsets in [0, n - window), the last labelled
+    assert a.steps_per_epoch == 999 // 10 // 6
+
+
+@pytest.mark.parametrize("content,words", [
+    (b"\xff\xfe not utf-8", "is not UTF-8 text"),
+    (b"short", r"must hold a window of model.block_size \+ 1 = 9"),
+])
+def test_a_text_that_cannot_be_trained_on_is_one_line(tmp_path, content, words):
+    (tmp_path / "t.txt").write_bytes(content)
+    with pytest.raises(DataError, match=words) as err:
+        data.load(DataConfig(name="text", path=str(tmp_path / "t.txt")), window=8)
+    assert "\n" not in str(err.value)
+
+
+def test_any_utf8_text_is_a_stream_of_its_characters(tmp_path):
+    text = "héllo wörld, " * 200
+    (tmp_path / "t.txt").write_text(text, encoding="utf-8")
+    ds = data.load(DataConfig(name="text", path=str(tmp_path / "t.txt"), eval_windows=5), window=8)
+    assert ds.vocab == "".join(sorted(set(text))) and ds.classes == len(set(text))
+    assert len(ds.x_train) == int(len(text) * 0.9)

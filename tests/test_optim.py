@@ -53,3 +53,56 @@ def test_cosine_schedule_ends_at_zero():
     cfg = OptimConfig(lr=0.1, schedule="cosine")
     assert optim.lr_at(cfg, 0, 100, 10) == pytest.approx(0.1)
     assert optim.lr_at(cfg, 100, 100, 10) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_warmup_cosine_is_nanogpts_schedule():
+    """nanoGPT's get_lr: (it + 1) / (warmup + 1) of the rate during warmup, then cosine from lr to min_lr
+    over the remaining steps (its lr_decay_iters = the run's length)."""
+    import math
+
+    cfg = OptimConfig(lr=1e-3, lr_min=1e-4, schedule="warmup_cosine", warmup_steps=100)
+    for it in (0, 50, 99, 100, 101, 1000, 1999):
+        want = 1e-3 * (it + 1) / 101 if it < 100 else \
+            1e-4 + 0.5 * (1 + math.cos(math.pi * (it - 100) / (2000 - 100))) * (1e-3 - 1e-4)
+        assert optim.lr_at(cfg, it, 2000, 1000) == pytest.approx(want, rel=1e-12)
+    assert optim.lr_at(cfg, 2000, 2000, 1000) == pytest.approx(1e-4)
+
+
+def test_adamw_decays_matrices_only_as_torchs_adamw_with_two_groups():
+    from dfa_async import rules
+
+    torch.manual_seed(0)
+    block = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.LayerNorm(4))
+    twin = [p.detach().clone().requires_grad_() for p in block.parameters()]
+    cfg = OptimConfig(name="adamw", lr=0.01, weight_decay=0.1, beta2=0.99, fused=False)
+    opt = optim.make(list(block.parameters()), cfg)
+    decay = [p for p in block.parameters() if p.dim() >= 2]
+    ref = torch.optim.AdamW([{"params": [twin[0]], "weight_decay": 0.1},
+                             {"params": twin[1:], "weight_decay": 0.0}], lr=0.01, betas=(0.9, 0.99))
+    learner = rules.Learner(block, 0, rule="bp", is_head=True, B=None, out_shape=(4,), seed=0)
+    for _ in range(3):
+        grads = [torch.randn_like(p) for p in twin]
+        for p, g in zip(block.parameters(), grads):
+            p.grad = g.clone()
+        optim.before_step([learner], cfg, 0.01, decay)
+        opt.step()
+        for p, g in zip(twin, grads):
+            p.grad = g.clone()
+        ref.step()
+    for p, q in zip(block.parameters(), twin):
+        torch.testing.assert_close(p.detach(), q.detach())
+
+
+def test_clip_norm_is_each_blocks_own():
+    from dfa_async import rules
+
+    blocks = [torch.nn.Linear(3, 3), torch.nn.Linear(3, 3)]
+    learners = [rules.Learner(b, k, rule="bp", is_head=k == 1, B=None, out_shape=(3,), seed=0)
+                for k, b in enumerate(blocks)]
+    for b, scale in zip(blocks, (10.0, 0.01)):
+        for p in b.parameters():
+            p.grad = torch.full_like(p, scale)
+    optim.before_step(learners, OptimConfig(clip_norm=1.0), 0.1, [])
+    norm = lambda b: torch.cat([p.grad.flatten() for p in b.parameters()]).norm().item()  # noqa: E731
+    assert norm(blocks[0]) == pytest.approx(1.0, rel=1e-5)  # clipped to 1
+    assert norm(blocks[1]) == pytest.approx(0.01 * 12 ** 0.5, rel=1e-5)  # below 1: untouched by the other's norm

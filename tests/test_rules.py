@@ -288,3 +288,86 @@ def test_cosine_stats_count_samples_with_a_zero_true_gradient():
     assert stats["cos_live_mean"] == pytest.approx(sum(live) / 2)
     assert rules.cosine_stats(signal, torch.zeros(4, 2), "pre_")["pre_cos_live_mean"] != \
         rules.cosine_stats(signal, torch.zeros(4, 2), "pre_")["pre_cos_live_mean"]  # NaN: no live sample
+
+
+# -- sequences: the error and the feedback per position ---------------------------------------------------------
+def test_per_token_error_is_the_gradient_of_the_mean_loss_over_every_token():
+    logits = torch.randn(3, 7, 11, requires_grad=True)
+    y = torch.randint(0, 11, (3, 7))
+    for scale, red in (("mean", "mean"), ("sum", "sum")):
+        loss, e = rules.head_error(logits.detach(), y, scale)
+        (g,) = torch.autograd.grad(F.cross_entropy(logits.reshape(21, 11), y.reshape(21), reduction=red), logits)
+        torch.testing.assert_close(e, g)
+        assert loss.item() == pytest.approx(F.cross_entropy(logits.reshape(21, 11), y.reshape(21)).item())
+
+
+def test_per_token_dfa_update_of_a_linear_block_equals_the_closed_form():
+    """The same B at every position: block k's pre-activation error at token t is e_t B, and a linear
+    block's update sums (e_t B)^T x_t over every sample and token."""
+    torch.manual_seed(2)
+    block = nn.Sequential(nn.Linear(6, 4))
+    W0, b0 = block[0].weight.detach().clone(), block[0].bias.detach().clone()
+    B, x, e = torch.randn(11, 4), torch.randn(3, 7, 6), torch.randn(3, 7, 11)
+    learner = rules.Learner(block, 0, rule="dfa", is_head=False, B=B, out_shape=(7, 4), seed=0, positions=1)
+    opt = torch.optim.SGD(block.parameters(), lr=1.0)
+    learner.forward(0, x)
+    rules.update([learner], opt, 0, e, 0.1)
+    g = torch.einsum("btr,rd->btd", e, B)
+    torch.testing.assert_close(block[0].weight.detach(), W0 - 0.1 * torch.einsum("btd,bti->di", g, x))
+    torch.testing.assert_close(block[0].bias.detach(), b0 - 0.1 * g.sum((0, 1)))
+    torch.testing.assert_close(feedback.project(B, e, (7, 4), positions=1), g)
+
+
+def test_the_hidden_error_is_e_taken_back_through_the_head():
+    """error_at = hidden: a head LayerNorm -> Linear broadcasts dL/d(its input) (plain autograd of the mean
+    token loss), and learns from the logits' e itself."""
+    torch.manual_seed(3)
+    head = nn.Sequential(nn.LayerNorm(8), nn.Linear(8, 5, bias=False))
+    twin = copy.deepcopy(head)
+    h, y = torch.randn(2, 4, 8), torch.randint(0, 5, (2, 4))
+    learner = rules.Learner(head, 1, rule="dfa", is_head=True, B=None, out_shape=(4, 5), seed=0, positions=1,
+                            input_grad=True)
+    logits = learner.forward(0, h)
+    _, e = rules.head_error(logits, y)
+    wire = learner.input_gradient(0, e)
+    x = h.clone().requires_grad_()
+    loss = F.cross_entropy(twin(x).reshape(8, 5), y.reshape(8))
+    want, *grads = torch.autograd.grad(loss, [x, *twin.parameters()])
+    torch.testing.assert_close(wire, want)
+    opt = torch.optim.SGD(head.parameters(), lr=1.0)
+    rules.update([learner], opt, 0, wire, 0.5, head_e=e)  # the broadcast error is not the head's own
+    for p, p0, g in zip(head.parameters(), twin.parameters(), grads):
+        torch.testing.assert_close(p.detach(), p0.detach() - 0.5 * g)
+
+
+@pytest.mark.parametrize("stash", [False, True])
+def test_weight_stashing_backpropagates_through_the_weights_the_forward_used(stash):
+    """D = 2: forward 0, forward 1, update 0, update 1. Inside a two-layer block the update of step 1 takes
+    g back through the second layer: as it is after update 0 (no stashing), or as forward 1 saw it."""
+    torch.manual_seed(4)
+    block = nn.Sequential(nn.Linear(5, 4, bias=False), nn.Linear(4, 3, bias=False))
+    A0, C0 = block[0].weight.detach().clone(), block[1].weight.detach().clone()
+    B, xs, es = torch.randn(2, 3), [torch.randn(6, 5) for _ in range(2)], [torch.randn(6, 2) for _ in range(2)]
+    learner = rules.Learner(block, 0, rule="dfa", is_head=False, B=B, out_shape=(3,), seed=0, stash_weights=stash)
+    opt = torch.optim.SGD(block.parameters(), lr=1.0)
+    learner.forward(0, xs[0])
+    learner.forward(1, xs[1])
+    rules.update([learner], opt, 0, es[0], 0.1)
+    rules.update([learner], opt, 1, es[1], 0.1)
+    g0, g1 = es[0] @ B, es[1] @ B
+    A1, C1 = A0 - 0.1 * (g0 @ C0).T @ xs[0], C0 - 0.1 * g0.T @ (xs[0] @ A0.T)
+    through = C0 if stash else C1  # the second layer's weights in step 1's backward
+    A2, C2 = A1 - 0.1 * (g1 @ through).T @ xs[1], C1 - 0.1 * g1.T @ (xs[1] @ A0.T)  # forward 1 saw A0
+    torch.testing.assert_close(block[0].weight.detach(), A2)
+    torch.testing.assert_close(block[1].weight.detach(), C2)
+
+
+def test_identity_feedback_needs_an_error_as_wide_as_every_block():
+    from dfa_async.config import ConfigError
+
+    cfg = small_config(feedback={"init": "identity"})  # e has 10 classes, the blocks 32 features
+    with pytest.raises(ConfigError, match=r"feedback.init: identity needs e as wide as every hidden block \(e has "
+                                          r"10 features, the blocks \[32, 32\]\)"):
+        Plan(cfg, (1, 8, 8), 10, 4, 4)
+    B = feedback.matrix(0, [6, 6], 6, "identity", "none")
+    assert torch.equal(B, torch.eye(6) * 6 ** 0.5)  # the orthogonal draw's scale, unrotated

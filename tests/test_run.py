@@ -147,3 +147,12 @@ def test_stop_names_the_step_and_the_last_good_checkpoint(tmp_path, monkeypatch)
     for p in (tmp_path / "r" / "checkpoints").glob("step-*.pt"):
         state = checkpoint.load(p)
         assert checkpoint.nonfinite(state["blocks"]) is None
+
+
+def test_eval_every_evaluates_between_epoch_ends_with_the_wall_time_so_far(tmp_path):
+    from dfa_async import runlog
+
+    res = train(small_config(train={"epochs": 1, "eval_every": 5}), tmp_path / "r")  # 16 steps of 16
+    evals = runlog.read(tmp_path / "r" / "events.msgpack", "eval")
+    assert [r["step"] for r in evals] == [4, 9, 14, 15] and res.steps == 16
+    assert all(0 < a["seconds"] <= b["seconds"] for a, b in zip(evals, evals[1:]))

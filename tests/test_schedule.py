@@ -87,3 +87,9 @@ def test_any_split_into_windows_is_the_whole_run(n, depth, marks, cuts, longest)
         if m < n - 1:
             tail = [op for a, b in windows(m + 1, n, cuts, longest) for op in ops(a, b, depth, marks)]
             assert tail == whole[whole.index(Op("boundary", m)) + 1:]
+
+
+def test_evaluations_drain_the_pipeline_as_epoch_ends_and_checkpoints_do():
+    assert boundaries(20, 8, 0) == [7, 15, 19]
+    assert boundaries(20, 8, 0, eval_every=5) == [4, 7, 9, 14, 15, 19]
+    assert boundaries(20, 8, 6, eval_every=5) == [4, 5, 7, 9, 11, 14, 15, 17, 19]

@@ -27,11 +27,14 @@ def _opt(default, doc, choices=None, lo=None, hi=None, lo_open=False, hi_open=Fa
 
 
 ACTIVATIONS = ("tanh", "relu", "leaky_relu", "sigmoid")
+TEXT = ("tinyshakespeare", "text")  # the datasets that are token streams
 
 
 @dataclass
 class ModelConfig:
-    kind: str = _opt("mlp", "Network family: fully connected `mlp` or the paper's `cnn`.", ("mlp", "cnn"))
+    kind: str = _opt("mlp", "Network family: fully connected `mlp`, the paper's `cnn`, or `gpt` (a decoder-only "
+                     "transformer over token ids: a block per transformer layer, the embeddings in the first, the "
+                     "final LayerNorm and decoder the head).", ("mlp", "cnn", "gpt"))
     widths: list[int] = _opt([800, 800], "Hidden widths of the fully connected blocks (for `cnn`: the FC "
                              "blocks after the convolutions; the paper uses [128]).", lo=1)
     channels: list[int] = _opt([32, 64, 64], "Output channels of the conv blocks (5x5, padding 2, "
@@ -47,14 +50,24 @@ class ModelConfig:
                             "`paper`: the paper's code, Linear -> Dropout -> activation -> BatchNorm (conv: Conv -> "
                             "Dropout2d -> activation -> BatchNorm -> MaxPool). B_k e always enters at the block's "
                             "output, the input of the next linear/conv layer.", ("standard", "paper"))
+    n_layer: int = _opt(4, "`gpt`: transformer layers (pre-LayerNorm: causal self-attention, then a GELU MLP).",
+                        lo=1)
+    n_head: int = _opt(4, "`gpt`: attention heads per layer (they must divide n_embd).", lo=1)
+    n_embd: int = _opt(128, "`gpt`: width of the residual stream.", lo=1)
+    block_size: int = _opt(64, "`gpt`: context length in tokens (each training window holds block_size + 1).", lo=1)
+    dropout: float = _opt(0.0, "`gpt`: dropout on the embeddings, the attention weights and each residual branch.",
+                          lo=0.0, hi=1.0, hi_open=True)
+    bias: bool = _opt(False, "`gpt`: biases in the linear layers and LayerNorms.")
 
 
 @dataclass
 class FeedbackConfig:
     rule: str = _opt("dfa", "Learning rule: `dfa` (direct feedback alignment), `bp` (backprop) or "
                      "`shallow` (only the head learns).", ("dfa", "bp", "shallow"))
-    init: str = _opt("gaussian", "Distribution of the fixed feedback matrices B_k.",
-                     ("gaussian", "uniform", "orthogonal", "sign"))
+    init: str = _opt("gaussian", "Distribution of the fixed feedback matrices B_k. `identity` is not random: "
+                     "where e has the block's width (feedback.error_at = hidden in a residual network such as "
+                     "`gpt`), every block receives the error at the network's output unrotated, as the residual "
+                     "stream's skip path carries it.", ("gaussian", "uniform", "orthogonal", "sign", "identity"))
     normalization: str = _opt("paper", "`paper`: one classes x d_max matrix of variance 1/(d_max*classes), "
                               "block k takes its first d_k columns times sqrt(d_max/d_k); `independent`: a "
                               "draw per block of variance 1/(d_k*classes); `none`: the paper's unnormalized "
@@ -66,6 +79,11 @@ class FeedbackConfig:
                             "loss, per-sample softmax - onehot, for every block (all updates batch_size times "
                             "`mean`'s). `paper`: the paper's code, per-sample e through B_k for hidden blocks, "
                             "the batch-mean gradient for the head.", ("mean", "sum", "paper"))
+    error_at: str = _opt("logits", "Where e is taken and broadcast. `logits`: softmax - onehot (per sample, or per "
+                         "token for a sequence model; its size is the vocabulary's). `hidden`: the head "
+                         "back-propagates that through its own layers and broadcasts the gradient at its input "
+                         "(for `gpt`: the transformer's output, n_embd per token, whatever the vocabulary).",
+                         ("logits", "hidden"))
 
 
 @dataclass
@@ -81,7 +99,12 @@ class BottleneckConfig:
 
 @dataclass
 class DataConfig:
-    name: str = _opt("mnist", "Dataset.", ("mnist", "fashion_mnist", "cifar10", "synthetic"))
+    name: str = _opt("mnist", "Dataset. `tinyshakespeare` (characters; the first 90 % train, the last 10 % "
+                     "validation) and `text` (any UTF-8 file at data.path, split alike) are token streams for "
+                     "`gpt`.", ("mnist", "fashion_mnist", "cifar10", "synthetic", "tinyshakespeare", "text"))
+    path: str = _opt("", "`text`: the UTF-8 file to train on.")
+    eval_windows: int = _opt(2400, "Token streams: validation windows of model.block_size tokens, at fixed seeded "
+                             "offsets in the validation split.", lo=1)
     dir: str = _opt("", "Data directory; empty means $DFA_ASYNC_DATA, else ~/.cache/dfa_async.")
     download: bool = _opt(True, "Download missing files (md5-verified) when they are absent.")
     url: str = _opt("", "Base URL to download from instead of the publisher's (a mirror).")
@@ -96,23 +119,33 @@ class DataConfig:
                            "memory. No effect on CPUs.")
     limit_train: int = _opt(0, "Use only the first N training samples; 0 uses all.", lo=0)
     limit_test: int = _opt(0, "Use only the first N test samples; 0 uses all.", lo=0)
-    n_train: int = _opt(2048, "Synthetic only: number of training samples.", lo=1)
-    n_test: int = _opt(512, "Synthetic only: number of test samples.", lo=1)
+    n_train: int = _opt(2048, "Synthetic only: number of training samples (for a gpt: tokens of its random "
+                        "stream).", lo=1)
+    n_test: int = _opt(512, "Synthetic only: number of test samples (for a gpt: windows).", lo=1)
     shape: list[int] = _opt([1, 8, 8], "Synthetic only: sample shape [channels, height, width].", lo=1)
-    classes: int = _opt(10, "Synthetic only: number of classes.", lo=2)
+    classes: int = _opt(10, "Synthetic only: number of classes (for a gpt: the vocabulary).", lo=2)
 
 
 @dataclass
 class OptimConfig:
-    name: str = _opt("adam", "Optimizer of every block.", ("sgd", "adam"))
+    name: str = _opt("adam", "Optimizer of every block. `adamw`: Adam with weight decay decoupled from the "
+                     "gradient (applied to matrices only: no biases, gains or norms).", ("sgd", "adam", "adamw"))
+    beta1: float = _opt(0.9, "Adam's first-moment decay.", lo=0.0, hi=1.0, hi_open=True)
+    beta2: float = _opt(0.999, "Adam's second-moment decay.", lo=0.0, hi=1.0, hi_open=True)
+    clip_norm: float = _opt(0.0, "Each block's update (its gradient) rescaled to at most this L2 norm before the "
+                            "step; a block's own norm, never one across stages (that would need a sync); 0: off.",
+                            lo=0.0)
     lr: float = _opt(0.001, "Learning rate.", lo=0.0, lo_open=True)
     momentum: float = _opt(0.9, "SGD momentum.", lo=0.0, hi=1.0, hi_open=True)
     nesterov: bool = _opt(False, "SGD Nesterov momentum.")
-    weight_decay: float = _opt(0.0, "L2 weight decay.", lo=0.0)
+    weight_decay: float = _opt(0.0, "Weight decay: L2 in the gradient (sgd, adam); decoupled (adamw).", lo=0.0)
     fused: bool = _opt(True, "PyTorch's fused optimizer kernels (one pass over each tensor; on a CPU core 1.3x "
                        "(SGD) to 5x (Adam) faster than the per-tensor loop). Off: the per-tensor loop.")
-    schedule: str = _opt("constant", "Learning-rate schedule over the run's steps.",
-                         ("constant", "cosine", "step"))
+    schedule: str = _opt("constant", "Learning-rate schedule over the run's steps. `cosine`: from lr down to "
+                         "lr_min; `warmup_cosine`: linear warmup over warmup_steps, then that cosine.",
+                         ("constant", "cosine", "warmup_cosine", "step"))
+    warmup_steps: int = _opt(0, "`warmup_cosine`: steps of linear warmup.", lo=0)
+    lr_min: float = _opt(0.0, "`cosine`, `warmup_cosine`: the rate at the last step.", lo=0.0)
     step_every: int = _opt(0, "`step` schedule: multiply the rate by gamma every this many epochs.", lo=0)
     gamma: float = _opt(0.1, "`step` schedule factor.", lo=0.0, hi=1.0, lo_open=True)
 
@@ -124,6 +157,8 @@ class TrainConfig:
     max_steps: int = _opt(0, "Stop after this many steps; 0 means no limit.", lo=0)
     batch_size: int = _opt(128, "Minibatch size (the last partial batch of an epoch is dropped).", lo=2)
     eval_batch_size: int = _opt(1000, "Batch size of evaluation.", lo=1)
+    eval_every: int = _opt(0, "Evaluate every this many steps as well as at each epoch's end (the pipeline drains "
+                           "there, so it is part of the schedule); 0: at epoch ends only.", lo=0)
     seed: int = _opt(0, "Seed of initialization, feedback matrices, shuffling and dropout.", lo=0)
     name: str = _opt("", "Run name (directory under `root`): letters, digits, `.`, `_` and `-`, not starting with "
                      "`.`; empty derives one from the settings and time.")
@@ -140,6 +175,11 @@ class RuntimeConfig:
     backend: str = _opt("ray", "`ray`: one actor per stage; `local`: the single-process reference.",
                         ("local", "ray"))
     depth: int = _opt(1, "In-flight depth D of the pipeline schedule; 1 is synchronous DFA.", lo=1)
+    weight_stashing: bool = _opt(False, "With D > 1, a block's update of step t back-propagates inside the block "
+                                 "through the weights its forward of step t used (PipeDream's weight stashing: a "
+                                 "copy of the weights per step in flight) instead of its current ones. Matters for "
+                                 "blocks of several layers in a row (a transformer layer); a single linear layer's "
+                                 "update never reads its own weights.")
     blocks_per_stage: list[int] = _opt([], "Blocks per stage, in order (e.g. [2, 1]); empty puts one block per stage; "
                              "\"auto\" measures every block's forward + update and splits the blocks into "
                              "runtime.num_stages contiguous stages so that the slowest is as fast as it can be.",
@@ -232,6 +272,8 @@ class Config:
         return len(self.model.channels) if self.model.kind == "cnn" else 0
 
     def num_blocks(self) -> int:
+        if self.model.kind == "gpt":
+            return self.model.n_layer + 1
         return self.num_conv_blocks() + len(self.model.widths) + 1
 
 
@@ -309,6 +351,23 @@ def validate(cfg: Config, own_model: bool = False) -> None:
             if getattr(rt, name) != default:
                 raise ConfigError(f"runtime.{name}: {getattr(rt, name)!r} applies to runtime.backend = ray; the "
                                   f"local backend runs in this process (leave it at {default!r})")
+    streams = d.name in TEXT
+    if m.kind == "gpt" and not streams and d.name != "synthetic" and not own_model:
+        raise ConfigError(f"data.name: {d.name!r} is not a token stream; model.kind = gpt reads tinyshakespeare, "
+                          "text (with data.path) or synthetic (random tokens)")
+    if streams and m.kind != "gpt" and not own_model:
+        raise ConfigError(f"model.kind: {m.kind!r} cannot read the token stream of data.name = {d.name!r}; use gpt "
+                          "(or your own blocks through the Python API)")
+    if d.name == "text" and not d.path:
+        raise ConfigError("data.path: data.name = text needs the UTF-8 file to train on; give its path")
+    if m.kind == "gpt" and m.n_embd % m.n_head:
+        raise ConfigError(f"model.n_head: {m.n_head} heads do not divide model.n_embd = {m.n_embd}; choose a divisor "
+                          f"of {m.n_embd}")
+    if m.kind == "gpt" and b.block >= 0:
+        raise ConfigError("bottleneck.block: the bottleneck restricts a fully connected block; a gpt has none "
+                          "(leave it at -1)")
+    if cfg.optim.schedule == "warmup_cosine" and cfg.optim.warmup_steps == 0:
+        raise ConfigError("optim.warmup_steps: the warmup_cosine schedule needs warmup_steps >= 1 (or use cosine)")
     if m.kind == "mlp" and not m.widths:
         raise ConfigError("model.widths: an mlp needs at least one hidden width, e.g. [800, 800]")
     if m.kind == "cnn" and not m.channels:

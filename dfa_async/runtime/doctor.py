@@ -41,9 +41,9 @@ def doctor(cfg: Config, out=print) -> list[dict]:
                           "the doctor checks runtime.backend = ray")
     cfg = copy.deepcopy(cfg)
     cfg.runtime.peer_timeout_s = min(cfg.runtime.peer_timeout_s, CONNECT_S)
-    ds = data.load(cfg.data, cfg.train.seed)
-    total, spe = step_counts(cfg, len(ds.x_train))
-    plan = balance.resolve(Plan(cfg, ds.shape, ds.classes, total, spe))
+    ds = data.for_run(cfg)
+    total, spe = step_counts(cfg, ds.samples)
+    plan = balance.resolve(Plan(cfg, ds.shape, ds.classes, total, spe, window=ds.window))
     pipe = RayPipeline(plan, ds)
     try:
         n = len(pipe.partition)

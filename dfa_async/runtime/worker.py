@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from .. import data, process, wire
+from .. import data, data as data_mod, process, wire
 from ..stage import Plan, Stage
 from .plane import Link, Rendezvous
 
@@ -35,7 +35,7 @@ class StageWorker:
         held = self.x_train if self.first else self.y_train
         self.x_train, self.y_train = (data.resident(a, self.device, cfg.data.on_device)
                                       for a in (self.x_train, self.y_train))
-        self.batches = data.Batches(len(held), self.batch, cfg.train.seed, cfg.data.augment) if held is not None else None
+        self.batches = data.batches(len(held), cfg, plan.window) if held is not None else None
         self.n_test = n_test
         self.errors: dict[int, torch.Tensor] = {}
         self.rendezvous: Rendezvous | None = None
@@ -84,7 +84,7 @@ class StageWorker:
     def shapes(self) -> tuple[list[tuple[int, ...]], tuple[int, ...]]:
         """What each stage sends on (batch first), and the error's shape."""
         ends = [ids[-1] for ids in self.partition]
-        return [(self.batch, *self.plan.out_shapes[k]) for k in ends], (self.batch, self.plan.classes)
+        return [(self.batch, *self.plan.out_shapes[k]) for k in ends], (self.batch, *self.plan.error_shape)
 
     def run(self, start: int, stop: int) -> dict:
         """This stage's part of window [start, stop): its items of the wire schedule, in order. Returns the
@@ -144,15 +144,17 @@ class StageWorker:
                 link.send(ch, msg, got.pop(("out", j)))
             elif op == "flush":
                 link.flush()
-        return (correct, total, self.n_test) if head else None
+        return (correct, total, self.y_test.numel()) if head else None  # per sample, or per position
 
     # -- the alignment probe (at a drained boundary; tensors pass stage to stage as Ray objects) ---------
     def probe_forward(self, n: int, x=None, data: str = "train", mode: str = "train"):
         """Forward of the probe on the first n samples of `data` (train or test); the head returns e."""
         self.probe = self.stage.probe(mode)
+        window = self.plan.window if data == "train" else 0  # a stream's validation set is windows already
         if self.first:
-            x = (self.x_train if data == "train" else self.x_test)[:n]
-        y = (self.y_train if data == "train" else self.y_test)[:n].to(self.device) if self.head else None
+            x = data_mod.first(self.x_train if data == "train" else self.x_test, n, window)
+        y = data_mod.first(self.y_train if data == "train" else self.y_test, n, window, shift=1).to(self.device) \
+            if self.head else None
         return self.probe.forward(x.to(self.device), y).cpu()
 
     def probe_backward(self, g, e):

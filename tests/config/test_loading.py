@@ -55,6 +55,13 @@ MALFORMED = [
     (["model.kind=cnn", "model.channels=[]"], ["model.channels", "at least one"]),
     (["bottleneck.block=0", "model.kind=cnn", "bottleneck.width=3"], ["bottleneck.block", "conv block"]),
     (["train"], ["--set train", "section.key=value"]),
+    (["model.kind=gpt"], ["data.name", "not a token stream"]),
+    (["data.name=tinyshakespeare"], ["model.kind", "cannot read the token stream"]),
+    (["data.name=text", "model.kind=gpt"], ["data.path", "UTF-8 file"]),
+    (["model.kind=gpt", "data.name=tinyshakespeare", "model.n_head=3"], ["model.n_head", "do not divide"]),
+    (["optim.schedule=warmup_cosine"], ["optim.warmup_steps", ">= 1"]),
+    (["model.kind=gpt", "data.name=synthetic", "bottleneck.block=0", "bottleneck.width=3"], ["bottleneck.block", "gpt"]),
+    (["feedback.error_at=output"], ["feedback.error_at", "logits, hidden"]),
 ]
 
 

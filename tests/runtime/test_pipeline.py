@@ -57,6 +57,33 @@ def test_same_weights_as_the_reference(tmp_path, net, placements, depth):
         assert run.test_accuracy == ref.test_accuracy
 
 
+def gpt_config(text, depth, stages, backend, error_at, *extra):
+    """A 3-layer GPT (4 blocks) on a small text, dropout on, the transformer recipe's optimizer: 24 steps."""
+    from dfa_async import config
+
+    return config.load(None, [
+        "model.kind=gpt", "data.name=text", f"data.path={text}", "data.eval_windows=40", "model.n_layer=3",
+        "model.n_head=2", "model.n_embd=16", "model.block_size=12", "model.dropout=0.1", "train.batch_size=6",
+        "train.epochs=0", "train.max_steps=24", "checkpoint.every=10", "optim.name=adamw", "optim.weight_decay=0.1",
+        "optim.clip_norm=0.5", "optim.schedule=warmup_cosine", "optim.warmup_steps=4", f"feedback.error_at={error_at}",
+        f"runtime.backend={backend}", f"runtime.depth={depth}", f"runtime.blocks_per_stage={stages}", *extra])
+
+
+@pytest.mark.parametrize("depth,stages,error_at,extra", [
+    (1, [2, 2], "logits", []), (2, [1, 1, 1, 1], "hidden", ["feedback.init=identity"]),
+    (3, [2, 2], "hidden", ["runtime.weight_stashing=true"]), (3, [1, 1, 1, 1], "logits", [])])
+def test_a_gpt_has_the_same_weights_as_the_reference(tmp_path, depth, stages, error_at, extra):
+    """Per-token errors, integer inputs, (batch, T, d) activations: the Ray stages end with the reference's
+    weights bit for bit (every value of D, stage count and error_at is covered)."""
+    text = tmp_path / "t.txt"
+    text.write_text("".join(f"{i * 7919 % 1009} the quick brown fox; " for i in range(300)))
+    ref = train(gpt_config(text, depth, [], "local", error_at, *extra), tmp_path / "ref")
+    run = train(gpt_config(text, depth, stages, "ray", error_at, *extra), tmp_path / "ray")
+    assert ref.steps == run.steps == 24
+    assert same(weights(tmp_path / "ref"), weights(tmp_path / "ray"))
+    assert run.test_loss == ref.test_loss and run.test_accuracy == ref.test_accuracy
+
+
 def test_flip_augmentation_is_the_same_on_ray_as_on_the_reference(tmp_path):
     """Stage 0 draws the mirrors itself, from (seed, step) alone, as the reference does."""
     net = dict(MLP, data={"shape": [2, 4, 6]})
@@ -231,6 +258,36 @@ def test_live_probe_through_the_actors_equals_the_single_process_measure(net, st
             assert g[key] == pytest.approx(w[key], abs=1e-5), (g["block"], key)  # than one autograd pass
 
 
+@pytest.mark.parametrize("error_at", ["logits", "hidden"])
+def test_live_probe_of_a_gpt_through_the_actors_equals_the_single_process_measure(tmp_path, error_at):
+    """Per block, the cosine per token between the signal it learns from and the true gradient, and the
+    update angle: through the actors as in one process."""
+    from dfa_async import data, feedback
+    from dfa_async.runtime import RayPipeline
+    from dfa_async.stage import Plan
+
+    text = tmp_path / "t.txt"
+    text.write_text("".join(f"{i * 7919 % 1009} the quick brown fox; " for i in range(300)))
+    cfg = gpt_config(text, 2, [2, 2], "ray", error_at)
+    ds = data.for_run(cfg)
+    plan = Plan(cfg, ds.shape, ds.classes, 24, 24, window=ds.window)
+    pipe = RayPipeline(plan, ds)
+    try:
+        pipe.collect(pipe.submit(0, 7))
+        got = pipe.align(10)
+        Bs = [feedback.matrix(k, plan.features[:-1], plan.error_features, cfg.feedback.init, cfg.feedback.normalization,
+                              cfg.train.seed) for k in range(plan.num_blocks - 1)]
+        x, y = data.first(ds.x_train, 10, ds.window), data.first(ds.y_train, 10, ds.window, shift=1)
+        want = probe.alignment(pipe.model(), Bs, x, y, seed=cfg.train.seed, positions=1,
+                               hidden_error=error_at == "hidden")
+    finally:
+        pipe.close()
+    assert [b["block"] for b in got] == list(range(4)) and want[-1]["cos_mean"] == pytest.approx(1.0)
+    for g, w in zip(got, want):
+        for key in g:
+            assert g[key] == pytest.approx(w[key], abs=1e-5, nan_ok=True), (g["block"], key)
+
+
 def test_skipped_steps_are_the_same_on_ray_as_on_the_reference(tmp_path, monkeypatch):
     """train.on_nonfinite = skip: every stage drops the step whose error is not finite, on any placement."""
     from conftest import poison
@@ -284,6 +341,7 @@ def test_stages_that_do_not_answer_in_time_are_a_stage_failure():
         return 1
 
     refs = [at_once.remote(), never.remote()]
+    ray.get(refs[0])  # answered (a loaded machine took longer than the timeout to start its worker)
     t0 = time.monotonic()
     with pytest.raises(StageFailure, match=r"stage\(s\) \[1\] did not answer within 0.5 s"):
         RayPipeline._get(None, refs, 0.5)
