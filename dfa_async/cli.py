@@ -73,9 +73,18 @@ def _main(argv: list[str] | None = None) -> int:
     rep = command("report", "tables and plots of a run, from its event log")
     rep.add_argument("run_dir", metavar="RUN_DIR")
     rep.add_argument("--out", help="output folder (default RUN_DIR/report)")
+    rep.add_argument("--against", nargs="+", default=[], metavar="OTHER_RUN",
+                     help="other runs drawn beside this one on the validation-loss plot (e.g. the backprop baseline)")
     be = command("bench", "steps/s of backprop (single process, gpipe, 1f1b, ddp), reference DFA, the "
                         "data plane and the per-op Ray calls, side by side, over worker counts")
+    be.add_argument("--model", default="mlp", choices=["mlp", "gpt"], help="tanh blocks (mlp), or a GPT (see "
+                    "--n-layer); a gpt is one model split into the N stages")
     be.add_argument("--width", type=int, default=4096, help="width of each block (a square)")
+    be.add_argument("--n-layer", type=int, default=3, help="with --model gpt: transformer layers (blocks: one more, "
+                    "the head)")
+    be.add_argument("--n-embd", type=int, default=128, help="with --model gpt: width")
+    be.add_argument("--n-head", type=int, default=4, help="with --model gpt: attention heads")
+    be.add_argument("--block-size", type=int, default=64, help="with --model gpt: context length in tokens")
     be.add_argument("--batch", type=int, default=256)
     be.add_argument("--stages", default="2", help="worker counts N, comma-separated (e.g. 1,2,4,8); one Ray "
                     "actor per stage")
@@ -104,6 +113,14 @@ def _main(argv: list[str] | None = None) -> int:
                     help="with --to-accuracy: override one setting (repeatable)")
     be.add_argument("--eval-every", type=int, default=0, help="with --to-accuracy: steps between evaluations "
                     "(default a quarter epoch)")
+    sa = command("sample", "text from a character model a run trained (its final model or a checkpoint)")
+    sa.add_argument("run_dir", metavar="RUN_DIR")
+    sa.add_argument("--checkpoint", help="a file of RUN_DIR/checkpoints (default: the final model)")
+    sa.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
+    sa.add_argument("--length", type=int, default=500, help="characters to generate")
+    sa.add_argument("--temperature", type=float, default=0.8, help="below 1: surer, above 1: more varied")
+    sa.add_argument("--top-k", type=int, default=200, help="draw only among the k likeliest characters")
+    sa.add_argument("--seed", type=int, default=0, help="the same text for the same seed")
     si = command("simulate", "predicted samples/s of the DFA pipeline, gpipe, 1f1b and ddp for N "
                         "workers, from the profile a bench wrote")
     si.add_argument("bench_dir", metavar="BENCH_DIR", help="the --out folder of `dfa-async bench`")
@@ -157,7 +174,9 @@ def _main(argv: list[str] | None = None) -> int:
                       args.out, args.transport, args.repeats, calls=not args.no_calls,
                       baselines=not args.no_baselines, microbatches=microbatches,
                       fixed_blocks=args.fixed_blocks or None, device=args.device,
-                      gpus_per_stage=args.gpus_per_stage, tiny=not args.no_tiny)
+                      gpus_per_stage=args.gpus_per_stage, tiny=not args.no_tiny,
+                      gpt=dict(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
+                               block_size=args.block_size) if args.model == "gpt" else None)
         except (ValueError, ConfigError, DataError) as err:
             print(f"dfa-async: error: {err}", file=sys.stderr)
             return 2
@@ -170,13 +189,23 @@ def _main(argv: list[str] | None = None) -> int:
         from . import report
 
         try:
-            print(report.write(args.run_dir, args.out))
+            print(report.write(args.run_dir, args.out, args.against))
         except (ValueError, ConfigError) as err:
             print(f"dfa-async: error: {err}", file=sys.stderr)
             return 2
         except OSError as err:
             print(f"dfa-async: error: {err.filename or args.out or args.run_dir}: {err.strerror or err}",
                   file=sys.stderr)
+            return 2
+        return 0
+    if args.command == "sample":
+        from .sample import sample
+
+        try:
+            print(sample(Path(args.run_dir), args.prompt, args.length, args.temperature, args.top_k, args.seed,
+                         args.checkpoint))
+        except (ConfigError, DataError) as err:
+            print(f"dfa-async: error: {err}", file=sys.stderr)
             return 2
         return 0
     if args.command == "settings":

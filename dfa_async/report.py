@@ -1,10 +1,12 @@
 """`dfa-async report RUN_DIR`: plots and tables drawn from a run's event log alone."""
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
 from . import runlog, storage
+from .config.schema import TEXT
 from .tables import markdown
 
 
@@ -34,17 +36,42 @@ def load(run_dir: Path) -> dict[str, list[dict]]:
     return out
 
 
+def is_text(ev: dict[str, list[dict]]) -> bool:
+    """A language model's run (its test set is validation windows, measured per token)."""
+    return any(r.get("config", {}).get("data", {}).get("name") in TEXT for r in ev.get("config", []))
+
+
+def label(ev: dict[str, list[dict]], fallback: str) -> str:
+    """A run's name on a shared plot: its rule (and depth), from its settings."""
+    cfg = next((r["config"] for r in ev.get("config", []) if "config" in r), None)
+    if not cfg:
+        return fallback
+    rt = cfg["runtime"]
+    rule = cfg["feedback"]["rule"]
+    return f"{rule} ({rt['backend']}, D={rt['depth']})" if rule != "bp" else f"bp ({rt['backend']})"
+
+
 def tables(ev: dict[str, list[dict]]) -> str:
     lines = ["# Run report", ""]
     done = (ev.get("done") or [None])[-1]
-    if done:
+    if done and is_text(ev):
+        lines += [markdown(["steps", "validation loss (nats/token)", "bits/token", "token accuracy", "seconds",
+                            "windows/s", "restarts"],
+                           [[done["step"], f"{done['test_loss']:.4f}", f"{done['test_loss'] / math.log(2):.4f}",
+                             f"{done['test_accuracy']:.4f}", f"{done['seconds']:.1f}", f"{done['samples_per_s']:.0f}",
+                             done.get("restarts", 0)]], "rrrrrrr"), ""]
+    elif done:
         lines += [markdown(["steps", "test accuracy", "test loss", "seconds", "samples/s", "restarts"],
                            [[done["step"], f"{done['test_accuracy']:.4f}", f"{done['test_loss']:.4f}",
                              f"{done['seconds']:.1f}", f"{done['samples_per_s']:.0f}", done.get("restarts", 0)]],
                            "rrrrrr"), ""]
     else:
         lines += ["The run has not finished (no `done` record).", ""]
-    if ev.get("eval"):
+    if ev.get("eval") and is_text(ev):
+        lines += ["## Validation", "", markdown(["step", "seconds", "validation loss", "token accuracy"], [
+            [r["step"] + 1, f"{r['seconds']:.1f}" if "seconds" in r else None, f"{r['test_loss']:.4f}",
+             f"{r['test_accuracy']:.4f}"] for r in ev["eval"]], "rrrr"), ""]
+    elif ev.get("eval"):
         lines += ["## Evaluation", "", markdown(["epoch", "test accuracy", "test loss"], [
             [f"{r['epoch']:g}", f"{r['test_accuracy']:.4f}", f"{r['test_loss']:.4f}"] for r in ev["eval"]], "rrr"), ""]
     if ev.get("align"):
@@ -64,29 +91,42 @@ def tables(ev: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
-def plots(ev: dict[str, list[dict]], out: Path) -> list[Path]:
+def plots(ev: dict[str, list[dict]], out: Path, others: dict[str, dict] | None = None) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     written = []
-    for name, fig in figures(ev, plt).items():
+    for name, fig in figures(ev, plt, others).items():
         fig.savefig(out / name, dpi=110)
         plt.close(fig)
         written.append(out / name)
     return written
 
 
-def figures(ev: dict[str, list[dict]], plt) -> dict[str, object]:
-    """Each plot the log has data for, by file name, laid out (tight) and not yet saved."""
+def figures(ev: dict[str, list[dict]], plt, others: dict[str, dict] | None = None) -> dict[str, object]:
+    """Each plot the log has data for, by file name, laid out (tight) and not yet saved. `others`: the
+    logs of runs to draw beside this one on the validation-loss axes (by name)."""
     figs = {}
+    if ev.get("eval") and is_text(ev):
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+        for name, log in {label(ev, "this run"): ev, **(others or {})}.items():
+            evals = [r for r in log.get("eval", []) if "seconds" in r]
+            a1.plot([r["step"] + 1 for r in evals], [r["test_loss"] for r in evals], marker="o", label=name)
+            a2.plot([r["seconds"] for r in evals], [r["test_loss"] for r in evals], marker="o", label=name)
+        a1.set(xlabel="step", ylabel="validation loss (nats/token)", title="Validation loss against steps")
+        a2.set(xlabel="training wall time (s)", ylabel="validation loss (nats/token)",
+               title="Validation loss against time")
+        a1.legend(fontsize=8)
+        a2.legend(fontsize=8)
+        figs["val_loss.png"] = fig
     if ev.get("train"):
         fig, ax = plt.subplots(figsize=(6, 4))
         ax.plot([r["step"] for r in ev["train"]], [r["loss"] for r in ev["train"]], lw=0.8)
         ax.set(xlabel="step", ylabel="training loss", yscale="log", title="Training loss")
         figs["loss.png"] = fig
-    if ev.get("eval"):
+    if ev.get("eval") and not is_text(ev):
         fig, ax = plt.subplots(figsize=(6, 4))
         ax.plot([r["epoch"] for r in ev["eval"]], [100 * (1 - r["test_accuracy"]) for r in ev["eval"]], marker="o")
         ax.set(xlabel="epoch", ylabel="test error (%)", title="Test error")
@@ -170,13 +210,14 @@ def timeline_figures(records: list[dict], plt) -> dict[str, object]:
     return figs
 
 
-def write(run_dir: str | Path, out: str | Path | None = None) -> Path | str:
+def write(run_dir: str | Path, out: str | Path | None = None, against=()) -> Path | str:
     """Write `report.md` and its plots into `out` (default RUN_DIR/report); return the Markdown path.
-    RUN_DIR may be a URI (see storage): the default report is then written back under it."""
+    RUN_DIR may be a URI (see storage): the default report is then written back under it. `against`: other
+    runs' directories, drawn beside this one on the validation-loss plot (e.g. DFA against backprop)."""
     if storage.is_uri(run_dir):
         store = storage.open_run(run_dir)
         try:
-            written = write(store.local, out)
+            written = write(store.local, out, against)
         except BaseException:
             store.discard()
             raise
@@ -186,8 +227,12 @@ def write(run_dir: str | Path, out: str | Path | None = None) -> Path | str:
     out = Path(out) if out else Path(run_dir) / "report"
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out}: is a file; give a folder for report.md and its plots")
+    others = {}
+    for other in against:
+        log = load(Path(other))
+        others[f"{label(log, Path(other).name)}: {Path(other).name}"] = log
     out.mkdir(parents=True, exist_ok=True)
-    images = plots(ev, out)
+    images = plots(ev, out, others)
     md = tables(ev) + "\n" + "\n".join(f"![{p.stem}]({p.name})" for p in images) + "\n"
     (out / "report.md").write_text(md)
     return out / "report.md"

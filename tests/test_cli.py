@@ -183,6 +183,9 @@ AUDIT = {
                                          "GiB available; make the model smaller"),
     "simulate of a malformed profile.json": (lambda t: _bench_dir(t, '{"batch": 8}') and ["simulate", str(t / "b")],
                                              "profile.json is not what `dfa-async bench` writes (no classes"),
+    "bench of a gpt whose heads do not divide its width": (lambda t: ["bench", "--model", "gpt", "--n-head", "3"],
+                                                           "--n-head: 3 heads do not divide --n-embd = 128"),
+    "sample of a run that is not there": (lambda t: ["sample", str(t / "none")], "holds no run"),
     "simulate of a profile.json that is not JSON": (lambda t: _bench_dir(t, "{") and ["simulate", str(t / "b")],
                                                     "profile.json is not JSON"),
 }

@@ -97,3 +97,32 @@ def test_report_of_a_damaged_log_warns_and_reports_the_rest(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "warning:" in err and "damaged bytes at offset" in err
     assert "# Run report" in md and "has not finished" not in md  # the `done` record after the damage is kept
+
+
+def test_a_language_models_report_plots_validation_loss_against_steps_and_time_beside_other_runs(tmp_path):
+    from dfa_async import config
+
+    text = tmp_path / "t.txt"
+    text.write_text("to be or not to be, that is the question. " * 60)
+    common = ["model.kind=gpt", "data.name=text", f"data.path={text}", "data.eval_windows=20", "model.n_layer=2",
+              "model.n_head=2", "model.n_embd=16", "model.block_size=8", "train.batch_size=8", "train.epochs=0",
+              "train.max_steps=20", "train.eval_every=5", "runtime.backend=local"]
+    dfa = train(config.load(None, common), tmp_path / "dfa")
+    train(config.load(None, common + ["feedback.rule=bp"]), tmp_path / "bp")
+    md = report.write(tmp_path / "dfa", against=[tmp_path / "bp"]).read_text()
+    assert "validation loss (nats/token)" in md and f"| 20 | {dfa.test_loss:.4f} |" in md
+    assert "## Validation" in md and "(val_loss.png)" in md and "test_error.png" not in md
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ev = report.load(tmp_path / "dfa")
+    figs = report.figures(ev, plt, {"bp": report.load(tmp_path / "bp")})
+    try:
+        steps_ax, time_ax = figs["val_loss.png"].axes
+        assert [t.get_text() for t in steps_ax.get_legend().get_texts()] == ["dfa (local, D=1)", "bp"]
+        assert [len(line.get_xdata()) for line in time_ax.get_lines()] == [4, 4]  # steps 5, 10, 15, 20
+        assert not report.clipped(figs["val_loss.png"])
+    finally:
+        plt.close("all")

@@ -10,6 +10,11 @@ import torch.nn.functional as F
 from .. import data, optim
 
 
+def token_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy, mean over the samples, or over every position of a sequence (the classes last)."""
+    return F.cross_entropy(out.flatten(0, -2), y.flatten())
+
+
 def step(opt: torch.optim.Optimizer, lr: float | None, forward_backward: Callable[[], object]):
     """One backprop step: step t's learning rate (None: leave it), the gradients cleared, forward and
     backward (`forward_backward()`, which returns the loss where it is known), then the optimizer step."""
@@ -35,7 +40,7 @@ class Backprop:
             self.opt = optim.make(list(self.net.parameters()), cfg.optim)
         else:
             self.opt = torch.optim.SGD(self.net.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum)
-        self.batches = data.Batches(len(ds.x_train), cfg.train.batch_size, cfg.train.seed, cfg.data.augment)
+        self.batches = data.batches(len(ds.x_train), cfg, plan.window)
         # The minibatches gathered where the DFA stages gather theirs (data.on_device).
         self.x, self.y = (data.resident(a, self.device, cfg.data.on_device) for a in (ds.x_train, ds.y_train))
         self.scheduled = cfg.optim.schedule != "constant"
@@ -47,7 +52,7 @@ class Backprop:
         y = self.batches.labels(self.y, t).to(self.device)
 
         def forward_backward():
-            loss = F.cross_entropy(self.net(x), y)
+            loss = token_loss(self.net(x), y)
             loss.backward()
             return loss
         return step(self.opt, lr, forward_backward)

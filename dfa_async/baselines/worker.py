@@ -13,13 +13,12 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from .. import data, optim
 from ..runtime.plane import Rendezvous
 from .. import process
 from ..stage import Plan
-from .local import step
+from .local import step, token_loss
 
 KINDS = ("gpipe", "1f1b", "ddp")
 
@@ -37,7 +36,7 @@ class BackpropWorker:
         self.x_train = data.as_tensor(x_train) if x_train is not None else None
         self.y_train = data.as_tensor(y_train) if y_train is not None else None
         held = self.x_train if self.x_train is not None else self.y_train
-        self.batches = data.Batches(len(held), self.batch, plan.cfg.train.seed, plan.cfg.data.augment) if held is not None else None
+        self.batches = data.batches(len(held), plan.cfg, plan.window) if held is not None else None
         self.x_train, self.y_train = (data.resident(a, self.device, plan.cfg.data.on_device)
                                       for a in (self.x_train, self.y_train))
         net = plan.build()
@@ -71,7 +70,7 @@ class BackpropWorker:
             stage = PipelineStage(self.blocks, self.rank, self.world, self.device)
             cls = ScheduleGPipe if self.kind == "gpipe" else Schedule1F1B
             # Per-microbatch mean losses, scaled by 1/microbatches: the gradient of the minibatch mean.
-            self.schedule = cls(stage, self.microbatches, loss_fn=F.cross_entropy)
+            self.schedule = cls(stage, self.microbatches, loss_fn=token_loss)
             self.net = self.blocks
         self.opt = optim.make(list(self.net.parameters()), self.plan.cfg.optim)
 
@@ -80,7 +79,7 @@ class BackpropWorker:
         if self.kind == "ddp":
             x = self.batches.inputs(self.x_train, step, self.rank, self.world)
             y = self.batches.labels(self.y_train, step, self.rank, self.world)
-            loss = F.cross_entropy(self.net(x.to(self.device)), y.to(self.device))
+            loss = token_loss(self.net(x.to(self.device)), y.to(self.device))
             loss.backward()  # DDP averages the workers' gradients: the gradient of the minibatch mean
             return loss.item()
         first, last = self.rank == 0, self.rank == self.world - 1

@@ -31,6 +31,7 @@ import torch
 
 from ..runtime import shm
 from .. import process
+from ..config import ConfigError
 from . import pingpong
 from .machine import cpu_model, wait_quiet
 from .modes import (bench_config, measure_backprop, measure_ceiling, measure_group, measure_pipeline,
@@ -62,13 +63,14 @@ def too_small(records: list[dict], workers: int) -> str | None:
 
 def measure(width: int, batch: int, threads: int, stages: int, depths, warmup: int, steps: int,
             transport: str, repeats: int, calls: bool, baselines: bool, microbatches: list[int],
-            blocks: int | None = None, device: str = "cpu", gpus_per_stage: float = 1.0):
+            blocks: int | None = None, device: str = "cpu", gpus_per_stage: float = 1.0, gpt: dict | None = None):
     """Every mode on N = `stages` workers, side by side in rounds; records and meta for this N."""
 
     from ..runtime import RayPipeline
     from .calls import CallsPipeline
 
-    cfg, plan, ds = setup(width, batch, threads, stages, warmup, steps, blocks, device, gpus_per_stage)
+    cfg, plan, ds = setup(width, batch, threads, stages, warmup, steps, blocks, device, gpus_per_stage, gpt)
+    profiled = device == "cpu" and gpt is None  # the simulator's block profile is of tanh blocks
     cfg.runtime.transport = transport
     window = cfg.runtime.window
 
@@ -108,7 +110,7 @@ def measure(width: int, batch: int, threads: int, stages: int, depths, warmup: i
             runs[mode].append((sps, busy))
             print(f"N={stages} round {r + 1}  {mode:<28} {sps:10.1f} steps/s  {sps * batch:10.1f} samples/s"
                   + (f"  busy {busy}" if busy else ""), flush=True)
-        if device == "cpu":
+        if profiled:
             rounds_profiled.append(block_profile(plan, microbatches, stages))
     records = summarize(runs, stages, batch, threads)
     # The best depth against the reference, paired in time (see paired_speedup). Not on a GPU: a lent
@@ -119,6 +121,7 @@ def measure(width: int, batch: int, threads: int, stages: int, depths, warmup: i
         paired = paired_speedup(plan, ds, best["depth"], warmup, steps, threads, window)
     small = too_small(records, stages)
     meta = {"width": width, "batch": batch, "threads": threads, "stages": stages, "blocks": plan.num_blocks,
+            **({"gpt": gpt} if gpt else {}),
             "device": device, "gpus_per_stage": gpus_per_stage,
             "partition": cfg.runtime.blocks_per_stage, "steps": steps, "warmup": warmup, "repeats": repeats,
             "window": window, "transport": transport, "microbatches": microbatches,
@@ -128,7 +131,7 @@ def measure(width: int, batch: int, threads: int, stages: int, depths, warmup: i
         meta["dataplane_over_reference_paired"] = paired
     if small:
         meta["too_small"] = small
-    if device != "cpu":  # the simulator's profile is of CPU workers
+    if not profiled:  # the simulator's profile is of CPU workers and tanh blocks
         return records, meta, None
     # For the simulator: per-block costs, measured alone (each its best round, as for the modes), and how
     # much slower N stages compute at once.
@@ -170,7 +173,7 @@ def summarize(runs: dict[str, list[tuple[float, list | None]]], workers: int, ba
 
 def check(width: int, batch: int, threads: int, stages: list[int], depths: list[int], warmup: int, steps: int,
           repeats: int, microbatches: list[int], fixed_blocks: int | None, device: str, gpus_per_stage: float,
-          baselines: bool) -> None:
+          baselines: bool, gpt: dict | None = None) -> None:
     """Every setting of a bench, checked before any work (a bad one used to surface after minutes): a
     ValueError whose one line names the flag and what is allowed."""
     for flag, value, lo in (("--width", width, 1), ("--batch", batch, 2), ("--threads", threads, 1),
@@ -195,16 +198,21 @@ def check(width: int, batch: int, threads: int, stages: list[int], depths: list[
         raise ValueError(f"--batch: {batch} must divide evenly among the ddp workers ({stages}) (or pass "
                          "--no-baselines)")
     for n in stages:
-        bench_config(width, batch, threads, n, warmup + steps, fixed_blocks, device, gpus_per_stage)
+        try:
+            bench_config(width, batch, threads, n, warmup + steps, fixed_blocks, device, gpus_per_stage, gpt)
+        except ConfigError as err:  # a gpt's settings (e.g. heads that do not divide the width), as flags
+            raise ValueError(str(err).replace("model.n_", "--n-").replace("model.block_size", "--block-size")) from None
 
 
 def run(width: int = 4096, batch: int = 256, threads: int = 1, stages=(2,), depths=(1, 2, 3),
         warmup: int = 5, steps: int = 30, out: Path | None = None, transport: str = "auto",
         repeats: int = 2, calls: bool = True, baselines: bool = True, microbatches=(2, 4),
         fixed_blocks: int | None = None, device: str = "cpu", gpus_per_stage: float = 1.0,
-        tiny: bool = True) -> list[dict]:
+        tiny: bool = True, gpt: dict | None = None) -> list[dict]:
     """The bench over every N in `stages`; all records (each with its `workers` = N). `tiny`: also the
-    tiny-model runs that calibrate the simulator (CPU workers, N > 1)."""
+    tiny-model runs that calibrate the simulator (CPU workers, N > 1). `gpt` (n_layer, n_head, n_embd,
+    block_size): that GPT on random tokens, split into N stages, instead of tanh blocks (no simulator
+    profile: the simulator models tanh blocks)."""
     import ray
 
     from ..runtime import cluster
@@ -212,8 +220,10 @@ def run(width: int = 4096, batch: int = 256, threads: int = 1, stages=(2,), dept
     stages = [stages] if isinstance(stages, int) else list(stages)
     depths = [depths] if isinstance(depths, int) else list(depths)
     microbatches = [microbatches] if isinstance(microbatches, int) else list(microbatches)
+    if gpt is not None:
+        fixed_blocks, tiny = gpt["n_layer"] + 1, False
     check(width, batch, threads, stages, depths, warmup, steps, repeats, microbatches, fixed_blocks, device,
-          gpus_per_stage, baselines)
+          gpus_per_stage, baselines, gpt)
     if device == "cuda":
         calls = False  # the per-op Ray-call baseline runs on CPUs only
         baselines = baselines and gpus_per_stage == 1  # torch's pipelines and DDP use nccl: a GPU per worker
@@ -235,7 +245,7 @@ def run(width: int = 4096, batch: int = 256, threads: int = 1, stages=(2,), dept
             if tiny and device == "cpu" and max(stages) > 1 else None
         for n in stages:
             recs, meta, prof = measure(width, batch, threads, n, depths, warmup, steps, transport, repeats, calls,
-                                       baselines, microbatches, fixed_blocks, device, gpus_per_stage)
+                                       baselines, microbatches, fixed_blocks, device, gpus_per_stage, gpt)
             records += recs
             metas[n], profiles[n] = meta, prof
             # Written after every N, so a sweep cut short (a job's time limit, a lent machine's end) keeps
@@ -246,7 +256,7 @@ def run(width: int = 4096, batch: int = 256, threads: int = 1, stages=(2,), dept
                     "machine": platform.platform(), "cpu": cpu_model(), "cpus": os.cpu_count()}
             table = markdown(records, meta)
             if out:
-                save(Path(out), records, meta, table, profiles if device == "cpu" else None, wires, batch,
+                save(Path(out), records, meta, table, profiles if device == "cpu" and gpt is None else None, wires, batch,
                      threads, fixed_blocks, calib)
     finally:
         if started:

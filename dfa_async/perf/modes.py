@@ -20,10 +20,24 @@ from .machine import sync
 from .profile import block_profile
 
 
+VOCAB = 65  # the bench's GPT: Tiny Shakespeare's characters
+
+
 def bench_config(width: int, batch: int, threads: int, stages: int, steps: int,
-                 blocks: int | None = None, device: str = "cpu", gpus_per_stage: float = 1.0) -> config_mod.Config:
+                 blocks: int | None = None, device: str = "cpu", gpus_per_stage: float = 1.0,
+                 gpt: dict | None = None) -> config_mod.Config:
     """`stages` balanced stages of `blocks` (default: one per stage) width x width tanh blocks, the head
-    with the last, SGD with momentum; one epoch of `steps` minibatches."""
+    with the last, SGD with momentum; one epoch of `steps` minibatches. `gpt` (n_layer, n_head, n_embd,
+    block_size): instead that GPT (n_layer + 1 blocks) on random tokens, split evenly into the stages."""
+    runtime = {"threads": threads, "device": device, "gpus_per_stage": gpus_per_stage}
+    if gpt is not None:
+        return config_mod.from_dict({
+            "model": {"kind": "gpt", **gpt},
+            "data": {"name": "synthetic", "classes": VOCAB, "n_train": batch * steps * gpt["block_size"] + 1,
+                     "n_test": batch},
+            "optim": {"name": "sgd", "lr": 1e-3, "momentum": 0.9},
+            "train": {"batch_size": batch, "epochs": 1},
+            "runtime": {**runtime, "blocks_per_stage": partition.even(gpt["n_layer"], stages)}})
     side = int(round(max(width, 0) ** 0.5))
     if width < 1 or side * side != width:
         raise ValueError(f"--width: {width} must be a positive square (the input is a 1 x s x s image)")
@@ -34,15 +48,19 @@ def bench_config(width: int, batch: int, threads: int, stages: int, steps: int,
         "data": {"name": "synthetic", "shape": [1, side, side], "n_train": batch * steps, "n_test": batch},
         "optim": {"name": "sgd", "lr": 1e-3, "momentum": 0.9},
         "train": {"batch_size": batch, "epochs": 1},
-        "runtime": {"threads": threads, "blocks_per_stage": partition.even(blocks or stages, stages), "device": device,
-                    "gpus_per_stage": gpus_per_stage},
+        "runtime": {**runtime, "blocks_per_stage": partition.even(blocks or stages, stages)},
     })
 
 
 def setup(width: int, batch: int, threads: int, stages: int, warmup: int, steps: int, blocks: int | None = None,
-          device: str = "cpu", gpus_per_stage: float = 1.0):
+          device: str = "cpu", gpus_per_stage: float = 1.0, gpt: dict | None = None):
     """Config, plan and dataset: warmup + steps minibatches, a drain after the warm-up and at the end."""
-    cfg = bench_config(width, batch, threads, stages, warmup + steps, blocks, device, gpus_per_stage)
+    cfg = bench_config(width, batch, threads, stages, warmup + steps, blocks, device, gpus_per_stage, gpt)
+    if gpt is not None:
+        ds = data.for_run(cfg)
+        plan = Plan(cfg, ds.shape, ds.classes, warmup + steps, warmup + steps, window=ds.window)
+        plan.boundaries = sorted({warmup - 1, warmup + steps - 1})
+        return cfg, plan, ds
     g = torch.Generator().manual_seed(0)
     shape = (1, *cfg.data.shape[1:])
     n = batch * (warmup + steps)

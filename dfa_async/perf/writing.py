@@ -59,7 +59,10 @@ def plot(records: list[dict], meta: dict, path: Path) -> None:
 
 def markdown(records: list[dict], meta: dict) -> str:
     model = f"{meta['fixed_blocks']} blocks split into N stages" if meta.get("fixed_blocks") else "N blocks on N stages"
-    lines = [f"{model}, {meta['width']}-wide tanh blocks, batch {meta['batch']}, {meta['threads']} thread(s) per "
+    gpt = meta.get("gpt")
+    kind = (f"a GPT of {gpt['n_layer']} layers ({gpt['n_embd']} wide, {gpt['n_head']} heads, context "
+            f"{gpt['block_size']}) on random tokens" if gpt else f"{meta['width']}-wide tanh blocks")
+    lines = [f"{model}, {kind}, batch {meta['batch']}, {meta['threads']} thread(s) per "
              f"worker, {meta['steps']} timed steps, best of {meta['repeats']} rounds; {meta['cpu']} ({meta['cpus']} CPUs)",
              ""]
     rows = [[r["workers"], r["mode"], f"{r['steps_per_s']:.1f}", f"{r['samples_per_s']:.0f}", f"{r['ms_per_step']:.3f}",

@@ -111,6 +111,21 @@ def test_a_bench_of_one_stage_runs_through(tmp_path):
     assert json.loads((tmp_path / "profile.json").read_text())["links"]["shm"]["latency_s"] > 0
 
 
+@pytest.mark.slow
+def test_a_bench_of_a_gpt_runs_every_mode_on_its_stages(tmp_path):
+    """`bench --model gpt`: one GPT (token ids in, per-token loss out) split into 2 stages, every mode
+    side by side: backprop and DFA in one process, the ceiling, the data plane, gpipe, 1f1b and ddp."""
+    records = bench.run(batch=4, threads=1, stages=[2], depths=[1, 2], warmup=2, steps=6, out=tmp_path, repeats=1,
+                        microbatches=[2], calls=False, gpt=dict(n_layer=4, n_head=2, n_embd=16, block_size=8))
+    assert {r["mode"] for r in records} >= {"backprop-fused-opt", "reference-dfa", "ceiling-independent-stages",
+                                            "dataplane-D1", "dataplane-D2", "gpipe-M2", "1f1b-M2", "ddp"}
+    assert all(r["steps_per_s"] > 0 for r in records)
+    meta = json.loads((tmp_path / "bench.json").read_text())["meta"]
+    assert meta["gpt"]["n_layer"] == 4 and meta["per_workers"]["2"]["partition"] == [2, 3]  # the head with the last
+    assert "a GPT of 4 layers (16 wide, 2 heads, context 8) on random tokens" in (tmp_path / "bench.md").read_text()
+    assert not (tmp_path / "profile.json").exists()  # the simulator models tanh blocks only
+
+
 def test_a_sweep_cut_short_keeps_every_n_it_measured(tmp_path, monkeypatch):
     """An end in the middle of N = 2 (a job's time limit) leaves N = 1's files whole: written, each replaced
     whole, before N = 2 began. (The measurements are stand-ins here; the session bench runs real ones.)"""
