@@ -172,7 +172,7 @@ class Stage:
         self.sizes = [len(list(learner.block.parameters())) for learner in self.learning]
         self.opt = optim.make([p for learner in self.learning for p in learner.block.parameters()], cfg.optim)
         self.head_errors: dict[int, torch.Tensor] = {}  # error_at = hidden: the head's own e, until its update
-        # adamw: weight decay decoupled from the gradient, on matrices only (optim.decay)
+        # adamw: weight decay decoupled from the gradient, on matrices only (optim.before_step)
         self.decay = [p for learner in self.learning for p in learner.block.parameters() if p.dim() >= 2] \
             if cfg.optim.name == "adamw" and cfg.optim.weight_decay else []
         self.is_head = self.ids[-1] == last
@@ -262,6 +262,7 @@ class Stage:
         return out
 
     def load_state(self, state: dict) -> None:
+        self.head_errors.clear()
         for k, learner in zip(self.ids, self.learners):
             learner.load_state(state[str(k)])
         if self.opt is not None:
