@@ -33,6 +33,8 @@ class StageProbe:
         """Run the blocks keeping the graph; returns the output (detached) for the next stage, or at the
         head the error e."""
         # the first stage sends nothing back (and its inputs may be token ids)
+        if x.is_floating_point():  # measured in float32, whatever train.dtype passes on
+            x = x.float()
         self.x = x.detach().requires_grad_(self.ids[0] > 0)
         self.hs, self.pres, h = [], [], self.x
         for k, block in zip(self.ids, self.blocks):

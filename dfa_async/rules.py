@@ -80,12 +80,16 @@ class Learner:
     def __init__(self, block: nn.Module, index: int, *, rule: str, is_head: bool, B: torch.Tensor | None,
                  out_shape: tuple[int, ...], seed: int, keep_units: torch.Tensor | None = None,
                  error_scale: str = "mean", keep_elements: dict[str, torch.Tensor] | None = None,
-                 positions: int = 0, input_grad: bool = False, stash_weights: bool = False):
+                 positions: int = 0, input_grad: bool = False, stash_weights: bool = False,
+                 act_dtype: torch.dtype = torch.float32):
         self.block, self.index, self.rule, self.is_head = block, index, rule, is_head
         # The paper's code: hidden blocks get the per-sample e, the head the gradient of the mean loss.
         self.head_mean = is_head and error_scale == "paper"
         self.B, self.out_shape, self.seed, self.positions = B, out_shape, seed, positions
         self.input_grad, self.inputs = input_grad, {}
+        # train.dtype = bfloat16: the block computes under autocast and passes on bfloat16 (the head: float32)
+        self.low = act_dtype != torch.float32
+        self.out_dtype = torch.float32 if is_head else act_dtype
         self.keep_units, self.keep_elements = keep_units, keep_elements
         self.random = any(isinstance(m, nn.modules.dropout._DropoutNd) for m in block.modules())
         self.hooks = stash_hooks(block, stash_weights)
@@ -109,18 +113,26 @@ class Learner:
                 torch.default_generator.manual_seed(s)
         if not self.learns:
             with torch.no_grad():
-                return self.block(x)
+                return self.apply(x)
         if self.rule != "bp":
             x = x.detach().requires_grad_(self.input_grad)
             if self.input_grad:
                 self.inputs[step] = x
         before = self.hooks.saved_bytes
         with self.hooks:
-            out = self.block(x)
+            out = self.apply(x)
         self.stash_bytes[step] = self.hooks.saved_bytes - before
         self.stash[step] = out
         self.updates_at_forward[step] = self.updates
         return out if self.rule == "bp" else out.detach()
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """The block on x in the run's dtype (train.dtype): as is, or under autocast with its output
+        rounded to what it passes on."""
+        if not self.low:
+            return self.block(x)
+        with torch.autocast(x.device.type, torch.bfloat16):
+            return self.block(x).to(self.out_dtype)
 
     def signal(self, e: torch.Tensor) -> torch.Tensor | None:
         if self.is_head:
@@ -133,7 +145,7 @@ class Learner:
         """e taken back through the block at step's forward to its input: the error the head broadcasts
         under feedback.error_at = hidden (the block's weights as they were at that forward)."""
         (g,) = torch.autograd.grad(self.stash[step], self.inputs.pop(step), e, retain_graph=True)
-        return g
+        return g.float()  # e stays float32 whatever the block's input was (train.dtype)
 
     def take(self, step: int, e: torch.Tensor | None):
         """Step's stashed output, its signal (None: nothing to back-propagate from here) and staleness
@@ -192,7 +204,7 @@ def update(learners: list[Learner], opt: torch.optim.Optimizer | None, step: int
     broadcast e (feedback.error_at = hidden). Returns each learning block's staleness."""
     taken = [learner.take(step, head_e if learner.is_head and head_e is not None else e)
              for learner in learners if learner.learns]
-    roots = [(out, g) for out, g, _ in taken if g is not None]
+    roots = [(out, g.to(out.dtype)) for out, g, _ in taken if g is not None]
     if roots:
         torch.autograd.backward([out for out, _ in roots], [g for _, g in roots])
     if opt is not None:

@@ -87,6 +87,7 @@ class Plan:
         self.window = window
         self.in_dtype = torch.int64 if window else torch.float32
         self.positions = (window,) if window else ()
+        self.act_dtype = torch.bfloat16 if cfg.train.dtype == "bfloat16" else torch.float32  # of every link
         # Where the schedule drains (epoch ends, checkpoints, the last step): the same for every stage.
         self.boundaries = schedule.boundaries(total_steps, steps_per_epoch, cfg.checkpoint.every, cfg.train.eval_every)
         self.net = net  # a user's own model (blocks of an nn.Sequential); None builds cfg.model
@@ -165,7 +166,7 @@ class Stage:
             self.learners.append(rules.Learner(
                 net[k], k, rule=cfg.feedback.rule, is_head=is_head, B=B, out_shape=plan.out_shapes[k],
                 seed=cfg.train.seed, keep_units=keep, error_scale=cfg.feedback.error_scale, keep_elements=elements,
-                positions=len(plan.positions), input_grad=is_head and self.hidden_error,
+                positions=len(plan.positions), input_grad=is_head and self.hidden_error, act_dtype=plan.act_dtype,
                 stash_weights=cfg.runtime.weight_stashing and cfg.runtime.depth > 1))
         # One optimizer over every learning block: one call per update.
         self.learning = [learner for learner in self.learners if learner.learns]
@@ -244,7 +245,7 @@ class Stage:
             learner.block.eval()
         try:
             for learner in self.learners:
-                x = learner.block(x)
+                x = learner.apply(x)
         finally:
             for learner in self.learners:
                 learner.block.train()

@@ -58,9 +58,10 @@ def max_sends(rank: int, world: int, depth: int) -> int:
 
 
 def window(rank: int, world: int, start: int, stop: int, depth: int, marks, act_shapes: list[tuple[int, ...]],
-           error_shape: tuple[int, ...], dtype: str = "float32") -> list[Item]:
+           error_shape: tuple[int, ...], dtype: str = "float32", error_dtype: str = "float32") -> list[Item]:
     """Stage `rank`'s items for window [start, stop) of the schedule (`schedule.ops` with `marks`).
-    `act_shapes[k]` is the shape of what stage k sends on (batch first); `error_shape`, of e.
+    `act_shapes[k]` is the shape of what stage k sends on (batch first); `error_shape`, of e; `dtype` and
+    `error_dtype`, what they carry (activations may be narrower than e: train.dtype).
 
     Receives of inputs are posted depth + 1 steps ahead, and a non-head stage posts the receive of e_t at
     forward(t), so both have long arrived when they are waited on; a non-head stage flushes at the end,
@@ -73,7 +74,7 @@ def window(rank: int, world: int, start: int, stop: int, depth: int, marks, act_
         return Msg(ACT, t, act_shapes[rank - 1], dtype)
 
     def err(t):
-        return Msg(ERR, t, error_shape, dtype)
+        return Msg(ERR, t, error_shape, error_dtype)
 
     items = []
     if not first:

@@ -70,3 +70,31 @@ def test_a_stage_allocates_its_own_blocks_only():
     out = subprocess.run([sys.executable, "-c", MEASURE, str(tests)], capture_output=True, text=True, check=True)
     got = json.loads(out.stdout)
     assert 0.18 < got["stage"] / got["whole"] < 0.35, got
+
+
+def test_bfloat16_blocks_pass_on_bfloat16_and_the_error_stays_float32(tmp_path):
+    """train.dtype = bfloat16: every hidden block's output (what a link carries) is bfloat16, the head's
+    logits and e float32, the weights float32; the update still reaches every block."""
+    from dfa_async import config, data
+    from dfa_async.stage import Plan, Stage
+
+    text = tmp_path / "t.txt"
+    text.write_text("to be or not to be, that is the question. " * 40)
+    cfg = config.load(None, ["model.kind=gpt", "data.name=text", f"data.path={text}", "model.n_layer=2",
+                             "model.n_head=2", "model.n_embd=16", "model.block_size=8", "train.batch_size=4",
+                             "train.epochs=0", "train.max_steps=4", "runtime.backend=local", "train.dtype=bfloat16",
+                             "feedback.error_at=hidden"])
+    ds = data.for_run(cfg)
+    plan = Plan(cfg, ds.shape, ds.classes, 4, 4, window=ds.window)
+    first, head = Stage(plan, [0, 1]), Stage(plan, [2])
+    batches = data.batches(len(ds.x_train), cfg, ds.window)
+    h = first.forward(0, batches.inputs(ds.x_train, 0))
+    loss, e = head.forward(0, h, batches.labels(ds.y_train, 0))
+    assert h.dtype == torch.bfloat16 and h.shape == (4, 8, 16)
+    assert e.dtype == torch.float32 and e.shape == (4, 8, 16) and loss.dtype == torch.float32
+    before = [p.detach().clone() for s in (first, head) for learner in s.learners for p in learner.block.parameters()]
+    first.update(0, e)
+    head.update(0, e)
+    after = [p for s in (first, head) for learner in s.learners for p in learner.block.parameters()]
+    assert all(p.dtype == torch.float32 for p in after)
+    assert all(not torch.equal(a, b) for a, b in zip(before, after) if a.dim() >= 2)

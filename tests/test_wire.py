@@ -33,7 +33,9 @@ def test_messages_carry_kind_step_shape_and_dtype():
     items = wire.window(1, 3, 5, 6, 2, [9], [(4, 7), (4, 8), E], E, "bfloat16")
     sent = [i.msg for i in items if i.op == "send"]
     assert sent == [Msg("act", 5, (4, 8), "bfloat16")]
-    assert Msg("err", 5, E, "bfloat16") in [i.msg for i in items if i.op == "recv"]
+    assert Msg("err", 5, E, "float32") in [i.msg for i in items if i.op == "recv"]  # e stays float32
+    narrow = wire.window(1, 3, 5, 6, 2, [9], [(4, 7), (4, 8), E], E, "bfloat16", "bfloat16")
+    assert Msg("err", 5, E, "bfloat16") in [i.msg for i in narrow if i.op == "recv"]
 
 
 def test_the_ping_passes_every_channel_and_the_hello_opens_them_in_order():

@@ -157,6 +157,10 @@ class TrainConfig:
     max_steps: int = _opt(0, "Stop after this many steps; 0 means no limit.", lo=0)
     batch_size: int = _opt(128, "Minibatch size (the last partial batch of an epoch is dropped).", lo=2)
     eval_batch_size: int = _opt(1000, "Batch size of evaluation.", lo=1)
+    dtype: str = _opt("float32", "What the blocks compute in and pass on. `bfloat16`: every block's forward runs "
+                      "under autocast and its output is rounded to bfloat16 (what the links carry: half the bytes), "
+                      "at every block, so placement still never changes what is learned; weights, optimizer state, "
+                      "the error e and the head's logits stay float32.", ("float32", "bfloat16"))
     eval_every: int = _opt(0, "Evaluate every this many steps as well as at each epoch's end (the pipeline drains "
                            "there, so it is part of the schedule); 0: at epoch ends only.", lo=0)
     seed: int = _opt(0, "Seed of initialization, feedback matrices, shuffling and dropout.", lo=0)

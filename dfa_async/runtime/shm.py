@@ -126,7 +126,8 @@ class Work:
 
 
 def _bytes(t: torch.Tensor) -> memoryview:
-    return memoryview(t.numpy()).cast("B")
+    # as bytes (numpy has no bfloat16)
+    return memoryview(t.reshape(-1).view(torch.uint8).numpy())
 
 
 class _Peer:

@@ -91,7 +91,9 @@ class StageWorker:
         head's losses (one per step) and the stage's op timestamps."""
         stage, link, head = self.stage, self.link, self.world - 1
         acts, error_shape = self.shapes()
-        items = wire.window(self.rank, self.world, start, stop, self.depth, self.plan.boundaries, acts, error_shape)
+        act = str(self.plan.act_dtype).removeprefix("torch.")
+        items = wire.window(self.rank, self.world, start, stop, self.depth, self.plan.boundaries, acts, error_shape,
+                            act)
         got, errors, losses = {}, self.errors, []  # the head's errors outlive a window: D - 1 await update
         for op, t, ch, msg in items:
             if op == "recv":
@@ -125,7 +127,7 @@ class StageWorker:
         spans = [(i, min(i + bs, self.n_test)) for i in range(0, self.n_test, bs)]
         ends = [ids[-1] for ids in self.partition]
         items = wire.evaluation(self.rank, self.world, [b - a for a, b in spans],
-                                [self.plan.out_shapes[k] for k in ends])
+                                [self.plan.out_shapes[k] for k in ends], str(self.plan.act_dtype).removeprefix("torch."))
         link, head, got, correct, total = self.link, self.rank == self.world - 1, {}, 0, 0.0
         for op, j, ch, msg in items:
             if op == "recv":
