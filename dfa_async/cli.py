@@ -108,6 +108,8 @@ def _main(argv: list[str] | None = None) -> int:
     be.add_argument("--out", default="bench-results", help="folder for bench.json and bench.md")
     be.add_argument("--to-accuracy", type=float, metavar="ACC", help="instead: train the model of --config with "
                     "every mode until this test accuracy (e.g. 0.97); wall seconds and steps of each")
+    be.add_argument("--to-loss", type=float, metavar="LOSS", help="instead: train the model of --config with every "
+                    "mode until this test loss (a language model's validation loss per token, e.g. 2.0)")
     be.add_argument("--config", help="with --to-accuracy: settings file (default: the built-in MNIST MLP)")
     be.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="with --to-accuracy: override one setting (repeatable)")
@@ -163,12 +165,15 @@ def _main(argv: list[str] | None = None) -> int:
             # Every argument is checked before any work, by bench.check or accuracy.run.
             depths, stages = ints("--depths", args.depths), ints("--stages", args.stages)
             microbatches = ints("--microbatches", args.microbatches)
-            if args.to_accuracy is not None:
+            if args.to_accuracy is not None and args.to_loss is not None:
+                raise ValueError("--to-accuracy and --to-loss: give one target")
+            if args.to_accuracy is not None or args.to_loss is not None:
                 from .perf import accuracy
 
                 cfg = config_mod.load(args.config, args.set)
-                accuracy.run(cfg, args.to_accuracy, depths, args.eval_every, not args.no_baselines,
-                             microbatches[0], args.out)
+                loss = args.to_loss is not None
+                accuracy.run(cfg, args.to_loss if loss else args.to_accuracy, depths, args.eval_every,
+                             not args.no_baselines, microbatches[0], args.out, loss)
                 return 0
             bench.run(args.width, args.batch, args.threads, stages, depths, args.warmup, args.steps,
                       args.out, args.transport, args.repeats, calls=not args.no_calls,

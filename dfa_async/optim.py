@@ -52,14 +52,19 @@ def load_part_states(opt: torch.optim.Optimizer, parts: list[dict]) -> None:
                                                             "params": list(range(offset))}]})
 
 
-def before_step(learners, cfg: OptimConfig, lr: float, decay: list[torch.Tensor]) -> None:
-    """What the settings add between a stage's backward and its optimizer step. `clip_norm`: each block's
-    gradient rescaled to at most that norm, the block's own (a norm across stages would need a sync).
-    `adamw`: the decoupled weight decay of Loshchilov & Hutter (2019), w <- w (1 - lr wd), on `decay`
-    (the matrices), before the Adam step, as torch.optim.AdamW orders it."""
+def decayed(params, cfg: OptimConfig) -> list[torch.Tensor]:
+    """The parameters `adamw` decays: the matrices (no biases, gains or norms); none for other optimizers."""
+    return [p for p in params if p.dim() >= 2] if cfg.name == "adamw" and cfg.weight_decay else []
+
+
+def before_step(blocks, cfg: OptimConfig, lr: float, decay: list[torch.Tensor]) -> None:
+    """What the settings add between a backward and the optimizer step, on `blocks` (modules).
+    `clip_norm`: each block's gradient rescaled to at most that norm, the block's own (a norm across
+    stages would need a sync). `adamw`: the decoupled weight decay of Loshchilov & Hutter (2019),
+    w <- w (1 - lr wd), on `decay` (optim.decayed), before the Adam step, as torch.optim.AdamW orders it."""
     if cfg.clip_norm:
-        for learner in learners:
-            torch.nn.utils.clip_grad_norm_(learner.block.parameters(), cfg.clip_norm, foreach=True)
+        for block in blocks:
+            torch.nn.utils.clip_grad_norm_(block.parameters(), cfg.clip_norm, foreach=True)
     if decay:
         with torch.no_grad():
             torch._foreach_mul_(decay, 1.0 - lr * cfg.weight_decay)

@@ -173,9 +173,7 @@ class Stage:
         self.sizes = [len(list(learner.block.parameters())) for learner in self.learning]
         self.opt = optim.make([p for learner in self.learning for p in learner.block.parameters()], cfg.optim)
         self.head_errors: dict[int, torch.Tensor] = {}  # error_at = hidden: the head's own e, until its update
-        # adamw: weight decay decoupled from the gradient, on matrices only (optim.before_step)
-        self.decay = [p for learner in self.learning for p in learner.block.parameters() if p.dim() >= 2] \
-            if cfg.optim.name == "adamw" and cfg.optim.weight_decay else []
+        self.decay = optim.decayed([p for learner in self.learning for p in learner.block.parameters()], cfg.optim)
         self.is_head = self.ids[-1] == last
         self.skip_nonfinite = cfg.train.on_nonfinite == "skip"
         # Timestamps of every op: (op, step, start, end, staleness); bubbles show as gaps.
@@ -218,7 +216,8 @@ class Stage:
             return []
         lr = optim.lr_at(self.cfg.optim, step, self.plan.total_steps, self.plan.steps_per_epoch)
         stale = rules.update(self.learners, self.opt, step, e, lr, own,
-                             lambda: optim.before_step(self.learning, self.cfg.optim, lr, self.decay))
+                             lambda: optim.before_step([learner.block for learner in self.learning], self.cfg.optim,
+                                                       lr, self.decay))
         self.timeline.append(("update", step, t0, self.clock.now(), max(stale, default=0)))
         return stale
 

@@ -76,7 +76,8 @@ def test_adamw_decays_matrices_only_as_torchs_adamw_with_two_groups():
     twin = [p.detach().clone().requires_grad_() for p in block.parameters()]
     cfg = OptimConfig(name="adamw", lr=0.01, weight_decay=0.1, beta2=0.99, fused=False)
     opt = optim.make(list(block.parameters()), cfg)
-    decay = [p for p in block.parameters() if p.dim() >= 2]
+    decay = optim.decayed(block.parameters(), cfg)
+    assert len(decay) == 1  # the linear weight only
     ref = torch.optim.AdamW([{"params": [twin[0]], "weight_decay": 0.1},
                              {"params": twin[1:], "weight_decay": 0.0}], lr=0.01, betas=(0.9, 0.99))
     learner = rules.Learner(block, 0, rule="bp", is_head=True, B=None, out_shape=(4,), seed=0)
@@ -84,7 +85,7 @@ def test_adamw_decays_matrices_only_as_torchs_adamw_with_two_groups():
         grads = [torch.randn_like(p) for p in twin]
         for p, g in zip(block.parameters(), grads):
             p.grad = g.clone()
-        optim.before_step([learner], cfg, 0.01, decay)
+        optim.before_step([learner.block], cfg, 0.01, decay)
         opt.step()
         for p, g in zip(twin, grads):
             p.grad = g.clone()
@@ -102,7 +103,7 @@ def test_clip_norm_is_each_blocks_own():
     for b, scale in zip(blocks, (10.0, 0.01)):
         for p in b.parameters():
             p.grad = torch.full_like(p, scale)
-    optim.before_step(learners, OptimConfig(clip_norm=1.0), 0.1, [])
+    optim.before_step([learner.block for learner in learners], OptimConfig(clip_norm=1.0), 0.1, [])
     norm = lambda b: torch.cat([p.grad.flatten() for p in b.parameters()]).norm().item()  # noqa: E731
     assert norm(blocks[0]) == pytest.approx(1.0, rel=1e-5)  # clipped to 1
     assert norm(blocks[1]) == pytest.approx(0.01 * 12 ** 0.5, rel=1e-5)  # below 1: untouched by the other's norm

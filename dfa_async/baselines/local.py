@@ -15,14 +15,17 @@ def token_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(out.flatten(0, -2), y.flatten())
 
 
-def step(opt: torch.optim.Optimizer, lr: float | None, forward_backward: Callable[[], object]):
+def step(opt: torch.optim.Optimizer, lr: float | None, forward_backward: Callable[[], object], before=None):
     """One backprop step: step t's learning rate (None: leave it), the gradients cleared, forward and
-    backward (`forward_backward()`, which returns the loss where it is known), then the optimizer step."""
+    backward (`forward_backward()`, which returns the loss where it is known), `before()` (the settings'
+    clipping and decoupled decay: optim.before_step), then the optimizer step."""
     if lr is not None:
         for group in opt.param_groups:
             group["lr"] = lr
     opt.zero_grad(set_to_none=True)
     loss = forward_backward()
+    if before is not None:
+        before()
     opt.step()
     return loss
 
@@ -44,6 +47,7 @@ class Backprop:
         # The minibatches gathered where the DFA stages gather theirs (data.on_device).
         self.x, self.y = (data.resident(a, self.device, cfg.data.on_device) for a in (ds.x_train, ds.y_train))
         self.scheduled = cfg.optim.schedule != "constant"
+        self.decay = optim.decayed(self.net.parameters(), cfg.optim) if fused else []
 
     def step(self, t: int) -> torch.Tensor:
         plan = self.plan
@@ -55,7 +59,10 @@ class Backprop:
             loss = token_loss(self.net(x), y)
             loss.backward()
             return loss
-        return step(self.opt, lr, forward_backward)
+        cfg = plan.cfg.optim
+        before = (lambda: optim.before_step(list(self.net), cfg, cfg.lr if lr is None else lr, self.decay)) \
+            if self.fused else None  # the stages' optimizer: their clipping and decay too
+        return step(self.opt, lr, forward_backward, before)
 
     def run(self, a: int, b: int) -> None:
         for t in range(a, b):

@@ -73,6 +73,7 @@ class BackpropWorker:
             self.schedule = cls(stage, self.microbatches, loss_fn=token_loss)
             self.net = self.blocks
         self.opt = optim.make(list(self.net.parameters()), self.plan.cfg.optim)
+        self.decay = optim.decayed(self.net.parameters(), self.plan.cfg.optim)
 
     def _backward(self, step: int) -> float | None:
         """Forward and backward of `step`'s minibatch; the loss where this worker knows it."""
@@ -96,7 +97,8 @@ class BackpropWorker:
         losses = []
         for t in range(start, stop):
             lr = optim.lr_at(self.plan.cfg.optim, t, self.plan.total_steps, self.plan.steps_per_epoch)
-            loss = step(self.opt, lr, lambda: self._backward(t))
+            loss = step(self.opt, lr, lambda: self._backward(t),
+                        lambda: optim.before_step(list(self.blocks), self.plan.cfg.optim, lr, self.decay))
             if loss is not None:
                 losses.append(loss)
         return {"seconds": time.perf_counter() - t0, "losses": losses}

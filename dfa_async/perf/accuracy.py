@@ -1,5 +1,6 @@
-"""Time to accuracy: every mode trains the same model on the same minibatches until its test accuracy
-reaches a target, and reports the training wall seconds (evaluation excluded) and the steps it took.
+"""Time to accuracy (or, `loss = True`, to a test loss: a language model's validation loss per token):
+every mode trains the same model on the same minibatches until it reaches a target, and reports the
+training wall seconds (evaluation excluded) and the steps it took.
 DFA usually needs more steps than backprop for the same accuracy, so a samples/s speedup alone can
 mislead; this reports both sides.
 
@@ -16,19 +17,23 @@ from pathlib import Path
 import torch
 
 from .. import balance, config as config_mod, data, process, tables, windows
-from ..baselines.local import Backprop
+from ..baselines.local import Backprop, token_loss
 from ..reference import LocalPipeline
 from ..run import step_counts
 from ..stage import Plan
 
 
 @torch.no_grad()
-def test_accuracy(net: torch.nn.Module, ds, batch: int) -> float:
+def test_measures(net: torch.nn.Module, ds, batch: int) -> tuple[float, float]:
+    """Test accuracy and mean test loss, per sample or per position of a sequence."""
     net.eval()
-    correct = sum(int((net(ds.x_test[a:a + batch]).argmax(1) == ds.y_test[a:a + batch]).sum())
-                  for a in range(0, len(ds.x_test), batch))
+    correct, total = 0, 0.0
+    for a in range(0, len(ds.x_test), batch):
+        out, y = net(ds.x_test[a:a + batch]), ds.y_test[a:a + batch]
+        correct += int((out.argmax(-1) == y).sum())
+        total += float(token_loss(out, y)) * y.numel()
     net.train()
-    return correct / len(ds.x_test)
+    return correct / ds.y_test.numel(), total / ds.y_test.numel()
 
 
 class _Windows:
@@ -47,10 +52,11 @@ class _Windows:
         self.pipe.close()
 
 
-def to_accuracy(make, plan, ds, target: float, eval_every: int) -> dict:
-    """Train with `make()` until the test accuracy reaches `target` or the run's steps are spent."""
+def to_target(make, plan, ds, target: float, eval_every: int, loss: bool = False) -> dict:
+    """Train with `make()` until the test accuracy reaches `target` (`loss`: the test loss falls to it) or
+    the run's steps are spent."""
     trainer = make()
-    seconds, best, reached, t = 0.0, 0.0, None, 0
+    seconds, best, reached, t = 0.0, float("inf") if loss else 0.0, None, 0
     try:
         while t < plan.total_steps and reached is None:
             stop = min(t + eval_every, plan.total_steps)
@@ -58,24 +64,27 @@ def to_accuracy(make, plan, ds, target: float, eval_every: int) -> dict:
             trainer.run(t, stop)
             seconds += time.perf_counter() - t0
             t = stop
-            acc = test_accuracy(trainer.model(), ds, plan.cfg.train.eval_batch_size)
-            best = max(best, acc)
-            if acc >= target:
+            value = test_measures(trainer.model(), ds, plan.cfg.train.eval_batch_size)[1 if loss else 0]
+            best = min(best, value) if loss else max(best, value)
+            if (value <= target) if loss else (value >= target):
                 reached = t
     finally:
         trainer.close()
+    what = "loss" if loss else "accuracy"
     return {"reached": reached is not None, "steps": t, "epochs": t / plan.steps_per_epoch,
-            "seconds": seconds, "best_accuracy": best, "last_accuracy": acc}
+            "seconds": seconds, f"best_{what}": best, f"last_{what}": value}
 
 
 def run(cfg: config_mod.Config, target: float, depths=(1, 2), eval_every: int = 0, baselines: bool = True,
-        microbatches: int = 4, out: Path | None = None) -> list[dict]:
+        microbatches: int = 4, out: Path | None = None, loss: bool = False) -> list[dict]:
     import ray
 
     from ..baselines import BackpropGroup
     from ..runtime import RayPipeline, cluster
 
-    if not 0 < target <= 1:
+    if loss and not 0 < target < float("inf"):
+        raise ValueError(f"--to-loss: {target}; give a test loss > 0, e.g. 2.0 (nats per token)")
+    if not loss and not 0 < target <= 1:
         raise ValueError(f"--to-accuracy: {target}; give a test accuracy in (0, 1], e.g. 0.97")
     if eval_every < 0:
         raise ValueError(f"--eval-every: {eval_every}; it must be >= 0 (0: a quarter epoch)")
@@ -83,15 +92,15 @@ def run(cfg: config_mod.Config, target: float, depths=(1, 2), eval_every: int = 
         raise ValueError(f"--depths: {','.join(map(str, depths))}; give integers >= 1, comma-separated, e.g. 1,2")
     config_mod.validate(cfg)
     process.setup(cfg.runtime.threads)  # the single-process modes run here
-    ds = data.load(cfg.data, cfg.train.seed)
-    total, spe = step_counts(cfg, len(ds.x_train))
+    ds = data.for_run(cfg)
+    total, spe = step_counts(cfg, ds.samples)
     every = eval_every or max(spe // 4, 1)
     cuts = list(range(every - 1, total, every))
 
     def plan_at(depth: int) -> Plan:
         own = copy.deepcopy(cfg)
         own.runtime.depth = depth
-        plan = balance.resolve(Plan(own, ds.shape, ds.classes, total, spe))
+        plan = balance.resolve(Plan(own, ds.shape, ds.classes, total, spe, window=ds.window))
         plan.boundaries = sorted(set(plan.boundaries) | set(cuts))  # drained at every evaluation
         return plan
 
@@ -116,33 +125,37 @@ def run(cfg: config_mod.Config, target: float, depths=(1, 2), eval_every: int = 
     try:
         for mode, make in modes.items():
             rec = {"mode": mode, "workers": 1 if mode in ("backprop", "reference-dfa") else n,
-                   **to_accuracy(make, plan_at(1), ds, target, every)}
+                   **to_target(make, plan_at(1), ds, target, every, loss)}
             rec["samples_per_s"] = rec["steps"] * cfg.train.batch_size / rec["seconds"]
+            best = rec["best_loss" if loss else "best_accuracy"]
             print(f"{mode:<16} {'reached' if rec['reached'] else 'NOT reached'} {target} after {rec['steps']} steps "
-                  f"({rec['epochs']:.2f} epochs) in {rec['seconds']:.1f} s; best {rec['best_accuracy']:.4f}", flush=True)
+                  f"({rec['epochs']:.2f} epochs) in {rec['seconds']:.1f} s; best {best:.4f}", flush=True)
             records.append(rec)
     finally:
         if started:
             cluster.shutdown()
-    table = markdown(records, cfg, target, every)
+    table = markdown(records, cfg, target, every, loss)
     print(table)
     if out:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        meta = {"target": target, "eval_every": every, "workers": n, "config": cfg.to_dict()}
+        meta = {"target": target, "measure": "loss" if loss else "accuracy", "eval_every": every, "workers": n,
+                "config": cfg.to_dict()}
         (out / "accuracy.json").write_text(json.dumps({"meta": meta, "records": records}, indent=2))
         (out / "accuracy.md").write_text(table + "\n")
     return records
 
 
-def markdown(records: list[dict], cfg, target: float, every: int) -> str:
+def markdown(records: list[dict], cfg, target: float, every: int, loss: bool = False) -> str:
     fastest = min((r["seconds"] for r in records if r["reached"]), default=None)
-    lines = [f"Time to {target:.2%} test accuracy on {cfg.data.name}, model widths {cfg.model.widths}, batch "
+    what = "loss" if loss else "accuracy"
+    model = f"a gpt of {cfg.model.n_layer} layers" if cfg.model.kind == "gpt" else f"model widths {cfg.model.widths}"
+    lines = [f"Time to a test {what} of {target:.4g} on {cfg.data.name}, {model}, batch "
              f"{cfg.train.batch_size}, {cfg.optim.name} lr {cfg.optim.lr}; evaluated every {every} steps "
              "(evaluation time excluded)", ""]
     rows = [[r["mode"], r["workers"], "yes" if r["reached"] else "no", r["steps"], f"{r['epochs']:.2f}",
-             f"{r['seconds']:.1f}", f"{r['samples_per_s']:.0f}", f"{r['best_accuracy']:.4f}",
+             f"{r['seconds']:.1f}", f"{r['samples_per_s']:.0f}", f"{r[f'best_{what}']:.4f}",
              f"{r['seconds'] / fastest:.2f}x" if r["reached"] and fastest else None] for r in records]
     lines.append(tables.markdown(["mode", "workers", "reached", "steps", "epochs", "train seconds", "samples/s",
-                                  "best accuracy", "vs fastest"], rows, "lrlrrrrrr"))
+                                  f"best {what}", "vs fastest"], rows, "lrlrrrrrr"))
     return "\n".join(lines)

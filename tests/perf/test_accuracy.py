@@ -1,5 +1,6 @@
 """Time to accuracy: every mode trains until the target test accuracy, on real Ray workers."""
 import json
+import math
 
 import pytest
 
@@ -29,3 +30,25 @@ def test_bad_settings_are_refused_before_anything_runs():
         accuracy.run(small_config(), 97)
     with pytest.raises(ValueError, match="--microbatches: 2 with train.batch_size 16 on 3 workers"):
         accuracy.run(small_config(runtime={"backend": "ray"}), 0.5, microbatches=2)
+
+
+@pytest.mark.slow
+def test_time_to_a_validation_loss_on_a_gpt(tmp_path):
+    """`bench --to-loss`: every mode trains the same GPT until its validation loss per token falls to the
+    target; the baselines with a per-token loss, the stages' clipping and decoupled decay."""
+    from dfa_async import config
+
+    text = tmp_path / "t.txt"
+    text.write_text("to be or not to be, that is the question. " * 80)
+    cfg = config.load(None, ["model.kind=gpt", "data.name=text", f"data.path={text}", "data.eval_windows=20",
+                             "model.n_layer=3", "model.n_head=2", "model.n_embd=16", "model.block_size=8",
+                             "train.batch_size=8", "train.epochs=0", "train.max_steps=60", "optim.name=adamw",
+                             "optim.lr=0.01", "optim.weight_decay=0.1", "optim.clip_norm=1.0",
+                             "runtime.blocks_per_stage=[2, 2]", "feedback.error_at=hidden", "feedback.init=identity"])
+    records = accuracy.run(cfg, 2.5, depths=[2], eval_every=10, microbatches=2, out=tmp_path, loss=True)
+    by = {r["mode"]: r for r in records}
+    assert set(by) == {"backprop", "reference-dfa", "dataplane-D2", "gpipe-M2", "1f1b-M2", "ddp"}
+    assert by["backprop"]["reached"] and by["backprop"]["best_loss"] <= 2.5
+    chance = math.log(len(set(text.read_text())))  # a uniform guess over the characters
+    assert all(r["best_loss"] < chance for r in records)  # every mode learns
+    assert "Time to a test loss of 2.5 on text, a gpt of 3 layers" in (tmp_path / "accuracy.md").read_text()
