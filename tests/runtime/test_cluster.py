@@ -51,6 +51,7 @@ def test_stages_that_outnumber_this_machines_cores_are_warned_with_what_fits():
     assert "at most 1 stage(s)" in time_shared(2, 2, 3)  # two-thread stages on 3 cores: one fits
 
 
+@pytest.mark.slow  # a Ray instance of its own in a subprocess: 10-15 s
 def test_a_private_instance_started_from_python_says_nothing_about_its_token(tmp_path):
     """Ray announces the token mode it picks for a new local instance; for the run's own private instance
     (the Python API, where nothing chose RAY_AUTH_MODE first) that line is noise, and nothing else is lost."""
