@@ -4,7 +4,7 @@ under the data directory or downloaded with md5 (sha256) verification; any UTF-8
 synthetic dataset for fast tests.
 
 Images are samples; a text is a token stream (characters), whose training samples are windows at
-seeded random offsets (`Windows`) and whose validation set is a fixed seeded set of windows."""
+seeded random offsets (`TextBatches`) and whose validation set is a fixed seeded set of windows."""
 from __future__ import annotations
 
 import gzip
@@ -21,6 +21,7 @@ import torch
 
 from . import seeding
 from .config import DataConfig
+from .config.schema import TEXT
 
 
 class DataError(RuntimeError):
@@ -245,14 +246,14 @@ def load_text(cfg: DataConfig, window: int) -> Dataset:
 def for_run(cfg) -> Dataset:
     """The dataset of a run's settings (`cfg`: its Config): a text (or, for a gpt, synthetic tokens) in
     windows of model.block_size."""
-    streams = cfg.data.name in ("tinyshakespeare", "text") or cfg.model.kind == "gpt"
+    streams = cfg.data.name in TEXT or cfg.model.kind == "gpt"
     return load(cfg.data, cfg.train.seed, cfg.model.block_size if streams else 0)
 
 
 def load(cfg: DataConfig, seed: int = 0, window: int = 0) -> Dataset:
     """The dataset of `cfg`, as float32 tensors (N, C, H, W) and int64 labels; a text (data.name
     tinyshakespeare or text) as int64 token streams sampled in windows of `window` tokens."""
-    if cfg.name in ("tinyshakespeare", "text"):
+    if cfg.name in TEXT:
         return load_text(cfg, window)
     if cfg.name == "synthetic" and window:  # random tokens: the bench's and the tests' stream
         g = seeding.generator(seed, "synthetic")

@@ -1,7 +1,7 @@
 """Fixed random feedback matrices. B_k has shape (classes, d_k): block k receives g_k = e @ B_k, reshaped
 to its output shape. For a sequence, `classes` and d_k are features at one position (the vocabulary,
-or the width where e is taken; the block's width), and the same B_k maps e at every position. Each matrix is a pure function of (seed, k, dims), so it is drawn where block k
-lives and never travels."""
+or the width where e is taken; the block's width), and the same B_k maps e at every position. Each
+matrix is a pure function of (seed, k, dims), so it is drawn where block k lives and never travels."""
 from __future__ import annotations
 
 import math

@@ -74,8 +74,8 @@ def lr_at(cfg: OptimConfig, step: int, total_steps: int, steps_per_epoch: int) -
     if cfg.schedule == "warmup_cosine":  # nanoGPT's: linear warmup, then cosine down to lr_min at the end
         if step < cfg.warmup_steps:
             return cfg.lr * (step + 1) / (cfg.warmup_steps + 1)
-        ratio = min(step - cfg.warmup_steps, total_steps) / max(total_steps - cfg.warmup_steps, 1)
-        return cfg.lr_min + (cfg.lr - cfg.lr_min) * 0.5 * (1 + math.cos(math.pi * min(ratio, 1.0)))
+        ratio = min((step - cfg.warmup_steps) / max(total_steps - cfg.warmup_steps, 1), 1.0)
+        return cfg.lr_min + (cfg.lr - cfg.lr_min) * 0.5 * (1 + math.cos(math.pi * ratio))
     if cfg.schedule == "cosine":
         return cfg.lr_min + (cfg.lr - cfg.lr_min) * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) /
                                                                          max(total_steps, 1)))

@@ -37,8 +37,9 @@ def load(run_dir: Path) -> dict[str, list[dict]]:
 
 
 def is_text(ev: dict[str, list[dict]]) -> bool:
-    """A language model's run (its test set is validation windows, measured per token)."""
-    return any(r.get("config", {}).get("data", {}).get("name") in TEXT for r in ev.get("config", []))
+    """A language model's run (its test set is validation windows, measured per token): its log records
+    a vocabulary (runs before that record: their data was a text)."""
+    return any("vocab" in r or r.get("config", {}).get("data", {}).get("name") in TEXT for r in ev.get("config", []))
 
 
 def label(ev: dict[str, list[dict]], fallback: str) -> str:

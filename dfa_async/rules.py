@@ -38,8 +38,9 @@ class stash_hooks(torch.autograd.graph.saved_tensors_hooks):
     later forwards overwrite batchnorm running statistics: autograd would refuse the stale graph. The
     update of step t uses the activations stashed at forward(t) and the block's current parameters where
     its backward needs them (only inside the block: e.g. the batchnorm scale when it sits behind a
-    linear layer), so no weights are stashed (PipeDream without weight stashing). One instance per block,
-    entered at every forward: parameters are updated in place, so their storages never change."""
+    linear layer), so no weights are stashed (PipeDream without weight stashing). `weights`: instead a copy
+    of each weight the backward reads, as this forward saw it (PipeDream's weight stashing). One instance
+    per block, entered at every forward: parameters are updated in place, so their storages never change."""
 
     def __init__(self, module: nn.Module, weights: bool = False):
         self.saved_bytes = 0  # bytes of the tensors saved for backward so far (the stash's weight)
@@ -206,7 +207,10 @@ def update(learners: list[Learner], opt: torch.optim.Optimizer | None, step: int
              for learner in learners if learner.learns]
     roots = [(out, g.to(out.dtype)) for out, g, _ in taken if g is not None]
     if roots:
-        torch.autograd.backward([out for out, _ in roots], [g for _, g in roots])
+        # A head that broadcast dL/d(its input) has computed it already (input_gradient): only weights here.
+        only = {"inputs": [p for learner in learners if learner.learns for p in learner.block.parameters()
+                           if p.requires_grad]} if any(learner.input_grad for learner in learners) else {}
+        torch.autograd.backward([out for out, _ in roots], [g for _, g in roots], **only)
     if opt is not None:
         for group in opt.param_groups:
             group["lr"] = lr
