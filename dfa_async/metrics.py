@@ -7,6 +7,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from . import windows
 
+STAGE = ["stage", "replica"]  # a stage actor: stage k of replica r (replica 0 without runtime.replicas)
 OP_SECONDS = (1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)  # a 16-wide block .. a wide block on a CPU
 
 
@@ -27,18 +28,18 @@ class Exporter:
         self.samples = Counter("dfa_samples", "Training samples seen.", registry=self.registry)
         self.restarts = Counter("dfa_restarts", "Times the stages were replaced after a failure.",
                                 registry=self.registry)
-        h = lambda name, doc: Histogram(name, doc, ["stage"], buckets=OP_SECONDS, registry=self.registry)  # noqa: E731
+        h = lambda name, doc: Histogram(name, doc, STAGE, buckets=OP_SECONDS, registry=self.registry)  # noqa: E731
         self.forward_s = h("dfa_stage_forward_seconds", "Seconds of each forward op, per stage.")
         self.update_s = h("dfa_stage_update_seconds", "Seconds of each update op, per stage.")
-        self.idle = g("dfa_stage_idle_fraction", "Share of the last window a stage spent waiting.", ["stage"])
+        self.idle = g("dfa_stage_idle_fraction", "Share of the last window a stage spent waiting.", STAGE)
         self.staleness = g("dfa_stage_staleness", "Staleness of the stage's last update (D - 1 in steady "
-                           "state).", ["stage"])
+                           "state).", STAGE)
         self.in_flight = g("dfa_stage_in_flight_steps", "Most steps forwarded but not yet updated during the "
-                           "last window (D at most).", ["stage"])
+                           "last window (D at most).", STAGE)
         self.stash = g("dfa_stage_stash_bytes", "Most bytes of activations held for in-flight updates during the "
-                       "last window.", ["stage"])
+                       "last window.", STAGE)
         self.memory = g("dfa_stage_peak_memory_bytes", "Peak memory of the stage's process: host (RSS) and, on a "
-                        "GPU, device (allocated).", ["stage", "memory"])
+                        "GPU, device (allocated).", STAGE + ["memory"])
         self.server, self.thread = start_http_server(port, addr=host, registry=self.registry)
         self.host = host
         self.port = self.server.server_port
@@ -48,29 +49,34 @@ class Exporter:
         self.loss.set(loss)
         self.throughput.set(samples_per_s)
 
-    def window(self, steps: int, samples: int, timelines: list[list], stats: list[dict] | None = None) -> None:
-        """A finished window: its steps, each stage's ops (op, step, start, end, staleness) and peaks
-        (Stage.take_stats)."""
-        for s, st in enumerate(stats or []):
-            label = str(s)
-            self.in_flight.labels(stage=label).set(st["in_flight"])
-            self.stash.labels(stage=label).set(st["stash_bytes"])
-            self.memory.labels(stage=label, memory="host").set(st["peak_rss_bytes"])
+    def window(self, win, samples: int) -> None:
+        """A finished window (a stage.Window): its steps, and each stage actor's ops (op, step, start, end,
+        staleness) and peaks (Stage.take_stats), labelled with its stage and replica."""
+        for i, st in enumerate(win.stats or []):
+            at = self._labels(win, i)
+            self.in_flight.labels(**at).set(st["in_flight"])
+            self.stash.labels(**at).set(st["stash_bytes"])
+            self.memory.labels(**at, memory="host").set(st["peak_rss_bytes"])
             if "peak_device_bytes" in st:
-                self.memory.labels(stage=label, memory="device").set(st["peak_device_bytes"])
-        self.steps.inc(steps)
+                self.memory.labels(**at, memory="device").set(st["peak_device_bytes"])
+        self.steps.inc(win.stop - win.start)
         self.samples.inc(samples)
-        for s, ops in enumerate(timelines):
+        for i, ops in enumerate(win.timelines):
             if not ops:
                 continue
-            label = str(s)
+            at = self._labels(win, i)
             for op, _, a, b, _ in ops:
                 if op in ("forward", "update"):
-                    (self.forward_s if op == "forward" else self.update_s).labels(stage=label).observe(b - a)
-            self.idle.labels(stage=label).set(windows.idle(*windows.busy(ops)))
+                    (self.forward_s if op == "forward" else self.update_s).labels(**at).observe(b - a)
+            self.idle.labels(**at).set(windows.idle(*windows.busy(ops)))
             updates = [k for op, _, _, _, k in ops if op == "update"]
             if updates:
-                self.staleness.labels(stage=label).set(updates[-1])
+                self.staleness.labels(**at).set(updates[-1])
+
+    @staticmethod
+    def _labels(win, i: int) -> dict:
+        stage, replica = win.where(i)
+        return {"stage": str(stage), "replica": str(replica)}
 
     def restart(self) -> None:
         self.restarts.inc()

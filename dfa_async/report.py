@@ -87,7 +87,7 @@ def tables(ev: dict[str, list[dict]]) -> str:
                   markdown(columns, rows, "r" * len(columns)), ""]
     if ev.get("stage"):
         lines += ["## Stages", "", markdown(["stage", "busy s", "span s", "idle fraction"], [
-            [r["stage"], f"{r['busy_s']:.2f}", f"{r['span_s']:.2f}", f"{r['idle_fraction']:.3f}"]
+            [actor(r), f"{r['busy_s']:.2f}", f"{r['span_s']:.2f}", f"{r['idle_fraction']:.3f}"]
             for r in ev["stage"]], "rrrr"), ""]
     return "\n".join(lines)
 
@@ -159,23 +159,30 @@ def clipped(fig) -> bool:
     return drawn.x0 < -0.01 or drawn.y0 < -0.01 or drawn.x1 > width + 0.01 or drawn.y1 > height + 0.01
 
 
+def actor(record: dict) -> str:
+    """A stage actor's name in tables and plots: its stage, and its replica where there are replicas."""
+    return f"{record['stage']}" + (f" r{record['replica']}" if "replica" in record else "")
+
+
 GANTT_STEPS = 24  # steps of one window drawn: enough to show the pipeline's steady state, few enough to read
 
 
-def gantt(records: list[dict]) -> tuple[int, dict[int, dict[str, list[tuple[float, float]]]]]:
-    """The first step drawn and, per stage and op, (start ms, duration ms) bars over the first GANTT_STEPS
-    steps of the last window that every stage logged, from that window's first op. Times are each stage's
-    host clock: exact on one node, skewed by the clocks' offset across nodes."""
-    windows: dict[int, dict[int, dict]] = {}
+def gantt(records: list[dict]) -> tuple[int, dict[str, dict[str, list[tuple[float, float]]]]]:
+    """The first step drawn and, per stage actor (`actor`: one row per stage and replica) and op, (start ms,
+    duration ms) bars over the first GANTT_STEPS steps of the last window that every actor logged, from that
+    window's first op. Times are each actor's host clock: exact on one node, skewed by the clocks' offset
+    across nodes."""
+    windows: dict[int, dict[tuple, dict]] = {}
     for r in records:
-        windows.setdefault(r["step"], {})[r["stage"]] = r
+        windows.setdefault(r["step"], {})[r.get("replica", 0), r["stage"]] = r
     stages = max(len(w) for w in windows.values())
     window = windows[max(k for k, w in windows.items() if len(w) == stages)]
     first = min(min(r["steps"]) for r in window.values())
     t0 = min(r["start"][0] for r in window.values())
-    bars = {s: {op: [(1e3 * (a - t0), 1e3 * (b - a)) for o, t, a, b in zip(r["op"], r["steps"], r["start"], r["end"])
-                     if o == op and t < first + GANTT_STEPS] for op in ("forward", "update")}
-            for s, r in sorted(window.items())}
+    bars = {actor(r): {op: [(1e3 * (a - t0), 1e3 * (b - a)) for o, t, a, b in zip(r["op"], r["steps"], r["start"],
+                                                                                 r["end"])
+                            if o == op and t < first + GANTT_STEPS] for op in ("forward", "update")}
+            for _, r in sorted(window.items())}
     return first, bars
 
 
@@ -194,10 +201,12 @@ def timeline_figures(records: list[dict], plt) -> dict[str, object]:
     first, bars = gantt(records)
     fig, ax = plt.subplots(figsize=(10, 0.6 * len(bars) + 1.6))
     colors = {"forward": "tab:blue", "update": "tab:orange"}
-    for s, ops in bars.items():
+    for row, ops in enumerate(bars.values()):
         for op, color in colors.items():
-            ax.broken_barh(ops[op], (s - 0.4, 0.8), color=color, label=op if s == 0 else None)
-    ax.set(xlabel="ms since the window's first op (gaps: idle)", ylabel="stage", yticks=list(bars),
+            ax.broken_barh(ops[op], (row - 0.4, 0.8), color=color, label=op if row == 0 else None)
+    replicas = any(" r" in name for name in bars)
+    ax.set(xlabel="ms since the window's first op (gaps: idle)", ylabel="stage, replica" if replicas else "stage",
+           yticks=range(len(bars)), yticklabels=list(bars),
            title=f"Pipeline timeline: steps {first}-{first + GANTT_STEPS - 1}")
     ax.invert_yaxis()
     ax.legend(loc="upper right", fontsize=8)

@@ -12,18 +12,20 @@ from torch import nn
 from . import feedback, seeding
 
 
-def head_error(logits: torch.Tensor, y: torch.Tensor, scale: str = "mean"):
+def head_error(logits: torch.Tensor, y: torch.Tensor, scale: str = "mean", parts: int = 1):
     """Cross-entropy loss (mean over the batch, or over every position of a sequence; for logging, a
     tensor, so a GPU stage never waits for it) and the error e every stage receives: `sum` and `paper`:
     softmax - onehot(y) per sample (per position); `mean`: the same divided by the number of labels.
-    (Under `paper` the head itself learns from e / labels: Learner.signal.) The classes are the last dim."""
+    (Under `paper` the head itself learns from e / labels: Learner.signal.) The classes are the last dim.
+    `parts`: y is one of that many replicas' equal shares of the minibatch, and `mean` divides by the
+    whole minibatch's labels (replica.py)."""
     with torch.no_grad():
         logp = torch.log_softmax(logits, dim=-1)
         loss = F.nll_loss(logp.flatten(0, -2), y.flatten())
         e = logp.exp_()
         e.scatter_add_(-1, y[..., None], torch.full((*y.shape, 1), -1.0, dtype=e.dtype, device=e.device))
         if scale == "mean":
-            e.mul_(1.0 / y.numel())
+            e.mul_(1.0 / (y.numel() * parts))
     return loss, e
 
 
@@ -76,16 +78,19 @@ class Learner:
     signal inside the block only, then steps the optimizer. The signal of a hidden block under DFA is
     B_k e (at every position, for a sequence: `positions` leading dims after the batch); of the head, e
     itself (its true gradient). `input_grad`: the head also keeps the graph to its input, for the error
-    it broadcasts under feedback.error_at = hidden (`input_gradient`)."""
+    it broadcasts under feedback.error_at = hidden (`input_gradient`). `rows`: a replica.Rows, the block
+    seeing one replica's share of each minibatch."""
 
     def __init__(self, block: nn.Module, index: int, *, rule: str, is_head: bool, B: torch.Tensor | None,
                  out_shape: tuple[int, ...], seed: int, keep_units: torch.Tensor | None = None,
                  error_scale: str = "mean", keep_elements: dict[str, torch.Tensor] | None = None,
                  positions: int = 0, input_grad: bool = False, stash_weights: bool = False,
-                 act_dtype: torch.dtype = torch.float32):
+                 act_dtype: torch.dtype = torch.float32, rows=None):
         self.block, self.index, self.rule, self.is_head = block, index, rule, is_head
         # The paper's code: hidden blocks get the per-sample e, the head the gradient of the mean loss.
         self.head_mean = is_head and error_scale == "paper"
+        self.rows = rows
+        self.parts = rows.batch // (rows.hi - rows.lo) if rows is not None else 1
         self.B, self.out_shape, self.seed, self.positions = B, out_shape, seed, positions
         self.input_grad, self.inputs = input_grad, {}
         # train.dtype = bfloat16: the block computes under autocast and passes on bfloat16 (the head: float32)
@@ -114,18 +119,24 @@ class Learner:
                 torch.default_generator.manual_seed(s)
         if not self.learns:
             with torch.no_grad():
-                return self.apply(x)
+                return self._sliced(x)
         if self.rule != "bp":
             x = x.detach().requires_grad_(self.input_grad)
             if self.input_grad:
                 self.inputs[step] = x
         before = self.hooks.saved_bytes
         with self.hooks:
-            out = self.apply(x)
+            out = self._sliced(x)
         self.stash_bytes[step] = self.hooks.saved_bytes - before
         self.stash[step] = out
         self.updates_at_forward[step] = self.updates
         return out if self.rule == "bp" else out.detach()
+
+    def _sliced(self, x: torch.Tensor) -> torch.Tensor:
+        if self.rows is None:
+            return self.apply(x)
+        with self.rows:
+            return self.apply(x)
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """The block on x in the run's dtype (train.dtype): as is, or under autocast with its output
@@ -137,7 +148,7 @@ class Learner:
 
     def signal(self, e: torch.Tensor) -> torch.Tensor | None:
         if self.is_head:
-            return e / (e.numel() // e.shape[-1]) if self.head_mean else e
+            return e / (e.numel() // e.shape[-1] * self.parts) if self.head_mean else e
         if self.rule == "dfa":
             return feedback.project(self.B, e, self.out_shape, self.positions)
         return None  # bp: gradients arrive through the graph; shallow: nothing to learn
@@ -198,10 +209,11 @@ class Learner:
 
 
 def update(learners: list[Learner], opt: torch.optim.Optimizer | None, step: int, e: torch.Tensor | None,
-           lr: float, head_e: torch.Tensor | None = None, before_step=None) -> list[int]:
+           lr: float, head_e: torch.Tensor | None = None, before_step=None, reduce=None) -> list[int]:
     """Step's update of `learners`, which share `opt`: every block's signal back-propagated inside the
-    block in one autograd call, then `before_step()` (what the optimizer settings add: clipping,
-    decoupled decay), then one optimizer step. `head_e`: the head's own error where it differs from the
+    block in one autograd call, then `reduce(params)` (replicas: every gradient summed over the stage's
+    replicas, in place), then `before_step()` (what the optimizer settings add: clipping, decoupled
+    decay), then one optimizer step. `head_e`: the head's own error where it differs from the
     broadcast e (feedback.error_at = hidden). Returns each learning block's staleness."""
     taken = [learner.take(step, head_e if learner.is_head and head_e is not None else e)
              for learner in learners if learner.learns]
@@ -214,6 +226,8 @@ def update(learners: list[Learner], opt: torch.optim.Optimizer | None, step: int
     if opt is not None:
         for group in opt.param_groups:
             group["lr"] = lr
+        if reduce is not None:
+            reduce([p for group in opt.param_groups for p in group["params"]])
         frozen = [learner.frozen_rows() for learner in learners]
         if before_step is not None:
             before_step()

@@ -323,10 +323,9 @@ class _Driver:
                                lr=optim.lr_at(self.cfg.optim, t, self.total, self.spe))
                 if self.metrics:
                     self.metrics.train(t, loss, sps)
-        self.timelines.write(win.timelines, self.log, win.stop - 1, win.stats)
+        self.timelines.write(win, self.log, win.stop - 1)
         if self.metrics:
-            self.metrics.window(win.stop - win.start, (win.stop - win.start) * tr.batch_size, win.timelines,
-                                win.stats)
+            self.metrics.window(win, (win.stop - win.start) * tr.batch_size)
         if self.bar:
             self.bar.set_postfix(loss=f"{win.losses[-1]:.4f}", refresh=False)
             self.bar.update(win.stop - win.start)

@@ -11,19 +11,26 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from . import feedback, model as models, optim, partition, rules, schedule
+from . import feedback, model as models, optim, partition, replica, rules, schedule
 from .config import Config, ConfigError
 
 
 @dataclass
 class Window:
     """What the stages report after running window [start, stop) of the schedule: the head's loss of
-    every step and each stage's op timestamps (op, step, start, end, staleness)."""
+    every step and each stage's op timestamps (op, step, start, end, staleness). With replicas, one
+    timeline per stage actor: entry r * stages + k is stage k of replica r."""
     start: int
     stop: int
     losses: list[float]
     timelines: list[list]
-    stats: list[dict] | None = None  # per stage: Stage.take_stats()
+    stats: list[dict] | None = None  # per stage actor: Stage.take_stats()
+    replicas: int = 1
+
+    def where(self, i: int) -> tuple[int, int]:
+        """(stage, replica) of timeline i."""
+        n = len(self.timelines) // self.replicas
+        return i % n, i // n
 
 
 def assemble(parts: list[dict]) -> torch.nn.Sequential:
@@ -141,11 +148,21 @@ class Plan:
 
 class Stage:
     """Blocks k..m of the model with their learners and one optimizer. forward/update are the schedule's
-    ops; the head stage turns its output into the loss and the error e."""
+    ops; the head stage turns its output into the loss and the error e.
 
-    def __init__(self, plan: Plan, blocks: list[int], device: torch.device | str = "cpu"):
+    Replicas (runtime.replicas): this stage is replica `part` of `parts`, seeing that share of each
+    minibatch's rows, and `reduce(tensor) -> tensor` sums a tensor over the stage's replicas (blocking;
+    every replica calls it in the same order). The gradients are summed before every step, so every
+    replica steps alike (replica.py has the rest)."""
+
+    def __init__(self, plan: Plan, blocks: list[int], device: torch.device | str = "cpu", part: int = 0,
+                 parts: int = 1, reduce=None):
         cfg = plan.cfg
         self.plan, self.cfg, self.ids = plan, cfg, list(blocks)
+        self.parts, self.reduce = parts, reduce
+        rows = None
+        if parts > 1:
+            rows = replica.Rows(part, parts, cfg.train.batch_size, reduce if cfg.runtime.sync_batchnorm else None)
         net = plan.blocks(self.ids, device)
         last = plan.num_blocks - 1
         self.hidden_error = plan.hidden_error
@@ -167,7 +184,7 @@ class Stage:
                 net[k], k, rule=cfg.feedback.rule, is_head=is_head, B=B, out_shape=plan.out_shapes[k],
                 seed=cfg.train.seed, keep_units=keep, error_scale=cfg.feedback.error_scale, keep_elements=elements,
                 positions=len(plan.positions), input_grad=is_head and self.hidden_error, act_dtype=plan.act_dtype,
-                stash_weights=cfg.runtime.weight_stashing and cfg.runtime.depth > 1))
+                stash_weights=cfg.runtime.weight_stashing and cfg.runtime.depth > 1, rows=rows))
         # One optimizer over every learning block: one call per update.
         self.learning = [learner for learner in self.learners if learner.learns]
         self.sizes = [len(list(learner.block.parameters())) for learner in self.learning]
@@ -190,7 +207,7 @@ class Stage:
             h = learner.forward(step, h)
         out = h
         if self.is_head:
-            loss, e = rules.head_error(h.detach(), y, self.cfg.feedback.error_scale)
+            loss, e = rules.head_error(h.detach(), y, self.cfg.feedback.error_scale, self.parts)
             if self.hidden_error:  # every other block's error: e taken back through the head
                 self.head_errors[step] = e
                 e = self.learners[-1].input_gradient(step, e)
@@ -209,7 +226,7 @@ class Stage:
         # train.on_nonfinite = skip: every stage sees the same e, so every stage skips the same steps
         # (one device sync per update; the default, stop, leaves the check to the driver's window).
         own = self.head_errors.pop(step, None)
-        if self.skip_nonfinite and not bool(torch.isfinite(e).all()):
+        if self.skip_nonfinite and not self._finite(e):
             for learner in self.learners:
                 learner.drop(step)
             self.timeline.append(("skip", step, t0, self.clock.now(), 0))
@@ -217,9 +234,22 @@ class Stage:
         lr = optim.lr_at(self.cfg.optim, step, self.plan.total_steps, self.plan.steps_per_epoch)
         stale = rules.update(self.learners, self.opt, step, e, lr, own,
                              lambda: optim.before_step([learner.block for learner in self.learning], self.cfg.optim,
-                                                       lr, self.decay))
+                                                       lr, self.decay),
+                             self._sum_grads if self.parts > 1 else None)
         self.timeline.append(("update", step, t0, self.clock.now(), max(stale, default=0)))
         return stale
+
+    def _finite(self, e: torch.Tensor) -> bool:
+        """Whether e is finite; with replicas, whether every replica's is (they must skip alike)."""
+        bad = torch.tensor([0.0 if bool(torch.isfinite(e).all()) else 1.0], device=e.device)
+        return not bool((self.reduce(bad) if self.parts > 1 else bad).item())
+
+    def _sum_grads(self, params: list[torch.Tensor]) -> None:
+        """Every gradient summed over the replicas, in place: one flat message per update."""
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        total = self.reduce(torch.cat([g.flatten() for g in grads]))
+        for p, g in zip(params, total.split([g.numel() for g in grads])):
+            p.grad = g.view_as(p)
 
     def take_timeline(self) -> list:
         out, self.timeline = self.clock.resolve(self.timeline), []

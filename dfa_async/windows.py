@@ -75,22 +75,26 @@ def idle(busy_s: float, span_s: float) -> float:
 
 
 class Timelines:
-    """Per-stage host timestamps, written after every window as one `timeline` record per stage, and
-    totals (busy time, idle fraction) written at the end as `stage` records."""
+    """Per-stage host timestamps, written after every window as one `timeline` record per stage actor, and
+    totals (busy time, idle fraction) written at the end as `stage` records. With replicas, each record
+    also names its `replica`."""
 
     def __init__(self):
         self.busy, self.first, self.last = {}, {}, {}
 
-    def write(self, timelines: list[list], log: EventLog, step: int, stats: list[dict] | None = None) -> None:
-        for s, tl in enumerate(timelines):
+    def write(self, win, log: EventLog, step: int) -> None:
+        """Window `win`'s timelines (a stage.Window)."""
+        for i, tl in enumerate(win.timelines):
             if not tl:
                 continue
             op, steps, start, end, stale = (list(c) for c in zip(*tl))
-            log.write("timeline", step, stage=s, op=op, steps=steps, start=start, end=end, staleness=stale,
-                      **(stats[s] if stats else {}))
-            self.add(s, tl)
+            s, r = win.where(i)
+            log.write("timeline", step, stage=s, **({"replica": r} if win.replicas > 1 else {}), op=op, steps=steps,
+                      start=start, end=end, staleness=stale, **(win.stats[i] if win.stats else {}))
+            self.add((s, r) if win.replicas > 1 else s, tl)
 
-    def add(self, s: int, ops: list) -> None:
+    def add(self, s, ops: list) -> None:
+        """Ops of stage `s` (or (stage, replica))."""
         self.busy[s] = self.busy.get(s, 0.0) + busy(ops)[0]
         self.first.setdefault(s, ops[0][2])
         self.last[s] = ops[-1][3]
@@ -99,7 +103,8 @@ class Timelines:
         out = []
         for s in sorted(self.busy):
             span = self.last[s] - self.first[s]
-            out.append({"stage": s, "busy_s": self.busy[s], "span_s": span, "idle_fraction": idle(self.busy[s], span)})
+            where = {"stage": s[0], "replica": s[1]} if isinstance(s, tuple) else {"stage": s}
+            out.append({**where, "busy_s": self.busy[s], "span_s": span, "idle_fraction": idle(self.busy[s], span)})
         return out
 
     def summary(self, log: EventLog, step: int) -> list[dict]:

@@ -84,14 +84,14 @@ def test_stage_figures_agree_with_the_event_log(tmp_path):
     assert value(text, "dfa_steps_total") == res.steps
     assert value(text, "dfa_samples_total") == res.steps * 16
     for s in (0, 1):
-        assert value(text, f'dfa_stage_forward_seconds_count{{stage="{s}"}}') == len(stage_ops(tmp_path / "r", s, "forward"))
-        assert value(text, f'dfa_stage_update_seconds_count{{stage="{s}"}}') == len(stage_ops(tmp_path / "r", s, "update"))
-        assert value(text, f'dfa_stage_staleness{{stage="{s}"}}') == stage_ops(tmp_path / "r", s, "update")[-1]
-        assert 0 <= value(text, f'dfa_stage_idle_fraction{{stage="{s}"}}') < 1
+        assert value(text, f'dfa_stage_forward_seconds_count{{replica="0",stage="{s}"}}') == len(stage_ops(tmp_path / "r", s, "forward"))
+        assert value(text, f'dfa_stage_update_seconds_count{{replica="0",stage="{s}"}}') == len(stage_ops(tmp_path / "r", s, "update"))
+        assert value(text, f'dfa_stage_staleness{{replica="0",stage="{s}"}}') == stage_ops(tmp_path / "r", s, "update")[-1]
+        assert 0 <= value(text, f'dfa_stage_idle_fraction{{replica="0",stage="{s}"}}') < 1
         last = [r for r in runlog.read(tmp_path / "r" / "events.msgpack", "timeline") if r["stage"] == s][-1]
-        assert value(text, f'dfa_stage_in_flight_steps{{stage="{s}"}}') == last["in_flight"] == 2  # D = 2
-        assert value(text, f'dfa_stage_stash_bytes{{stage="{s}"}}') == last["stash_bytes"] > 0
-        assert value(text, f'dfa_stage_peak_memory_bytes{{memory="host",stage="{s}"}}') == last["peak_rss_bytes"] > 1e6
+        assert value(text, f'dfa_stage_in_flight_steps{{replica="0",stage="{s}"}}') == last["in_flight"] == 2  # D = 2
+        assert value(text, f'dfa_stage_stash_bytes{{replica="0",stage="{s}"}}') == last["stash_bytes"] > 0
+        assert value(text, f'dfa_stage_peak_memory_bytes{{memory="host",replica="0",stage="{s}"}}') == last["peak_rss_bytes"] > 1e6
     assert runlog.read(tmp_path / "r" / "events.msgpack", "metrics")[0]["port"] == ex.port
 
 

@@ -11,7 +11,8 @@ NOT_LEARNED = ({"train.root", "train.name", "train.log_every", "train.eval_batch
                 "checkpoint.keep", "train.on_nonfinite"}
                | {f"runtime.{k}" for k in ("backend", "blocks_per_stage", "num_stages", "address", "threads", "num_cpus",
                                             "placement", "transport", "window", "peer_timeout_s", "device",
-                                            "gpus_per_stage", "max_failures", "autoscale", "placement_timeout_s")})
+                                            "gpus_per_stage", "max_failures", "autoscale", "placement_timeout_s", "replicas",
+                                            "sync_batchnorm")})
 
 
 EXTENDABLE = {"train.max_steps", "train.epochs"}

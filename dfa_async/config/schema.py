@@ -190,6 +190,15 @@ class RuntimeConfig:
                              lo=1, choices=("auto",))
     num_stages: int = _opt(0, "With runtime.blocks_per_stage = \"auto\": how many stages; 0 means one per CPU core of "
                            "this machine (at most one per block).", lo=0)
+    replicas: int = _opt(1, "Copies R of the whole pipeline (layer x data parallel): replica r of every stage takes rows "
+                         "r*B/R .. (r+1)*B/R of each minibatch and only talks to replica r of the other stages; the "
+                         "replicas of a stage sum their gradients before every step, so they stay identical and learn "
+                         "what one pipeline learns on the whole minibatch. R must divide train.batch_size; \"auto\": "
+                         "as many as the cluster's GPUs (else CPUs) allow for the stages.", lo=1, choices=("auto",))
+    sync_batchnorm: bool = _opt(False, "With runtime.replicas > 1: batchnorm normalizes by the whole minibatch's "
+                                "statistics, summed over the replicas (forward and backward), as one pipeline does. "
+                                "Off: each replica by its own rows (DDP's default); the running statistics kept, "
+                                "evaluated and saved are then replica 0's.")
     address: str = _opt("", "Ray address to join (e.g. `auto`); empty starts a local instance for the run.")
     threads: int = _opt(1, "Torch threads per stage actor (and of the local backend).", lo=1)
     num_cpus: int = _opt(0, "CPUs of the local Ray instance; 0 means max(stages, cores).", lo=0)
@@ -306,8 +315,11 @@ def check_value(key: str, f: dataclasses.Field, hint, value):
             raise ConfigError(f"{key}: expected true or false, got {value!r}")
         return value
     if hint is int:
+        if meta["choices"] and value in meta["choices"]:  # a word in place of the number, e.g. "auto"
+            return value
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            words = f" or {', '.join(repr(c) for c in meta['choices'])}" if meta["choices"] else ""
+            raise ConfigError(f"{key}: expected an integer{words}, got {value!r}")
     elif hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
@@ -317,7 +329,7 @@ def check_value(key: str, f: dataclasses.Field, hint, value):
     elif hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
-    if meta["choices"] and value not in meta["choices"]:
+    if meta["choices"] and hint is not int and value not in meta["choices"]:
         raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {', '.join(meta['choices'])}")
     if hint in (int, float):
         _check_range(key, meta, value)
@@ -355,6 +367,19 @@ def validate(cfg: Config, own_model: bool = False) -> None:
             if getattr(rt, name) != default:
                 raise ConfigError(f"runtime.{name}: {getattr(rt, name)!r} applies to runtime.backend = ray; the "
                                   f"local backend runs in this process (leave it at {default!r})")
+    if rt.replicas != 1 and rt.backend == "local":
+        raise ConfigError(f"runtime.replicas: {rt.replicas!r} copies of the pipeline need runtime.backend = ray; the "
+                          "local backend runs one (leave it at 1)")
+    if isinstance(rt.replicas, int) and tr.batch_size % rt.replicas:
+        fits = [str(r) for r in range(1, tr.batch_size + 1) if tr.batch_size % r == 0]
+        fits = fits if len(fits) <= 8 else fits[:7] + ["..."]
+        raise ConfigError(f"runtime.replicas: {rt.replicas} replicas cannot share train.batch_size = {tr.batch_size} "
+                          f"rows equally; choose a divisor of {tr.batch_size} ({', '.join(fits)}) or change the "
+                          "batch size")
+    if rt.replicas != 1 and m.kind == "gpt" and m.dropout > 0 and not own_model:
+        raise ConfigError(f"model.dropout: {m.dropout} with runtime.replicas = {rt.replicas}: attention dropout is "
+                          "drawn inside scaled_dot_product_attention, where a replica cannot take its rows of the "
+                          "whole minibatch's draw; use model.dropout = 0 or runtime.replicas = 1")
     streams = d.name in TEXT
     if m.kind == "gpt" and not streams and d.name != "synthetic" and not own_model:
         raise ConfigError(f"data.name: {d.name!r} is not a token stream; model.kind = gpt reads tinyshakespeare, "

@@ -43,13 +43,16 @@ def start_ray(cfg, stages: int) -> bool:
     return True
 
 
-def time_shared(stages: int, threads: int, cores: int) -> str | None:
+def time_shared(stages: int, threads: int, cores: int, replicas: int = 1) -> str | None:
     """The warning for CPU stages that, all on one machine, need more cores than it has (None if they fit):
     they time-share the cores, so every wait for a peer becomes a sleep and a wake-up, and the stages evict
     each other from the caches at every switch."""
-    if stages * threads <= cores:
+    if stages * replicas * threads <= cores:
         return None
     fit = max(cores // threads, 1)
+    if replicas > 1:
+        return (f"runtime.replicas: {stages} stages x {replicas} replicas x {threads} thread(s) on this machine's "
+                f"{cores} cores time-share them; use at most {max(fit // stages, 1)} replica(s), or \"auto\"")
     return (f"runtime.blocks_per_stage: {stages} stages x {threads} thread(s) on this machine's {cores} cores "
             f"time-share them (4 stages of a 576-wide model on 2 cores ran at 0.78x of what they compute without "
             f"waiting, docs/results.md); group the blocks into at most {fit} stage(s) with runtime.blocks_per_stage, "
@@ -129,21 +132,26 @@ def _check_reachable(address: str) -> None:
 
 
 class Placement:
-    """One bundle per stage ({CPU: 1}, plus a GPU where stages run on GPUs) in a placement group."""
+    """One bundle per stage actor ({CPU: 1}, plus a GPU where stages run on GPUs) in a placement group:
+    `n` stages times `replicas`, bundle r * n + k for stage k of replica r."""
 
     def __init__(self, n: int, bundle: dict, strategy: str, fixed: bool = False, autoscale: bool = False,
-                 timeout_s: float = 300.0):
+                 timeout_s: float = 300.0, replicas: int = 1):
         """`fixed`: a local instance of the run's own. A request beyond the cluster's total resources fails
         at once unless the cluster can grow (`autoscale`); one that fits in total but not now (other jobs
         hold the resources) waits up to `timeout_s`."""
+        grid = f"{n} stages x {replicas} replicas" if replicas > 1 else f"{n} stages"
+        n *= replicas
         self.n, self.bundle, self.strategy, self.pg = n, bundle, strategy, None
         total = ray.cluster_resources()
         short = {k: v * n for k, v in bundle.items() if total.get(k, 0) < v * n - 1e-9}
         if short and (fixed or not autoscale):
             have = {k: total.get(k, 0) for k in short}
-            fix = ("raise runtime.num_cpus or use fewer stages" if fixed else "use fewer stages, a larger cluster, "
+            fewer = "fewer stages or replicas" if replicas > 1 else "fewer stages"
+            fix = (f"raise runtime.num_cpus or use {fewer}" if fixed else f"use {fewer}, a larger cluster, "
                    "or runtime.autoscale = true if the cluster adds nodes on demand")
-            raise ConfigError(f"runtime.blocks_per_stage: {n} stages need {short}, but the cluster has {have} in all; {fix}")
+            key = "runtime.replicas" if replicas > 1 else "runtime.blocks_per_stage"
+            raise ConfigError(f"{key}: {grid} need {short}, but the cluster has {have} in all; {fix}")
         if strategy == "strict_spread" and not autoscale:
             fit = [node for node in ray.nodes() if node["Alive"]
                    and all(node["Resources"].get(k, 0) >= v - 1e-9 for k, v in bundle.items())]

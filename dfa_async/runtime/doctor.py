@@ -18,15 +18,16 @@ class Unreachable(RuntimeError):
     """Two stages cannot talk (one line naming them)."""
 
 
-def channel_rows(world: int, transport: str, why: str, cycles: list[float | None]) -> list[dict]:
-    """Each channel with what it carries and the round trip of the ping cycle that first passed it
-    (wire.ping: cycle k runs k -> k + 1 -> … -> head -> k and is timed by stage k)."""
+def channel_rows(world: int, transport: str, why: str, cycles: list[float | None], replica: int = 0) -> list[dict]:
+    """Each channel (of replica `replica`'s pipeline) with what it carries and the round trip of the ping
+    cycle that first passed it (wire.ping: cycle k runs k -> k + 1 -> … -> head -> k and is timed by stage k)."""
     head, rows = world - 1, []
     for src, dst in wire.channels(world):
         act = dst == src + 1
         k = src if act else dst
-        rows.append({"channel": (src, dst), "carries": "activations" if act else "errors", "transport": transport,
-                     "why": why, "cycle": k, "round_trip_s": cycles[k] if k < len(cycles) else None,
+        rows.append({"channel": (src, dst), "replica": replica, "carries": "activations" if act else "errors",
+                     "transport": transport, "why": why, "cycle": k,
+                     "round_trip_s": cycles[k] if k < len(cycles) else None,
                      "path": " -> ".join(map(str, [*range(k, head + 1), k]))})
     return rows
 
@@ -46,12 +47,14 @@ def doctor(cfg: Config, out=print) -> list[dict]:
     plan = balance.resolve(Plan(cfg, ds.shape, ds.classes, total, spe, window=ds.window))
     pipe = RayPipeline(plan, ds)
     try:
-        n = len(pipe.partition)
-        out(f"dfa-async doctor: {n} stage(s) on {len(set(pipe.ips))} node(s), device {pipe.device}, "
-            f"transport {pipe.transport} ({pipe.why})")
-        out(f"{'stage':>5}  {'blocks':<10} {'node':<16} {'gpus':<6} {'bound':<16} buffers")
+        n, R = len(pipe.partition), pipe.replicas
+        grid = f"{n} stage(s) x {R} replicas" if R > 1 else f"{n} stage(s)"
+        out(f"dfa-async doctor: {grid} on {len(set(pipe.ips))} node(s), device {pipe.device}, "
+            f"transport {pipe.transport} ({pipe.why})" + (f", replicas' sums over {pipe.bound[0].get('replicas')}"
+                                                          if R > 1 else ""))
+        out(f"{'stage':>5} {'replica':>7}  {'blocks':<10} {'node':<16} {'gpus':<6} {'bound':<16} buffers")
         for row in pipe.plan_rows():
-            out(f"{row['stage']:>5}  {','.join(map(str, row['blocks'])):<10} {row['node'] or '?':<16} "
+            out(f"{row['stage']:>5} {row['replica']:>7}  {','.join(map(str, row['blocks'])):<10} {row['node'] or '?':<16} "
                 f"{','.join(row['gpus']) or '-':<6} {row.get('host') or '-':<16} {row.get('buffers', '-')}")
         if pipe.lost is not None:
             raise Unreachable(_one_line(pipe.lost))
@@ -62,11 +65,11 @@ def doctor(cfg: Config, out=print) -> list[dict]:
             cycles = pipe.ping()
         except StageFailure as err:
             raise Unreachable(_one_line(err)) from None
-        rows = channel_rows(n, pipe.transport, pipe.why, cycles)
-        out(f"{'channel':<20} {'carries':<12} {'transport':<10} {'round trip':>11}  ping cycle")
+        rows = [row for r in range(R) for row in channel_rows(n, pipe.transport, pipe.why, cycles[r * n:(r + 1) * n], r)]
+        out(f"{'channel':<20} {'replica':>7}  {'carries':<12} {'transport':<10} {'round trip':>11}  ping cycle")
         for r in rows:
             src, dst = r["channel"]
-            out(f"{f'stage {src} -> stage {dst}':<20} {r['carries']:<12} {r['transport']:<10} "
+            out(f"{f'stage {src} -> stage {dst}':<20} {r['replica']:>7}  {r['carries']:<12} {r['transport']:<10} "
                 f"{r['round_trip_s'] * 1e3:>8.2f} ms  {r['path']}")
         out(f"dfa-async doctor: all {len(rows)} channels answered")
         return rows

@@ -1,8 +1,9 @@
 """The driver's side of the layer-parallel runtime on Ray. The driver steers: it starts one actor per
-stage, connects them into a process group, puts the dataset into the object store once, and asks every
-stage to run a window of the schedule; the stages exchange every tensor among themselves. It collects
-losses and timestamps at the end of each window, gathers state at drained boundaries, and replaces every
-stage when one dies (the run then resumes from the last checkpoint)."""
+stage (per stage and replica: runtime.replicas pipelines side by side), connects them into their data
+planes, puts the dataset into the object store once, and asks every stage to run a window of the
+schedule; the stages exchange every tensor among themselves. It collects losses and timestamps at the
+end of each window, gathers state at drained boundaries (replica 0's: the replicas are identical), and
+replaces every stage when one dies (the run then resumes from the last checkpoint)."""
 from __future__ import annotations
 
 import os
@@ -77,12 +78,23 @@ def choose_transport(setting: str, stages: int, nodes: int, own_gpu: bool, shm_o
 RemoteWorker = ray.remote(_Actor)
 
 
+def replicas_for(setting, stages: int, units: float, batch: int) -> int:
+    """runtime.replicas as a number: `auto` takes as many copies of `stages` stages as `units` (the GPUs or
+    CPUs there are for them) hold, at least 1, and the largest such count that divides the batch."""
+    if setting != "auto":
+        return setting
+    most = max(1, int(units // stages + 1e-9))
+    return max(r for r in range(1, most + 1) if batch % r == 0)
+
+
 class RayPipeline:
     def __init__(self, plan: Plan, ds):
         cfg = plan.cfg
         self.plan, self.cfg = plan, cfg
         self.partition = plan.partition()
-        self.started_ray = start_ray(cfg, len(self.partition))
+        wanted = cfg.runtime.replicas if cfg.runtime.replicas != "auto" else 1
+        self.started_ray = start_ray(cfg, len(self.partition) * wanted)
+        self.replicas = 1
         self.placement, self.actors, self.restarts = None, [], 0
         self.namespace = f"dfa-async-{uuid.uuid4().hex[:8]}"
         try:
@@ -103,6 +115,11 @@ class RayPipeline:
             raise ConfigError("runtime.transport: nccl needs a whole GPU per stage (runtime.gpus_per_stage = 1); "
                               "use shm, gloo or auto")
         self.device = "cuda" if use_gpu else "cpu"
+        units = gpus / share if use_gpu else ray.cluster_resources().get("CPU", 0)
+        self.replicas = replicas_for(cfg.runtime.replicas, n, units, cfg.train.batch_size)
+        if cfg.runtime.replicas == "auto":
+            print(f"dfa-async: runtime.replicas = auto: {self.replicas} (the cluster's {units:g} "
+                  f"{'GPUs' if use_gpu else 'CPUs'} for {n} stage(s))", flush=True)
         # Stages that can only be placed on this machine share its cores (see cluster.time_shared); a
         # cluster's one node elsewhere may have other cores.
         alive = [node for node in ray.nodes() if node["Alive"]]
@@ -115,29 +132,32 @@ class RayPipeline:
         self._spawn()
 
     def _spawn(self) -> None:
-        n = len(self.partition)
+        n, R = len(self.partition), self.replicas
         rt = self.cfg.runtime
         # Put afresh for every set of stages: a replaced stage then pulls the data from the driver's node,
         # never from a copy on a node that died or that it cannot reach (seen with two hosts cut apart: the
         # new stage's pull from the other host's copy hung for minutes).
         self.data = {k: ray.put(v) for k, v in self.arrays.items()}
         self.placement = Placement(n, self.bundle, rt.placement, fixed=self.started_ray, autoscale=rt.autoscale,
-                                   timeout_s=rt.placement_timeout_s)
+                                   timeout_s=rt.placement_timeout_s, replicas=R)
+        # Actor r * n + k is stage k of replica r.
         self.actors = []
-        for i, ids in enumerate(self.partition):
-            held = {}
-            if i == 0:
-                held.update(x_train=self.data["x_train"], x_test=self.data["x_test"])
-            if i == n - 1:
-                held.update(y_train=self.data["y_train"], y_test=self.data["y_test"])
-            # Readable in `ray list actors` and the dashboard; a namespace of the run's own keeps two runs
-            # on one cluster apart, and a replaced stage gets a new name (the old one may not be freed yet).
-            name = f"dfa-stage-{i}" + (f"-restart{self.restarts}" if self.restarts else "")
-            self.actors.append(RemoteWorker.options(name=name, namespace=self.namespace,
-                                                    **self.placement.options(i)).remote(
-                self.plan, ids, i, n, self.n_test, self.cfg.runtime.threads, self.device, **held))
-        self.hosts = self.pids = self.ips = self.gpu_ids = [None] * n
-        self.bound = [{} for _ in range(n)]
+        for r in range(R):
+            for i, ids in enumerate(self.partition):
+                held = {}
+                if i == 0:
+                    held.update(x_train=self.data["x_train"], x_test=self.data["x_test"])
+                if i == n - 1:
+                    held.update(y_train=self.data["y_train"], y_test=self.data["y_test"])
+                # Readable in `ray list actors` and the dashboard; a namespace of the run's own keeps two runs on
+                # one cluster apart, and a replaced stage gets a new name (the old one may not be freed yet).
+                name = (f"dfa-stage-{i}" + (f"-replica-{r}" if R > 1 else "")
+                        + (f"-restart{self.restarts}" if self.restarts else ""))
+                self.actors.append(RemoteWorker.options(name=name, namespace=self.namespace,
+                                                        **self.placement.options(r * n + i)).remote(
+                    self.plan, ids, i, n, self.n_test, rt.threads, self.device, **held, replica=r, replicas=R))
+        self.hosts = self.pids = self.ips = self.gpu_ids = [None] * (n * R)
+        self.bound = [{} for _ in range(n * R)]
         self.transport, self.why, self.lost = "none", "", None
         try:  # a failure here is raised at the first call, inside the run's restart loop
             self._connect()
@@ -145,22 +165,31 @@ class RayPipeline:
             self.lost = err
 
     def _connect(self) -> None:
-        n = len(self.actors)
+        n, R = len(self.partition), self.replicas
         self.pids = self._get([a.pid.remote() for a in self.actors], self.cfg.runtime.placement_timeout_s)
         self.ips = self._get([a.node_ip.remote() for a in self.actors])
         self.gpu_ids = self._get([a.gpu_ids.remote() for a in self.actors])
         self.transport, self.why = choose_transport(self.cfg.runtime.transport, n, len(set(self.ips)),
                                                     self.own_gpu, shm.available())
         # Stages on one node meet over loopback; across nodes each listens on its own node's address and
-        # the rendezvous on stage 0's.
-        self.hosts = ["127.0.0.1"] * n if len(set(self.ips)) == 1 else list(self.ips)
+        # a pipeline's rendezvous on its stage 0's (a stage's replicas' on replica 0's).
+        self.hosts = ["127.0.0.1"] * (n * R) if len(set(self.ips)) == 1 else list(self.ips)
         if n > 1:
-            port = self._get(self.actors[0].open_rendezvous.remote(self.hosts[0]))
-            refs = [a.connect.remote(self.hosts[0], port, self.transport, h) for a, h in zip(self.actors, self.hosts)]
+            ports = self._get([self.actors[r * n].open_rendezvous.remote(self.hosts[r * n]) for r in range(R)])
+            refs = [a.connect.remote(self.hosts[i - i % n], ports[i // n], self.transport, h)
+                    for i, (a, h) in enumerate(zip(self.actors, self.hosts))]
             try:
                 self.bound = self._get(refs)
             except StageFailure as err:
                 raise root_cause(refs, err, wire.channels(n)) from err
+        if R > 1:
+            # gloo between CPU stages (and GPU-sharing ones, through pinned memory), nccl between whole GPUs
+            backend = "nccl" if self.own_gpu else "gloo"
+            ports = self._get([self.actors[k].open_rendezvous.remote(self.hosts[k], "replicas") for k in range(n)])
+            self._get([a.join_replicas.remote(self.hosts[i % n], ports[i % n], backend, h)
+                       for i, (a, h) in enumerate(zip(self.actors, self.hosts))])
+            for bound in self.bound:
+                bound["replicas"] = backend
 
     def ping(self) -> list[float | None]:
         """Every channel once (wire.ping); each non-head stage's cycle time."""
@@ -172,21 +201,22 @@ class RayPipeline:
 
     def describe(self) -> dict:
         return {"pids": self.pids, "partition": self.partition, "device": self.device, "transport": self.transport,
-                "stages": self.plan_rows()}
+                "replicas": self.replicas, "stages": self.plan_rows()}
 
     def warnings(self) -> list[str]:
         """CPU stages that can only be placed on this machine and need more cores than it has."""
         if self.device != "cpu" or not self.this_machine_only:
             return []
-        note = time_shared(len(self.partition), self.cfg.runtime.threads, len(os.sched_getaffinity(0)))
+        note = time_shared(len(self.partition), self.cfg.runtime.threads, len(os.sched_getaffinity(0)), self.replicas)
         return [note] if note else []
 
     def plan_rows(self) -> list[dict]:
-        """Each stage: its blocks, node, GPUs and the address its data plane bound (the `stages` record
-        and the doctor's table)."""
-        return [{"stage": i, "blocks": ids, "pid": pid, "node": ip, "gpus": gpus, **bound}
-                for i, (ids, pid, ip, gpus, bound) in enumerate(zip(self.partition, self.pids, self.ips,
-                                                                    self.gpu_ids, self.bound))]
+        """Each stage actor (stage, replica): its blocks, node, GPUs and the address its data plane bound
+        (the `stages` record and the doctor's table)."""
+        n = len(self.partition)
+        return [{"stage": i % n, "replica": i // n, "blocks": self.partition[i % n], "pid": pid, "node": ip,
+                 "gpus": gpus, **bound}
+                for i, (pid, ip, gpus, bound) in enumerate(zip(self.pids, self.ips, self.gpu_ids, self.bound))]
 
     def _kill(self) -> None:
         release(self.actors, self.placement)
@@ -225,11 +255,13 @@ class RayPipeline:
         if not isinstance(refs, list) or len(refs) != len(self.actors) or failed not in refs:
             return "a stage actor"
         k = refs.index(failed)
-        where = [f"blocks {','.join(map(str, self.partition[k]))}"]
+        n = len(self.partition)
+        where = [f"blocks {','.join(map(str, self.partition[k % n]))}"] + ([f"replica {k // n}"] if self.replicas > 1
+                                                                          else [])
         for name, values in (("node", getattr(self, "ips", None)), ("pid", getattr(self, "pids", None))):
             if values and k < len(values):
                 where.append(f"{name} {values[k]}")
-        return f"stage {k} ({', '.join(where)})"
+        return f"stage {k % n} ({', '.join(where)})"
 
     # -- windows, evaluation, state ------------------------------------------------------------------
     def _connected(self) -> None:
@@ -243,40 +275,50 @@ class RayPipeline:
     def collect(self, handle) -> Window:
         start, stop, refs = handle
         results = self._get(refs)
-        return Window(start, stop, results[-1]["losses"], [r["timeline"] for r in results],
-                      [r["stats"] for r in results])
+        n = len(self.partition)
+        heads = [results[r * n + n - 1]["losses"] for r in range(self.replicas)]
+        # The minibatch's loss: the mean of the replicas' (each the mean over an equal share of its rows).
+        losses = heads[0] if self.replicas == 1 else [sum(ls) / self.replicas for ls in zip(*heads)]
+        return Window(start, stop, losses, [r["timeline"] for r in results], [r["stats"] for r in results],
+                      self.replicas)
+
+    @property
+    def first_pipeline(self) -> list:
+        """Replica 0's stages: they evaluate, are probed and hold the state (every replica's is the same)."""
+        return self.actors[:len(self.partition)]
 
     def evaluate(self) -> tuple[float, float]:
         self._connected()
-        correct, total, n = self._get([a.evaluate.remote() for a in self.actors])[-1]
+        correct, total, n = self._get([a.evaluate.remote() for a in self.first_pipeline])[-1]
         return correct / n, total / n
 
     def state(self) -> dict:
         out = {}
-        for part in self._get([a.state.remote() for a in self.actors]):
+        for part in self._get([a.state.remote() for a in self.first_pipeline]):
             out.update(part)
         return out
 
     def load_state(self, state: dict) -> None:
         self._connected()
-        self._get([a.load_state.remote({k: state[k] for k in map(str, ids)})
-                   for a, ids in zip(self.actors, self.partition)])
+        n = len(self.partition)
+        self._get([a.load_state.remote({k: state[k] for k in map(str, self.partition[i % n])})
+                   for i, a in enumerate(self.actors)])
 
     def align(self, n: int, data: str = "train", mode: str = "train") -> list[dict]:
         """Alignment of every block on the first n samples of `data`: a forward through the stages,
         then a backprop chain back through them (see probe.py); only activations and gradients of the
         probe batch pass between the actors, as Ray objects."""
         ref = None
-        for a in self.actors:
+        for a in self.first_pipeline:
             ref = a.probe_forward.remote(n, ref, data, mode)
         e, g, parts = ref, None, []
-        for a in reversed(self.actors):
+        for a in reversed(self.first_pipeline):
             blocks, g = a.probe_backward.options(num_returns=2).remote(g, e)
             parts.insert(0, blocks)
         return [b for part in self._get(parts) for b in part]
 
     def model(self) -> torch.nn.Sequential:
-        return assemble(self._get([a.modules.remote() for a in self.actors]))
+        return assemble(self._get([a.modules.remote() for a in self.first_pipeline]))
 
     def close(self) -> None:
         self._kill()

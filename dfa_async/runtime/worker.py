@@ -3,6 +3,9 @@ its minibatches itself (the first stage its inputs, the head its labels, by the 
 exchanging tensors with its peers over the data plane. The driver only says which window to run.
 
 Every stage computes the same `schedule.ops(a, b, …)`; the pure function is what keeps them in step.
+With runtime.replicas = R, R such pipelines run side by side, each on its share of every minibatch's rows;
+replica r of a stage talks only to replica r of the others, and sums its gradients with the other
+replicas of its own stage (reduce.py).
 Nothing here knows about Ray (the actor wraps this class) or about a particular model."""
 from __future__ import annotations
 
@@ -16,19 +19,23 @@ import torch
 from .. import data, data as data_mod, process, wire
 from ..stage import Plan, Stage
 from .plane import Link, Rendezvous
+from .reduce import Replicas
 
 
 class StageWorker:
     def __init__(self, plan: Plan, ids: list[int], rank: int, world: int, n_test: int, threads: int = 1,
-                 device: str = "cpu", x_train=None, y_train=None, x_test=None, y_test=None):
+                 device: str = "cpu", x_train=None, y_train=None, x_test=None, y_test=None, replica: int = 0,
+                 replicas: int = 1):
         process.setup(threads)
         self.plan, self.rank, self.world = plan, rank, world
+        self.replica, self.replicas, self.group = replica, replicas, None
         self.partition = plan.partition()
         self.device = torch.device(device)
-        self.stage = Stage(plan, ids, device=self.device)
+        self.stage = Stage(plan, ids, device=self.device, part=replica, parts=replicas,
+                           reduce=lambda t: self.group.sum(t))
         self.first, self.head = rank == 0, rank == world - 1
         cfg = plan.cfg
-        self.depth, self.batch = cfg.runtime.depth, cfg.train.batch_size
+        self.depth, self.batch = cfg.runtime.depth, cfg.train.batch_size // replicas  # this replica's rows
         # The first stage holds the inputs, the head the labels (a single stage both).
         self.x_train, self.x_test = (data.as_tensor(a) if a is not None else None for a in (x_train, x_test))
         self.y_train, self.y_test = (data.as_tensor(a) if a is not None else None for a in (y_train, y_test))
@@ -38,7 +45,7 @@ class StageWorker:
         self.batches = data.batches(len(held), cfg, plan.window) if held is not None else None
         self.n_test = n_test
         self.errors: dict[int, torch.Tensor] = {}
-        self.rendezvous: Rendezvous | None = None
+        self.rendezvous: dict[str, Rendezvous] = {}
         self.link: Link | None = None
         if world == 1:
             self.link = Link(0, 1)
@@ -47,19 +54,26 @@ class StageWorker:
         return os.getpid()
 
     # -- the data plane ---------------------------------------------------------------------------------
-    def open_rendezvous(self, host: str) -> int:
-        """Rank 0: listen on `host` for the others; returns the port."""
-        self.rendezvous = Rendezvous(host, self.world, self.plan.cfg.runtime.peer_timeout_s)
-        return self.rendezvous.port
+    def open_rendezvous(self, host: str, name: str = "pipeline") -> int:
+        """Listen on `host` for the others (`pipeline`: this stage is its pipeline's rank 0; `replicas`: its
+        stage's replica 0); returns the port."""
+        world = self.world if name == "pipeline" else self.replicas
+        self.rendezvous[name] = Rendezvous(host, world, self.plan.cfg.runtime.peer_timeout_s)
+        return self.rendezvous[name].port
 
     def connect(self, store_host: str, port: int, transport: str, host: str = "127.0.0.1") -> dict:
         """Join the data plane (every rank at once: it returns when every channel said hello). `host`: the
         address this stage listens on, its own node's. Returns what it bound, for the event log."""
         self.link = Link(self.rank, self.world, transport=transport, device=self.device, host=host,
-                         store_host=store_host, port=port, rendezvous=self.rendezvous,
+                         store_host=store_host, port=port, rendezvous=self.rendezvous.get("pipeline"),
                          timeout_s=self.plan.cfg.runtime.peer_timeout_s,
                          max_sends=wire.max_sends(self.rank, self.world, self.depth), ring_bytes=self.ring_bytes())
         return {"host": host, "buffers": self.link.buffers, "device": str(self.link.device)}
+
+    def join_replicas(self, store_host: str, port: int, backend: str, host: str = "127.0.0.1") -> None:
+        """Join the group of this stage's replicas (every replica of the stage at once)."""
+        self.group = Replicas(self.rank, self.replica, self.replicas, store_host, port, backend, host, self.device,
+                              self.plan.cfg.runtime.peer_timeout_s)
 
     def ping(self) -> float | None:
         """The doctor's ping (wire.ping): the seconds of this stage's own cycle, from its send to the
@@ -102,11 +116,13 @@ class StageWorker:
                 got[msg.kind, t] = link.wait(ch, msg)
             elif op == "forward":
                 if self.first:
-                    x = self.batches.inputs(self.x_train, t).to(self.device, non_blocking=True)
+                    x = self.batches.inputs(self.x_train, t, self.replica, self.replicas).to(self.device,
+                                                                                             non_blocking=True)
                 else:
                     x = got.pop((wire.ACT, t))
                 if self.rank == head:
-                    loss, errors[t] = stage.forward(t, x, self.batches.labels(self.y_train, t).to(self.device))
+                    y = self.batches.labels(self.y_train, t, self.replica, self.replicas)
+                    loss, errors[t] = stage.forward(t, x, y.to(self.device))
                     losses.append(loss)
                 else:
                     got["out", t] = stage.forward(t, x)

@@ -100,7 +100,7 @@ def test_the_doctor_prints_the_plan_and_a_ping_through_every_channel(hosts):
 def placed(out: str) -> dict[str, int]:
     """node -> stage, from the doctor's plan table."""
     rows = [ln.split() for ln in out.splitlines() if ln[:5].strip().isdigit()]
-    return {r[2]: int(r[0]) for r in rows}
+    return {r[3]: int(r[0]) for r in rows}  # stage, replica, blocks, node
 
 
 @pytest.mark.skipif(WHY_NOT is not None, reason=f"separate network stacks: {WHY_NOT}")
