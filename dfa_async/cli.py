@@ -98,6 +98,8 @@ def _main(argv: list[str] | None = None) -> int:
                     "stage (0.5: two stages per GPU)")
     be.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     be.add_argument("--depths", default="1,2,3", help="pipeline depths D to measure, comma-separated")
+    be.add_argument("--replicas", default="1", help="replica counts R, comma-separated: each N workers also as "
+                    "N/R stages x R replicas (runtime.replicas), e.g. 1,2")
     be.add_argument("--repeats", type=int, default=2, help="rounds over every mode; each reports its best")
     be.add_argument("--steps", type=int, default=30, help="timed steps per mode")
     be.add_argument("--warmup", type=int, default=5)
@@ -132,6 +134,8 @@ def _main(argv: list[str] | None = None) -> int:
     si.add_argument("--workers", default="1,2,4,8", help="worker counts N, comma-separated")
     si.add_argument("--depth", type=int, default=3, help="pipeline depth D of the DFA runtime")
     si.add_argument("--microbatches", type=int, default=4, help="microbatches of gpipe and 1f1b")
+    si.add_argument("--replicas", default="1", help="replica counts R, comma-separated: also each N as N/R stages x "
+                    "R replicas (e.g. 1,2,4)")
     si.add_argument("--out", help="also write the table to this Markdown file")
     args = parser.parse_args(argv)
 
@@ -149,7 +153,10 @@ def _main(argv: list[str] | None = None) -> int:
                     positive("--workers", w)
                     if w > MAX_WORKERS:
                         raise ValueError(f"--workers: {w}; the simulator models at most {MAX_WORKERS} workers")
-                table = sim.scaling(args.bench_dir, args.link, workers, args.depth, args.microbatches)
+                replicas = ints("--replicas", args.replicas)
+                for r in replicas:
+                    positive("--replicas", r)
+                table = sim.scaling(args.bench_dir, args.link, workers, args.depth, args.microbatches, replicas)
             if args.out:
                 Path(args.out).write_text(table + "\n")
         except (ValueError, OSError) as err:
@@ -164,6 +171,7 @@ def _main(argv: list[str] | None = None) -> int:
         try:
             # Every argument is checked before any work, by bench.check or accuracy.run.
             depths, stages = ints("--depths", args.depths), ints("--stages", args.stages)
+            replicas = ints("--replicas", args.replicas)
             microbatches = ints("--microbatches", args.microbatches)
             if args.to_accuracy is not None and args.to_loss is not None:
                 raise ValueError("--to-accuracy and --to-loss: give one target")
@@ -181,7 +189,7 @@ def _main(argv: list[str] | None = None) -> int:
                       fixed_blocks=args.fixed_blocks or None, device=args.device,
                       gpus_per_stage=args.gpus_per_stage, tiny=not args.no_tiny,
                       gpt=dict(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
-                               block_size=args.block_size) if args.model == "gpt" else None)
+                               block_size=args.block_size) if args.model == "gpt" else None, replicas=replicas)
         except (ValueError, ConfigError, DataError) as err:
             print(f"dfa-async: error: {err}", file=sys.stderr)
             return 2

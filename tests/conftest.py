@@ -51,7 +51,7 @@ def tiny_bench(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(modes, "CEILING_MIN_S", 0.2)
         records = bench.run(width=16, batch=8, threads=1, stages=[1, 2], depths=[2], warmup=3, steps=12, out=out,
-                            repeats=1, microbatches=[2], calls=False)  # (the per-op calls: tests/perf/test_calls.py)
+                            repeats=1, microbatches=[2], calls=False, replicas=[1, 2])  # (the per-op calls: tests/perf/test_calls.py)
     return records, out
 
 

@@ -6,6 +6,8 @@
 - `reference-dfa`: the single-process reference (every block in one process);
 - `ceiling-independent-stages`: every stage computing at once with no transfers and no waiting;
 - `dataplane-D{d}`: the layer-parallel runtime (stages running windows, tensors over the data plane);
+- `dataplane-{S}x{R}-D{d}`: the same N workers as a grid, S stages x R replicas (runtime.replicas; N = S x R),
+  each replica on batch/R rows, the replicas' gradients summed per stage before every step;
 - `raycalls-D{d}`: the per-op Ray-call pipeline it replaced (the overhead baseline);
 - `gpipe-M{m}`, `1f1b-M{m}`: pipeline-parallel backprop (torch.distributed.pipelining) on the same N Ray
   workers, m microbatches per minibatch (several m: smaller microbatches fill the pipeline better but
@@ -23,14 +25,16 @@ plot. Every mode runs `repeats` times in rounds (drift on a shared machine hits 
 reports its best round."""
 from __future__ import annotations
 
+import copy
 import os
 import platform
+import re
 from pathlib import Path
 
 import torch
 
 from ..runtime import shm
-from .. import process
+from .. import partition, process
 from ..config import ConfigError
 from . import pingpong
 from .machine import cpu_model, wait_quiet
@@ -63,7 +67,8 @@ def too_small(records: list[dict], workers: int) -> str | None:
 
 def measure(width: int, batch: int, threads: int, stages: int, depths, warmup: int, steps: int,
             transport: str, repeats: int, calls: bool, baselines: bool, microbatches: list[int],
-            blocks: int | None = None, device: str = "cpu", gpus_per_stage: float = 1.0, gpt: dict | None = None):
+            blocks: int | None = None, device: str = "cpu", gpus_per_stage: float = 1.0, gpt: dict | None = None,
+            replicas=(1,)):
     """Every mode on N = `stages` workers, side by side in rounds; records and meta for this N."""
 
     from ..runtime import RayPipeline
@@ -92,6 +97,20 @@ def measure(width: int, batch: int, threads: int, stages: int, depths, warmup: i
     modes["ceiling-independent-stages"] = lambda: (measure_ceiling(plan, warmup, steps), None)
     for d in depths:
         modes[f"dataplane-D{d}"] = with_depth(d, RayPipeline)
+
+    def grid(s, r, d):
+        def go():
+            p = copy.deepcopy(plan)
+            p.stage_sizes = partition.even(p.num_blocks - 1, s)
+            p.cfg.runtime.replicas, p.cfg.runtime.depth = r, d
+            return measure_pipeline(lambda: RayPipeline(p, ds), warmup, steps, window)
+        return go
+
+    for r in replicas:  # the same N workers as S stages x R replicas
+        s = stages // r
+        if r > 1 and stages % r == 0 and s <= plan.num_blocks - 1:
+            for d in depths if s > 1 else [1]:  # one stage: depth only delays its own updates
+                modes[f"dataplane-{s}x{r}-D{d}"] = grid(s, r, d)
     if calls:
         for d in depths:
             modes[f"raycalls-D{d}"] = with_depth(d, CallsPipeline)
@@ -156,6 +175,8 @@ def summarize(runs: dict[str, list[tuple[float, list | None]]], workers: int, ba
                "ms_per_step": 1e3 / sps, "rounds": [round(s, 2) for s, _ in results], "threads": threads}
         if "-D" in mode:
             rec.update(depth=int(mode.rsplit("D", 1)[1]), stages=workers, busy_fraction=busy)
+            if g := re.fullmatch(r"dataplane-(\d+)x(\d+)-D\d+", mode):
+                rec.update(stages=int(g[1]), replicas=int(g[2]))
         records.append(rec)
     by = {r["mode"]: r for r in records}
     base, ceiling = by["reference-dfa"]["steps_per_s"], by["ceiling-independent-stages"]["steps_per_s"]
@@ -173,14 +194,15 @@ def summarize(runs: dict[str, list[tuple[float, list | None]]], workers: int, ba
 
 def check(width: int, batch: int, threads: int, stages: list[int], depths: list[int], warmup: int, steps: int,
           repeats: int, microbatches: list[int], fixed_blocks: int | None, device: str, gpus_per_stage: float,
-          baselines: bool, gpt: dict | None = None) -> None:
+          baselines: bool, gpt: dict | None = None, replicas=(1,)) -> None:
     """Every setting of a bench, checked before any work (a bad one used to surface after minutes): a
     ValueError whose one line names the flag and what is allowed."""
     for flag, value, lo in (("--width", width, 1), ("--batch", batch, 2), ("--threads", threads, 1),
                             ("--warmup", warmup, 1), ("--steps", steps, 1), ("--repeats", repeats, 1)):
         if value < lo:
             raise ValueError(f"{flag}: {value}; it must be >= {lo}")
-    for flag, values in (("--stages", stages), ("--depths", depths), ("--microbatches", microbatches)):
+    for flag, values in (("--stages", stages), ("--depths", depths), ("--microbatches", microbatches),
+                         ("--replicas", replicas)):
         if not values or min(values) < 1:
             raise ValueError(f"{flag}: {','.join(map(str, values))}; give integers >= 1, comma-separated, e.g. 1,2")
     if fixed_blocks is not None and fixed_blocks < max(stages):
@@ -192,6 +214,11 @@ def check(width: int, batch: int, threads: int, stages: list[int], depths: list[
         raise ValueError(f"--device: {device!r}; use cpu or cuda")
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device: cuda, but this process sees no GPU; use cpu")
+    if any(batch % r for r in replicas):
+        raise ValueError(f"--replicas: {','.join(map(str, replicas))}; each must divide --batch {batch}")
+    if not any(n % r == 0 and r > 1 for n in stages for r in replicas) and max(replicas) > 1:
+        raise ValueError(f"--replicas: {','.join(map(str, replicas))}; no replica count > 1 divides a worker count "
+                         f"of --stages {','.join(map(str, stages))} (a grid is N = stages x replicas workers)")
     if baselines and any(batch % m for m in microbatches):
         raise ValueError(f"--microbatches: {microbatches}; each must divide --batch {batch} (or pass --no-baselines)")
     if baselines and any(batch % n for n in stages):
@@ -208,11 +235,12 @@ def run(width: int = 4096, batch: int = 256, threads: int = 1, stages=(2,), dept
         warmup: int = 5, steps: int = 30, out: Path | None = None, transport: str = "auto",
         repeats: int = 2, calls: bool = True, baselines: bool = True, microbatches=(2, 4),
         fixed_blocks: int | None = None, device: str = "cpu", gpus_per_stage: float = 1.0,
-        tiny: bool = True, gpt: dict | None = None) -> list[dict]:
+        tiny: bool = True, gpt: dict | None = None, replicas=(1,)) -> list[dict]:
     """The bench over every N in `stages`; all records (each with its `workers` = N). `tiny`: also the
     tiny-model runs that calibrate the simulator (CPU workers, N > 1). `gpt` (n_layer, n_head, n_embd,
     block_size): that GPT on random tokens, split into N stages, instead of tanh blocks (no simulator
-    profile: the simulator models tanh blocks)."""
+    profile: the simulator models tanh blocks). `replicas`: for each N, also every grid of N workers as N / R
+    stages x R replicas, R in `replicas`."""
     import ray
 
     from ..runtime import cluster
@@ -220,10 +248,11 @@ def run(width: int = 4096, batch: int = 256, threads: int = 1, stages=(2,), dept
     stages = [stages] if isinstance(stages, int) else list(stages)
     depths = [depths] if isinstance(depths, int) else list(depths)
     microbatches = [microbatches] if isinstance(microbatches, int) else list(microbatches)
+    replicas = [replicas] if isinstance(replicas, int) else list(replicas)
     if gpt is not None:
         fixed_blocks, tiny = gpt["n_layer"] + 1, False
     check(width, batch, threads, stages, depths, warmup, steps, repeats, microbatches, fixed_blocks, device,
-          gpus_per_stage, baselines, gpt)
+          gpus_per_stage, baselines, gpt, replicas)
     if device == "cuda":
         calls = False  # the per-op Ray-call baseline runs on CPUs only
         baselines = baselines and gpus_per_stage == 1  # torch's pipelines and DDP use nccl: a GPU per worker
@@ -245,7 +274,7 @@ def run(width: int = 4096, batch: int = 256, threads: int = 1, stages=(2,), dept
             if tiny and device == "cpu" and max(stages) > 1 else None
         for n in stages:
             recs, meta, prof = measure(width, batch, threads, n, depths, warmup, steps, transport, repeats, calls,
-                                       baselines, microbatches, fixed_blocks, device, gpus_per_stage, gpt)
+                                       baselines, microbatches, fixed_blocks, device, gpus_per_stage, gpt, replicas)
             records += recs
             metas[n], profiles[n] = meta, prof
             # Written after every N, so a sweep cut short (a job's time limit, a lent machine's end) keeps

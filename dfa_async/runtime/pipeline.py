@@ -183,8 +183,10 @@ class RayPipeline:
             except StageFailure as err:
                 raise root_cause(refs, err, wire.channels(n)) from err
         if R > 1:
-            # gloo between CPU stages (and GPU-sharing ones, through pinned memory), nccl between whole GPUs
-            backend = "nccl" if self.own_gpu else "gloo"
+            # nccl between whole GPUs, else shared memory on one node and gloo across nodes (host memory;
+            # GPU-sharing stages through pinned memory); runtime.transport = gloo asks for gloo here too
+            one_node = len(set(self.ips)) == 1 and shm.available() and self.cfg.runtime.transport != "gloo"
+            backend = "nccl" if self.own_gpu else "shm" if one_node else "gloo"
             ports = self._get([self.actors[k].open_rendezvous.remote(self.hosts[k], "replicas") for k in range(n)])
             self._get([a.join_replicas.remote(self.hosts[i % n], ports[i % n], backend, h)
                        for i, (a, h) in enumerate(zip(self.actors, self.hosts))])

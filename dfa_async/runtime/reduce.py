@@ -1,8 +1,10 @@
 """The replicas of one stage (runtime.replicas): an R-rank process group whose only collective is a sum,
-the one place where the R pipelines meet. gloo over host memory (a CPU stage, or GPU-sharing stages
-through pinned memory), nccl between stages with a GPU each. Every replica of a stage issues the same
-sums in the same order (its schedule is the same), which is all a collective needs. Nothing here knows
-about Ray or about a model."""
+the one place where the R pipelines meet. On one node, shared-memory rings (shm.py): every replica sends
+its tensor to every other and adds the R tensors in replica order, so each gets the same bits; measured
+on a 2-core machine, gloo's all-reduce moved 1.2 GB/s (7 ms for a 1024-wide model's two blocks) and the
+rings 7 GB/s. Across nodes gloo, and nccl between stages with a GPU each; host transports take a CUDA
+stage's tensors through pinned memory. Every replica of a stage issues the same sums in the same order
+(its schedule is the same), which is all a collective needs. Nothing here knows about Ray or a model."""
 from __future__ import annotations
 
 from datetime import timedelta
@@ -17,14 +19,16 @@ class Replicas:
     """Replica `rank` of `world` of stage `stage`; `store`: the rendezvous store (replica 0's node)."""
 
     def __init__(self, stage: int, rank: int, world: int, store_host: str, port: int, backend: str, host: str,
-                 device: torch.device, timeout_s: float):
+                 device: torch.device, timeout_s: float, ring_bytes: int = 1 << 20):
         self.stage, self.rank, self.world, self.backend = stage, rank, world, backend
         self.device = torch.device(device)
-        self.staged = self.device.type == "cuda" and backend == "gloo"  # through pinned host memory
+        self.staged = self.device.type == "cuda" and backend != "nccl"  # through pinned host memory
+        self.sums = 0  # shm matches messages by tag: the sum's number
         try:
             store = dist.TCPStore(store_host, port, world, is_master=False, timeout=timedelta(seconds=timeout_s))
             self.pg = process_group(backend, dist.PrefixStore(f"replicas-{stage}", store), rank, world, host,
-                                    timeout_s, self.device)
+                                    timeout_s, self.device, ring_bytes, pairs=None if backend != "shm" else
+                                    [(a, b) for a in range(world) for b in range(world) if a != b])
         except (RuntimeError, OSError) as err:
             raise PeerLost(f"stage {stage} replica {rank}: cannot join its replicas' group ({_first(err)})",
                            phase=CONNECT) from err
@@ -38,10 +42,26 @@ class Replicas:
             host.copy_(buf)
             buf = host
         try:
-            self.pg.allreduce([buf]).wait()
+            if self.backend == "shm":
+                buf = self._exchange(buf)
+            else:
+                self.pg.allreduce([buf]).wait()
         except (RuntimeError, OSError) as err:
             raise PeerLost(f"stage {self.stage} replica {self.rank}: the replicas' sum failed ({_first(err)})") from err
         return buf.to(t.device, non_blocking=True)
+
+    def _exchange(self, buf: torch.Tensor) -> torch.Tensor:
+        """Every replica's tensor to every other, then their sum in replica order (the same bits on each)."""
+        tag, self.sums = self.sums % (1 << 27), self.sums + 1
+        parts = [buf if r == self.rank else torch.empty_like(buf) for r in range(self.world)]
+        works = [self.pg.recv([parts[r]], r, tag) for r in range(self.world) if r != self.rank]
+        works += [self.pg.send([buf], r, tag) for r in range(self.world) if r != self.rank]
+        for work in works:
+            work.wait()
+        total = parts[0].clone()
+        for part in parts[1:]:
+            total += part
+        return total
 
 
 def _first(err: BaseException) -> str:

@@ -72,8 +72,10 @@ class StageWorker:
 
     def join_replicas(self, store_host: str, port: int, backend: str, host: str = "127.0.0.1") -> None:
         """Join the group of this stage's replicas (every replica of the stage at once)."""
+        params = sum(p.numel() * p.element_size() for m in self.stage.modules().values() for p in m.parameters())
         self.group = Replicas(self.rank, self.replica, self.replicas, store_host, port, backend, host, self.device,
-                              self.plan.cfg.runtime.peer_timeout_s)
+                              self.plan.cfg.runtime.peer_timeout_s, ring_bytes=min(max(2 * params + 256, 1 << 20),
+                                                                                   64 << 20))
 
     def ping(self) -> float | None:
         """The doctor's ping (wire.ping): the seconds of this stage's own cycle, from its send to the

@@ -4,12 +4,13 @@ link and compute slowdown of this machine), and its check against the bench's ow
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
 from .. import partition, tables
 from . import links
-from .predict import ddp, dfa, pipeline
+from .predict import ddp, dfa, grid, pipeline
 
 __all__ = ["predict_mode", "validate", "scaling", "links"]
 
@@ -22,8 +23,13 @@ def contention_of(prof: dict, workers: int, cores: float) -> float:
 
 def predict_mode(mode: str, prof: dict, batch: int, classes: int, link: links.Interconnect, contention: float = 1.0,
                  cores: float = float("inf"), per_action_s: float = 0.0) -> float:
-    """Samples/s of one bench mode (dataplane-D{d}, gpipe-M{m}, 1f1b-M{m}, ddp) on prof's partition."""
+    """Samples/s of one bench mode (dataplane-D{d}, gpipe-M{m}, 1f1b-M{m}, ddp) on prof's partition, or of
+    dataplane-{S}x{R}-D{d} (S even stages of prof's blocks, R replicas)."""
     blocks, sizes = prof["blocks"], prof["partition"]
+    if g := GRID.fullmatch(mode):
+        s, r, d = map(int, g.groups())
+        return grid(blocks, partition.even(len(blocks) - 1, s), batch, classes, link, d, r, contention, cores,
+                    per_action_s)
     if mode.startswith("dataplane-D"):
         return dfa(blocks, sizes, batch, classes, link, int(mode.rsplit("D", 1)[1]), contention, cores, per_action_s)
     if mode.startswith(("gpipe-M", "1f1b-M")):
@@ -31,7 +37,10 @@ def predict_mode(mode: str, prof: dict, batch: int, classes: int, link: links.In
         return pipeline(kind, blocks, sizes, batch, link, int(m), contention, cores, per_action_s)
     if mode == "ddp":
         return ddp(blocks, len(sizes), batch, link, contention, cores, link.allreduce_rate, per_action_s)
-    raise ValueError(f"mode: {mode!r} is not simulated (dataplane-D*, gpipe-M*, 1f1b-M*, ddp)")
+    raise ValueError(f"mode: {mode!r} is not simulated (dataplane-D*, dataplane-SxR-D*, gpipe-M*, 1f1b-M*, ddp)")
+
+
+GRID = re.compile(r"dataplane-(\d+)x(\d+)-D(\d+)")
 
 
 def _per_action(mode: str, prof: dict, measured: float, batch: int, classes: int, link: links.Interconnect,
@@ -141,11 +150,15 @@ def validate(folder: Path, tolerance: float = 0.15) -> tuple[list[dict], str]:
     messages = message_costs(profile, batch, classes, cores)
     rows = []
     for (n, mode), rec in by.items():
-        if not mode.startswith(("dataplane-D", "gpipe-M", "1f1b-M", "ddp")):
+        if not mode.startswith(("dataplane-", "gpipe-M", "1f1b-M", "ddp")):
             continue
         prof = per[str(n)]
-        wire = (prof.get("transport", "gloo") if n > 1 else "none") if mode.startswith("dataplane") else "gloo"
+        wire = (prof.get("transport", "gloo") if n > 1 else "none") if mode.startswith("dataplane-D") else "gloo"
+        if GRID.fullmatch(mode) and int(GRID.fullmatch(mode)[1]) > 1:  # stages over the data plane, sums over gloo
+            wire = prof.get("transport", "gloo")
         link = links.Interconnect(**profile["links"]["gloo" if wire == "none" else wire])
+        if GRID.fullmatch(mode):
+            link = replace(link, allreduce_rate=profile["links"]["gloo"].get("allreduce_rate", 0.0))
         if (n, mode) in messages:
             link = replace(link, per_message_s=link.per_message_s + messages[n, mode])
         soft = action.get(dataplane if mode.startswith("dataplane") else mode, 0.0)
@@ -180,9 +193,11 @@ def validate(folder: Path, tolerance: float = 0.15) -> tuple[list[dict], str]:
     return rows, "\n".join(lines)
 
 
-def scaling(folder: Path, link_name: str, workers: list[int], depth: int, microbatches: int) -> str:
+def scaling(folder: Path, link_name: str, workers: list[int], depth: int, microbatches: int,
+            replicas: list[int] = (1,)) -> str:
     """Predicted samples/s for each N of the bench's model family (N equal hidden blocks and the head, or
-    its fixed model split into N stages), from the costs of the largest N it profiled."""
+    its fixed model split into N stages), from the costs of the largest N it profiled. `replicas`: also a
+    table of each N as every grid of N / R stages x R replicas (R in `replicas`), beside N stages and DDP."""
 
     bench, profile = _load(folder)
     per = profile["per_workers"]
@@ -194,7 +209,7 @@ def scaling(folder: Path, link_name: str, workers: list[int], depth: int, microb
     batch, classes = profile["batch"], profile["classes"]
     lines = warnings(profile) + [f"Predicted samples/s, link {link_name} ({link.bandwidth / 1e9:.1f} GB/s, {link.latency_s * 1e6:.0f} us); "
              f"costs from {folder} (N = {max(per, key=int)})", ""]
-    rows = []
+    rows, grids = [], []
     for n in workers:
         if fixed:
             model, sizes = blocks, partition.even(fixed, n)
@@ -212,6 +227,16 @@ def scaling(folder: Path, link_name: str, workers: list[int], depth: int, microb
                        if batch % microbatches == 0 and (kind == "gpipe" or microbatches >= n) else float("nan"))
         row.append(predict_mode("ddp", prof, batch, classes, link, *args) if batch % n == 0 else float("nan"))
         rows.append([n] + [f"{v:.0f}" if v == v else None for v in row])
+        for r in sorted(set(replicas) - {1}):
+            if n % r == 0 and n // r <= len(model) - 1:
+                d = depth if n // r > 1 else 1
+                pred = predict_mode(f"dataplane-{n // r}x{r}-D{d}", prof, batch, classes, link, *args)
+                grids.append([n, f"{n // r} x {r}", d] + [f"{v:.0f}" if v == v else None for v in (pred, row[0], row[-1])])
     lines.append(tables.markdown(["N", f"dfa D={depth}", f"gpipe M={microbatches}", f"1f1b M={microbatches}", "ddp"],
                                  rows, "rrrrr"))
+    if grids:
+        lines += ["", "The same N workers as S stages x R replicas (runtime.replicas), beside N stages x 1 and DDP "
+                  "(samples/s):", "",
+                  tables.markdown(["N", "stages x replicas", "D", "dfa grid", f"dfa N x 1, D={depth}", "ddp"],
+                                  grids, "rlrrrr")]
     return "\n".join(lines)

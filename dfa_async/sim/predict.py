@@ -1,6 +1,6 @@
 """Samples/s of N workers predicted from measured per-block costs (`perf/profile.py`), activation sizes
-and a link: the asynchronous DFA pipeline (the stages' own schedule, depth D), GPipe and 1F1B backprop
-(m microbatches) and DDP.
+and a link: the asynchronous DFA pipeline (the stages' own schedule, depth D), its grid of S stages x R
+replicas (runtime.replicas), GPipe and 1F1B backprop (m microbatches) and DDP.
 
 Each worker's compute is the sum of its blocks' costs (measured alone) times `contention`: how much
 slower a worker computes while others compute at once (shared caches and memory bandwidth), taken from
@@ -12,6 +12,8 @@ software time per forward or backward action of a pipeline library on one block,
 update op of the DFA stages (their loop, bookkeeping and calls around the compute); both calibrated on
 one worker (see sim.validate)."""
 from __future__ import annotations
+
+from dataclasses import replace
 
 from .. import partition, schedule
 from .engine import Op, finish_times
@@ -31,11 +33,14 @@ def _rate(done: dict, key, batch: int) -> float:
 
 
 def dfa(blocks: list[dict], sizes: list[int], batch: int, classes: int, link: Interconnect, depth: int,
-        contention: float = 1.0, cores: float = float("inf"), per_op_s: float = 0.0) -> float:
+        contention: float = 1.0, cores: float = float("inf"), per_op_s: float = 0.0,
+        reduce_s: list[float] | None = None) -> float:
+    """`reduce_s`: seconds each stage's update also waits (the replicas' all-reduce, see `grid`)."""
     st = partition.ranges(sizes)
     n = len(st)
     fwd = [contention * sum(blocks[k]["dfa_forward_s"] for k in s) + per_op_s for s in st]
-    upd = [contention * sum(blocks[k]["dfa_update_s"] for k in s) + per_op_s for s in st]
+    upd = [contention * sum(blocks[k]["dfa_update_s"] for k in s) + per_op_s + (reduce_s[i] if reduce_s else 0.0)
+           for i, s in enumerate(st)]
     act = [blocks[s[-1]]["out_bytes"] for s in st]
     err = 4 * batch * classes
     workers = []
@@ -55,6 +60,35 @@ def dfa(blocks: list[dict], sizes: list[int], batch: int, classes: int, link: In
         workers.append(ops)
     done = finish_times(workers, cores)
     return _rate(done, lambda t: ("F", t, n - 1), batch)  # forwards: the final drain holds no forward
+
+
+def allreduce_s(link: Interconnect, nbytes: float, workers: int) -> float:
+    """Seconds of a ring all-reduce of `nbytes` over `workers`: from the measured 2-worker all-reduce where
+    the link has one (a 2-worker ring moves the bytes once), else from the link's latency and bandwidth."""
+    if workers < 2:
+        return 0.0
+    ring = 2 * (workers - 1) / workers  # a ring moves this many times the bytes through each worker
+    if link.allreduce_rate:
+        return ring * nbytes / link.allreduce_rate
+    return 2 * (workers - 1) * link.latency_s + ring * nbytes / link.bandwidth
+
+
+def grid(blocks: list[dict], sizes: list[int], batch: int, classes: int, link: Interconnect, depth: int,
+         replicas: int, contention: float = 1.0, cores: float = float("inf"), per_op_s: float = 0.0) -> float:
+    """R replicas of the DFA pipeline on `sizes`, each on batch / R rows, every stage summing its gradients
+    over its replicas in its update (an all-reduce of the stage's parameters, not overlapped). A block's
+    DFA costs on fewer rows follow its measured backprop costs at those rows (`bp_cost`: a matrix product on
+    fewer rows is less efficient than its share), its messages shrink with the rows. The replicas run
+    alike, so one is simulated, on its share of the cores."""
+    rows = batch // replicas
+    share = []
+    for b in blocks:
+        (f_all, b_all), (f_rows, b_rows) = bp_cost(b, batch), bp_cost(b, rows)
+        share.append({**b, "dfa_forward_s": b["dfa_forward_s"] * (f_rows / f_all if f_all else 1 / replicas),
+                      "dfa_update_s": b["dfa_update_s"] * (b_rows / b_all if b_all else 1 / replicas),
+                      "out_bytes": b["out_bytes"] * rows / batch})
+    reduce = [allreduce_s(link, sum(blocks[k]["param_bytes"] for k in s), replicas) for s in partition.ranges(sizes)]
+    return replicas * dfa(share, sizes, rows, classes, link, depth, contention, cores / replicas, per_op_s, reduce)
 
 
 def bp_cost(block: dict, rows: int) -> tuple[float, float]:
@@ -127,12 +161,6 @@ def ddp(blocks: list[dict], workers: int, batch: int, link: Interconnect, conten
     rows = batch // workers
     f, b, o = _bp_costs(blocks, [list(range(len(blocks)))], rows, contention)
     params = sum(blk["param_bytes"] for blk in blocks)
-    reduce_s = 0.0
-    if workers > 1:
-        ring = 2 * (workers - 1) / workers  # a ring moves this many times the gradients through each worker
-        if allreduce_rate:  # a 2-worker ring moves ring = 1 times the gradients
-            reduce_s = ring * params / allreduce_rate
-        else:
-            reduce_s = 2 * (workers - 1) * link.latency_s + ring * params / link.bandwidth
+    reduce_s = allreduce_s(replace(link, allreduce_rate=allreduce_rate), params, workers)
     share = max(1.0, workers / cores)
     return batch / (share * (f[0] + b[0] + o[0] + per_step_s) + (share if link.host else 1.0) * reduce_s)

@@ -114,6 +114,14 @@ def test_every_replica_holds_the_same_weights_after_every_step(tmp_path):
     close(weights(tmp_path / "one"), got)
 
 
+def test_the_replicas_sum_over_gloo_as_they_do_over_shared_memory(tmp_path):
+    cfg = cfg_for(MLP, 2, [2, 1], "ray", replicas=2, steps=12, runtime={"transport": "gloo"})
+    train(cfg, tmp_path / "gloo")
+    assert {r["replicas"] for r in runlog.read(tmp_path / "gloo" / "events.msgpack", "stages")[0]["stages"]} == {"gloo"}
+    train(cfg_for(MLP, 2, [], "local", steps=12), tmp_path / "one")
+    close(weights(tmp_path / "one"), weights(tmp_path / "gloo"))
+
+
 LONG = dict(checkpoint={"every": 40, "keep": 3})
 
 
@@ -184,7 +192,7 @@ def test_the_log_metrics_and_report_name_each_replica(tmp_path):
     (stages,) = runlog.read(log, "stages")
     assert stages["replicas"] == 2 and len(stages["pids"]) == 4 and len(set(stages["pids"])) == 4
     assert {(r["stage"], r["replica"]) for r in stages["stages"]} == {(0, 0), (1, 0), (0, 1), (1, 1)}
-    assert all(r["replicas"] == "gloo" for r in stages["stages"])
+    assert all(r["replicas"] == "shm" for r in stages["stages"])  # one node
     assert {(r["stage"], r["replica"]) for r in runlog.read(log, "timeline")} == {(0, 0), (1, 0), (0, 1), (1, 1)}
     assert {(r["stage"], r["replica"]) for r in runlog.read(log, "stage")} == {(0, 0), (1, 0), (0, 1), (1, 1)}
     first, bars = report.gantt(runlog.read(log, "timeline"))
@@ -227,7 +235,7 @@ def test_the_doctor_shows_the_grid_and_pings_every_replicas_channels():
     lines = []
     rows = doctor(cfg_for(MLP, 2, [2, 1], "ray", replicas=2, steps=4), out=lines.append)
     assert lines[0].startswith("dfa-async doctor: 2 stage(s) x 2 replicas on 1 node(s)")
-    assert lines[0].endswith("replicas' sums over gloo")
+    assert lines[0].endswith("replicas' sums over shm")
     table = [ln.split() for ln in lines if ln[:5].strip().isdigit()]
     assert [(int(r[0]), int(r[1]), r[2]) for r in table] == [(0, 0, "0,1"), (1, 0, "2"), (0, 1, "0,1"), (1, 1, "2")]
     assert [(r["channel"], r["replica"]) for r in rows] == [((0, 1), 0), ((1, 0), 0), ((0, 1), 1), ((1, 0), 1)]

@@ -97,11 +97,31 @@ def test_ddp_closed_form():
     assert predict.ddp(blocks, 2, 8, link) == pytest.approx(8 / (1 + 2 + 0.5 + 0.2 + 8))
 
 
+def test_a_grid_of_replicas_closed_form():
+    """One stage of two blocks, 2 replicas each on 4 of 8 rows: a block's DFA costs follow its backprop costs
+    from 8 rows to 4 (half for the first block, three quarters for the head), and each update waits for the
+    all-reduce of the stage's 200 bytes of parameters."""
+    blocks = [block(1, 3, bp={"8": [2, 2], "4": [1, 1]}, params=100),
+              block(1, 1, bp={"8": [2, 2], "4": [1.5, 1.5]}, params=100)]
+    # a step: forward 0.5 + 0.75, update 1.5 + 0.75; two replicas each take 4 of the 8 rows
+    assert predict.grid(blocks, [2], 8, 10, FREE, 1, 2) == pytest.approx(8 / 3.5)
+    # a 2-worker ring moves the 200 bytes once, at 100 B/s: 2 s more per update
+    assert predict.grid(blocks, [2], 8, 10, Interconnect(0.0, 100.0), 1, 2) == pytest.approx(8 / 5.5)
+    # ... or at a measured all-reduce rate, where the link has one
+    measured = Interconnect(0.0, 100.0, allreduce_rate=400.0)
+    assert predict.grid(blocks, [2], 8, 10, measured, 1, 2) == pytest.approx(8 / 4.0)
+    # one replica is the pipeline itself
+    assert predict.grid(blocks, [1, 1], 8, 10, FREE, 2, 1) == predict.dfa(blocks, [1, 1], 8, 10, FREE, 2)
+    assert sim.predict_mode("dataplane-1x2-D1", {"blocks": blocks, "partition": [1, 1]}, 8, 10, FREE) == \
+        pytest.approx(8 / 3.5)
+
+
 def test_validate_and_scaling_on_a_real_bench(tiny_bench, capsys):
     _, tmp_path = tiny_bench
     rows, table = sim.validate(tmp_path)
     modes = {(r["workers"], r["mode"]) for r in rows}
-    assert modes == {(n, m) for n in (1, 2) for m in ("dataplane-D2", "gpipe-M2", "1f1b-M2", "ddp")}
+    assert modes == {(n, m) for n in (1, 2) for m in ("dataplane-D2", "gpipe-M2", "1f1b-M2", "ddp")} | {
+        (2, "dataplane-1x2-D1")}
     assert all(r["predicted"] > 0 and r["measured"] > 0 for r in rows) and "| 2 | dataplane-D2 | shm |" in table
     assert all(r["spread"] is None for r in rows) and "| - |" in table  # one round: no spread to show
     # every one-worker run calibrates its mode's software time, which the rows of N = 2 then use
@@ -116,6 +136,9 @@ def test_validate_and_scaling_on_a_real_bench(tiny_bench, capsys):
                      "--microbatches", "2"]) == 0
     out = capsys.readouterr().out
     assert out.count("\n| ") == 5 and "| 8 |" in out and "| 4 | " in out
+    assert cli.main(["simulate", str(tmp_path), "--link", "nvlink", "--workers", "8", "--replicas", "1,2,4"]) == 0
+    grids = capsys.readouterr().out.split("S stages x R replicas")[1]
+    assert [ln.split("|")[2].strip() for ln in grids.splitlines() if ln.startswith("| 8 ")] == ["4 x 2", "2 x 4"]
     # fitted on a 16-wide model: the bench's warning comes first, in the predictions too
     assert out.startswith("Warning: fitted on a bench whose N=1: the model is too small") and "N=2:" in out
     assert table.startswith("Warning: fitted on a bench whose N=1")
