@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything GPU-related in one call (under 6 minutes on one NVIDIA GPU and 16 cores, offline):
-#   1. the GPU tests (tests/runtime/test_gpu.py, marker gpu: every transport this machine supports against
+#   1. the GPU tests (tests/runtime/test_gpu.py, marker gpu: every transport this machine supports, and replicas, against
 #      the single-process reference on the device, pinned buffers for stages sharing a GPU, nccl with a GPU
 #      per stage where there are two or more, CUDA-event op times) and the equivalence test on the device
 #      (tests/runtime/test_device.py: two stages sharing the GPU, D = 1 and 3);

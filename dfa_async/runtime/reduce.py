@@ -23,7 +23,7 @@ class Replicas:
         self.stage, self.rank, self.world, self.backend = stage, rank, world, backend
         self.device = torch.device(device)
         self.staged = self.device.type == "cuda" and backend != "nccl"  # through pinned host memory
-        self.sums = 0  # shm matches messages by tag: the sum's number
+        self.sums = 0  # sums so far
         try:
             store = dist.TCPStore(store_host, port, world, is_master=False, timeout=timedelta(seconds=timeout_s))
             self.pg = process_group(backend, dist.PrefixStore(f"replicas-{stage}", store), rank, world, host,
@@ -43,25 +43,28 @@ class Replicas:
             buf = host
         try:
             if self.backend == "shm":
-                buf = self._exchange(buf)
+                tag, self.sums = self.sums % (1 << 27), self.sums + 1  # shm matches messages by tag
+                buf = exchange_sum(self.pg, self.rank, self.world, buf, tag)
             else:
                 self.pg.allreduce([buf]).wait()
         except (RuntimeError, OSError) as err:
             raise PeerLost(f"stage {self.stage} replica {self.rank}: the replicas' sum failed ({_first(err)})") from err
         return buf.to(t.device, non_blocking=True)
 
-    def _exchange(self, buf: torch.Tensor) -> torch.Tensor:
-        """Every replica's tensor to every other, then their sum in replica order (the same bits on each)."""
-        tag, self.sums = self.sums % (1 << 27), self.sums + 1
-        parts = [buf if r == self.rank else torch.empty_like(buf) for r in range(self.world)]
-        works = [self.pg.recv([parts[r]], r, tag) for r in range(self.world) if r != self.rank]
-        works += [self.pg.send([buf], r, tag) for r in range(self.world) if r != self.rank]
-        for work in works:
-            work.wait()
-        total = parts[0].clone()
-        for part in parts[1:]:
-            total += part
-        return total
+
+
+def exchange_sum(pg, rank: int, world: int, buf: torch.Tensor, tag: int) -> torch.Tensor:
+    """The sum over a point-to-point group (shm): every rank's tensor to every other, then the sum in rank
+    order, the same bits on each."""
+    parts = [buf if r == rank else torch.empty_like(buf) for r in range(world)]
+    works = [pg.recv([parts[r]], r, tag) for r in range(world) if r != rank]
+    works += [pg.send([buf], r, tag) for r in range(world) if r != rank]
+    for work in works:
+        work.wait()
+    total = parts[0].clone()
+    for part in parts[1:]:
+        total += part
+    return total
 
 
 def _first(err: BaseException) -> str:

@@ -154,11 +154,9 @@ def validate(folder: Path, tolerance: float = 0.15) -> tuple[list[dict], str]:
             continue
         prof = per[str(n)]
         wire = (prof.get("transport", "gloo") if n > 1 else "none") if mode.startswith("dataplane-D") else "gloo"
-        if GRID.fullmatch(mode) and int(GRID.fullmatch(mode)[1]) > 1:  # stages over the data plane, sums over gloo
-            wire = prof.get("transport", "gloo")
+        if GRID.fullmatch(mode):  # on one node the stages and the replicas' sums go over shared memory
+            wire = "shm" if "shm" in profile["links"] else "gloo"
         link = links.Interconnect(**profile["links"]["gloo" if wire == "none" else wire])
-        if GRID.fullmatch(mode):
-            link = replace(link, allreduce_rate=profile["links"]["gloo"].get("allreduce_rate", 0.0))
         if (n, mode) in messages:
             link = replace(link, per_message_s=link.per_message_s + messages[n, mode])
         soft = action.get(dataplane if mode.startswith("dataplane") else mode, 0.0)

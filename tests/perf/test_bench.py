@@ -16,7 +16,7 @@ def test_bench_writes_one_record_per_mode(tiny_bench):
     records = [r for r in every if r["workers"] == 2]
     assert [r["mode"] for r in records] == ["pytorch-backprop", "backprop-fused-opt", "reference-dfa",
                                                "backprop-threads2", "reference-dfa-threads2",
-                                               "ceiling-independent-stages", "dataplane-D2",
+                                               "ceiling-independent-stages", "dataplane-D2", "dataplane-1x2-D1",
                                                "gpipe-M2", "1f1b-M2", "ddp"]
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert saved["records"] == every and saved["meta"]["width"] == 16 and saved["meta"]["cpu"]
@@ -45,11 +45,15 @@ def test_bench_writes_one_record_per_mode(tiny_bench):
     assert "| 2 | dataplane-D2 |" in (tmp_path / "bench.md").read_text()
     assert by["gpipe-M2"]["speedup"] == pytest.approx(by["gpipe-M2"]["steps_per_s"] / by["backprop-fused-opt"]["steps_per_s"])
     assert by["dataplane-D2"]["efficiency"] == pytest.approx(by["dataplane-D2"]["speedup"] / 2)
-    # the links the simulator reads: a positive latency, bandwidth and (gloo) all-reduce rate each
+    # the links the simulator reads: a positive latency, bandwidth and all-reduce rate each (gloo's for DDP,
+    # shm's for the replicas' sums)
     links = json.loads((tmp_path / "profile.json").read_text())["links"]
     assert all(w["latency_s"] > 0 and w["bandwidth"] > 0 and w["per_message_s"] == w["latency_s"] / 2
-               for w in links.values())
-    assert links["gloo"]["allreduce_rate"] > 0
+               and w["allreduce_rate"] > 0 for w in links.values())
+    # the grid of the same 2 workers: 1 stage x 2 replicas
+    grid = by["dataplane-1x2-D1"]
+    assert grid["stages"] == 1 and grid["replicas"] == 2 and grid["depth"] == 1 and len(grid["busy_fraction"]) == 2
+    assert "| 2 | dataplane-1x2-D1 |" in (tmp_path / "bench.md").read_text()
 
 
 def test_records_take_each_modes_best_round_and_its_ratios():

@@ -20,11 +20,12 @@ NET = dict(model={"widths": [24, 24], "dropout_hidden": 0.1}, data={"n_train": 3
            train={"epochs": 2})
 
 
-def run_both(tmp_path, depth: int, share: float) -> dict:
+def run_both(tmp_path, depth: int, share: float, replicas: int = 1) -> dict:
     runtime = {"depth": depth, "blocks_per_stage": [1, 2], "device": "cuda"}
     # The reference on the same device: CUDA draws other dropout masks than the CPU from one seed.
     train(small_config(**NET, runtime={**runtime, "backend": "local"}), tmp_path / "ref")
-    train(small_config(**NET, runtime={**runtime, "backend": "ray", "gpus_per_stage": share}), tmp_path / "ray")
+    train(small_config(**NET, runtime={**runtime, "backend": "ray", "gpus_per_stage": share, "replicas": replicas}),
+          tmp_path / "ray")
     (stages,) = runlog.read(tmp_path / "ray" / "events.msgpack", "stages")
     # Up to the order of floating-point sums in the device's kernels (the same kernels run in both, but
     # cuBLAS may pick others for another stream or process).
@@ -46,6 +47,17 @@ def test_one_gpu_per_stage_over_nccl_equals_the_reference(tmp_path, depth):
     assert stages["transport"] == "nccl"
     assert {row["buffers"] for row in stages["stages"]} == {"device"}
     assert all(row["device"] == "cuda:0" for row in stages["stages"])  # each actor's own GPU is its device 0
+
+
+def test_replicas_sharing_one_gpu_sum_through_pinned_memory_and_equal_the_reference(tmp_path):
+    stages = run_both(tmp_path, 3, 0.25, replicas=2)  # 2 stages x 2 replicas on one GPU
+    assert stages["replicas"] == 2 and {row["replicas"] for row in stages["stages"]} == {"shm"}
+
+
+@pytest.mark.skipif(GPUS < 4, reason=f"2 stages x 2 replicas with a GPU each need 4 GPUs; this machine has {GPUS}")
+def test_replicas_with_a_gpu_each_sum_over_nccl_and_equal_the_reference(tmp_path):
+    stages = run_both(tmp_path, 3, 1.0, replicas=2)
+    assert {row["replicas"] for row in stages["stages"]} == {"nccl"}
 
 
 def test_op_times_on_a_gpu_come_from_cuda_events():
