@@ -78,14 +78,16 @@ def grid(blocks: list[dict], sizes: list[int], batch: int, classes: int, link: I
     """R replicas of the DFA pipeline on `sizes`, each on batch / R rows, every stage summing its gradients
     over its replicas in its update (an all-reduce of the stage's parameters, not overlapped). A block's
     DFA costs on fewer rows follow its measured backprop costs at those rows (`bp_cost`: a matrix product on
-    fewer rows is less efficient than its share), its messages shrink with the rows. The replicas run
-    alike, so one is simulated, on its share of the cores."""
+    fewer rows is less efficient than its share), except its optimizer step, which every replica takes
+    whole; its messages shrink with the rows. The replicas run alike, so one is simulated, on its share of
+    the cores."""
     rows = batch // replicas
     share = []
     for b in blocks:
         (f_all, b_all), (f_rows, b_rows) = bp_cost(b, batch), bp_cost(b, rows)
+        opt = min(b.get("optimizer_s", 0.0), b["dfa_update_s"])
         share.append({**b, "dfa_forward_s": b["dfa_forward_s"] * (f_rows / f_all if f_all else 1 / replicas),
-                      "dfa_update_s": b["dfa_update_s"] * (b_rows / b_all if b_all else 1 / replicas),
+                      "dfa_update_s": (b["dfa_update_s"] - opt) * (b_rows / b_all if b_all else 1 / replicas) + opt,
                       "out_bytes": b["out_bytes"] * rows / batch})
     reduce = [allreduce_s(link, sum(blocks[k]["param_bytes"] for k in s), replicas) for s in partition.ranges(sizes)]
     return replicas * dfa(share, sizes, rows, classes, link, depth, contention, cores / replicas, per_op_s, reduce)

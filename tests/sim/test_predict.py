@@ -110,6 +110,9 @@ def test_a_grid_of_replicas_closed_form():
     # ... or at a measured all-reduce rate, where the link has one
     measured = Interconnect(0.0, 100.0, allreduce_rate=400.0)
     assert predict.grid(blocks, [2], 8, 10, measured, 1, 2) == pytest.approx(8 / 4.0)
+    # the optimizer's step is each replica's whole: of a 3 s update, 1 s of it stays 1 s
+    stepped = [dict(blocks[0], optimizer_s=1.0), blocks[1]]
+    assert predict.grid(stepped, [2], 8, 10, FREE, 1, 2) == pytest.approx(8 / 4.0)
     # one replica is the pipeline itself
     assert predict.grid(blocks, [1, 1], 8, 10, FREE, 2, 1) == predict.dfa(blocks, [1, 1], 8, 10, FREE, 2)
     assert sim.predict_mode("dataplane-1x2-D1", {"blocks": blocks, "partition": [1, 1]}, 8, 10, FREE) == \
