@@ -72,11 +72,14 @@ def check_memory(plan: Plan) -> None:
         return
     params = sum(p.numel() * p.element_size() for p in plan.shell().parameters())
     need = params * (4 if plan.cfg.optim.name in ("adam", "adamw") else 3)  # weights, gradients, optimizer state
+    copies = rt.replicas if isinstance(rt.replicas, int) else 1  # every replica holds its own
     have = psutil.virtual_memory().available
-    if need > have:
+    if need * copies > have:
+        times = f" x {copies} replicas" if copies > 1 else ""
         raise ConfigError(f"model: its weights, gradients and {plan.cfg.optim.name} state need "
-                          f"{need / 2**30:,.1f} GiB, and this machine has {have / 2**30:,.1f} GiB available; make "
-                          "the model smaller, or run on a cluster (runtime.address)")
+                          f"{need / 2**30:,.1f} GiB{times}, and this machine has {have / 2**30:,.1f} GiB available; "
+                          "make the model smaller" + (", use fewer replicas" if copies > 1 else "")
+                          + ", or run on a cluster (runtime.address)")
 
 
 MAX_DRAINS = 1_000_000  # epoch ends and checkpoints of one run: each is listed up front (Plan.boundaries)

@@ -192,10 +192,6 @@ AUDIT = {
     "replicas that do not divide the batch": (lambda t: ["train", *SYNTH, "--set", "runtime.backend=ray", "--set",
                                                          "runtime.replicas=3"],
                                               "runtime.replicas: 3 replicas cannot share train.batch_size = 128 rows"),
-    "replicas beyond the cluster": (lambda t: ["train", *SYNTH, "--set", "runtime.backend=ray", "--set",
-                                               "runtime.replicas=8", "--set", "runtime.num_cpus=2"],
-                                    "runtime.replicas: 2 stages x 8 replicas need {'CPU': 16}, but the cluster has "
-                                    "{'CPU': 2.0} in all; raise runtime.num_cpus or use fewer stages or replicas"),
     "replicas on the local backend": (lambda t: ["train", *SYNTH, "--set", "runtime.replicas=2"],
                                       "runtime.replicas: 2 copies of the pipeline need runtime.backend = ray"),
     "bench --replicas 3": (lambda t: ["bench", "--replicas", "3"], "--replicas: 3; each must divide --batch 256"),

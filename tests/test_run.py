@@ -156,3 +156,20 @@ def test_eval_every_evaluates_between_epoch_ends_with_the_wall_time_so_far(tmp_p
     evals = runlog.read(tmp_path / "r" / "events.msgpack", "eval")
     assert [r["step"] for r in evals] == [4, 9, 14, 15] and res.steps == 16
     assert all(0 < a["seconds"] <= b["seconds"] for a, b in zip(evals, evals[1:]))
+
+
+def test_the_memory_check_counts_every_replicas_copy(monkeypatch):
+    """Each replica holds the whole stage's weights, gradients and optimizer state: R copies must fit."""
+    import psutil
+
+    from dfa_async.run import check_memory
+    from dfa_async.stage import Plan
+
+    def plan(replicas):
+        cfg = small_config(runtime={"backend": "ray", "replicas": replicas}, optim={"name": "sgd"})
+        return Plan(cfg, (1, 8, 8), 10, 16, 16)
+    need = 3 * 4 * sum(p.numel() for p in plan(1).shell().parameters())  # weights, gradients, momentum
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: type("Memory", (), {"available": int(1.5 * need)})())
+    check_memory(plan(1))
+    with pytest.raises(ConfigError, match=r"GiB x 2 replicas, and this machine has .* use fewer replicas"):
+        check_memory(plan(2))

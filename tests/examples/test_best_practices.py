@@ -5,9 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow  # 35 s: six training processes, twice
 def test_smoke_grid_runs_every_cell_once(tmp_path, shared_data):
     env = dict(os.environ, DFA_ASYNC_DATA=str(shared_data))
     cmd = [sys.executable, str(ROOT / "examples" / "best_practices.py"), "--budget", "smoke", "--out", str(tmp_path), "--jobs", "2"]

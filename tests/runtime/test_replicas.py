@@ -84,8 +84,10 @@ def actor_states(pipe) -> list[dict]:
 
 
 def test_every_replica_holds_the_same_weights_after_every_step(tmp_path):
-    """And at the end they hold what one pipeline learns (the reference, in this process)."""
-    cfg = cfg_for(CNN, 3, [2, 2], "ray", replicas=2, steps=12)
+    """And at the end they hold what one pipeline learns (the reference, in this process), flips of the
+    images included: each replica takes its rows of the whole minibatch's draws."""
+    flip = {"augment": "flip"}
+    cfg = cfg_for(CNN, 3, [2, 2], "ray", replicas=2, steps=12, data=flip)
     ds = data.for_run(cfg)
     plan = Plan(cfg, ds.shape, ds.classes, 12, 12)
     pipe = RayPipeline(plan, ds)
@@ -110,10 +112,26 @@ def test_every_replica_holds_the_same_weights_after_every_step(tmp_path):
         got = {f"{k}.{name}": t for k, part in pipe.state().items() for name, t in part["block"].items()}
     finally:
         pipe.close()
-    train(cfg_for(CNN, 3, [], "local", steps=12), tmp_path / "one")
+    train(cfg_for(CNN, 3, [], "local", steps=12, data=flip), tmp_path / "one")
     close(weights(tmp_path / "one"), got)
 
 
+def test_without_sync_batchnorm_each_replica_normalizes_by_its_own_rows():
+    """DDP's default: the parameters stay identical, each replica's running statistics are its own."""
+    cfg = cfg_for(CNN, 1, [4], "ray", replicas=2, steps=6, runtime={"sync_batchnorm": False})
+    ds = data.for_run(cfg)
+    pipe = RayPipeline(Plan(cfg, ds.shape, ds.classes, 6, 6), ds)
+    try:
+        windows.drive(pipe, 0, 6)
+        a, b = (s["0"]["block"] for s in actor_states(pipe))
+    finally:
+        pipe.close()
+    params = [k for k in a if "running" not in k and "num_batches" not in k]
+    assert params and all(torch.equal(a[k], b[k]) for k in params)
+    assert not torch.equal(a["2.running_mean"], b["2.running_mean"])  # conv -> activation -> batchnorm
+
+
+@pytest.mark.slow  # 7 s; the sums of replicas on separate nodes
 def test_the_replicas_sum_over_gloo_as_they_do_over_shared_memory(tmp_path):
     cfg = cfg_for(MLP, 2, [2, 1], "ray", replicas=2, steps=12, runtime={"transport": "gloo"})
     train(cfg, tmp_path / "gloo")
@@ -175,20 +193,23 @@ def test_a_resume_under_another_replica_count_continues_from_the_same_weights(tm
     close(weights(tmp_path / "part"), weights(tmp_path / "straight"))
 
 
-def test_the_log_metrics_and_report_name_each_replica(tmp_path):
+def test_the_log_metrics_and_report_name_each_replica(tmp_path, capsys):
+    """With runtime.replicas = auto, which takes 2 of the 4 CPUs' worth for 2 stages."""
     ex = Exporter(0)
     try:
-        train(cfg_for(MLP, 2, [2, 1], "ray", replicas=2, steps=40), tmp_path / "r", metrics=ex)
+        train(cfg_for(MLP, 2, [2, 1], "ray", replicas="auto", steps=16), tmp_path / "r", metrics=ex)
         with urllib.request.urlopen(f"http://127.0.0.1:{ex.port}/metrics", timeout=10) as r:
             text = r.read().decode()
     finally:
         ex.close()
     log = tmp_path / "r" / "events.msgpack"
+    if len(os.sched_getaffinity(0)) < 4:  # 4 stage actors on fewer cores: said in one line
+        assert "runtime.replicas: 2 stages x 2 replicas x 1 thread(s) on this machine's" in capsys.readouterr().err
     for s, r in ((0, 0), (1, 0), (0, 1), (1, 1)):
         forwards = sum(o == "forward" for rec in runlog.read(log, "timeline") if (rec["stage"], rec["replica"]) == (s, r)
                        for o in rec["op"])
         assert f'dfa_stage_forward_seconds_count{{replica="{r}",stage="{s}"}} {forwards:.1f}' in text.splitlines()
-        assert forwards == 40
+        assert forwards == 16
     (stages,) = runlog.read(log, "stages")
     assert stages["replicas"] == 2 and len(stages["pids"]) == 4 and len(set(stages["pids"])) == 4
     assert {(r["stage"], r["replica"]) for r in stages["stages"]} == {(0, 0), (1, 0), (0, 1), (1, 1)}
@@ -200,12 +221,11 @@ def test_the_log_metrics_and_report_name_each_replica(tmp_path):
     assert "| 1 r1 |" in report.write(tmp_path / "r").read_text()
 
 
-def test_auto_takes_as_many_replicas_as_the_cores_hold_for_the_stages(tmp_path):
+def test_auto_takes_as_many_replicas_as_the_cores_hold_for_the_stages():
+    """(A run with auto: the test above.)"""
     assert replicas_for("auto", 2, 4, 16) == 2 and replicas_for("auto", 3, 4, 16) == 1
     assert replicas_for("auto", 1, 12, 16) == 8  # the largest count that divides the batch
     assert replicas_for(3, 1, 1, 16) == 3  # a number is taken as it is
-    run = train(cfg_for(MLP, 1, [2, 1], "ray", replicas="auto", steps=4), tmp_path / "r")  # 4 CPUs, 2 stages
-    assert runlog.read(tmp_path / "r" / "events.msgpack", "stages")[0]["replicas"] == 2 and run.steps == 4
 
 
 def test_more_stage_actors_than_the_cluster_holds_is_one_line_before_any_actor_starts(tmp_path):
@@ -231,6 +251,7 @@ def test_a_replica_count_that_does_not_divide_the_batch_is_refused_before_anythi
         config.load(None, ["model.kind=gpt", "data.name=synthetic", "model.dropout=0.1", "runtime.replicas=2"])
 
 
+@pytest.mark.slow  # 7 s
 def test_the_doctor_shows_the_grid_and_pings_every_replicas_channels():
     lines = []
     rows = doctor(cfg_for(MLP, 2, [2, 1], "ray", replicas=2, steps=4), out=lines.append)
