@@ -121,16 +121,16 @@ def test_log_records_staleness_timestamps_and_throughput(tmp_path, capsys):
     assert all(r["samples_per_s"] > 0 for r in recs if r["kind"] == "train")
 
 
-def kill_when(run_dir, step, box):
-    """Kill the middle stage actor's process (by its pid, from the run's log) once `step` was logged: the
-    head then waits in a receive from it."""
+def kill_when(run_dir, step, box, actor=1):
+    """Kill stage actor `actor`'s process (by its pid, from the run's log; by default the middle stage, for
+    which the head then waits in a receive) once `step` was logged."""
     path = run_dir / "events.msgpack"
     while "pid" not in box:
         if path.exists():
             recs = runlog.read(path)
             pids = [r["pids"] for r in recs if r["kind"] == "stages"]
             if pids and any(r["kind"] == "train" and r["step"] >= step for r in recs):
-                box["pid"] = pids[0][1]
+                box["pid"] = pids[0][actor]
                 os.kill(box["pid"], signal.SIGKILL)
                 box["time"] = time.time()
             if any(r["kind"] == "done" for r in recs):
@@ -138,9 +138,9 @@ def kill_when(run_dir, step, box):
         box["stop"].wait(0.01)
 
 
-def run_with_kill(cfg, run_dir, step):
+def run_with_kill(cfg, run_dir, step, actor=1):
     box = {"stop": threading.Event()}
-    killer = threading.Thread(target=kill_when, args=(run_dir, step, box), daemon=True)
+    killer = threading.Thread(target=kill_when, args=(run_dir, step, box, actor), daemon=True)
     killer.start()
     try:
         return train(cfg, run_dir), box

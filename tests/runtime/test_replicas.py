@@ -2,8 +2,6 @@
 minibatch, learn what one pipeline learns on the whole minibatch, stay identical step by step, survive a
 killed replica, and resume under another R."""
 import os
-import signal
-import threading
 import urllib.request
 
 import pytest
@@ -19,6 +17,7 @@ from dfa_async.runtime.pipeline import replicas_for
 from dfa_async.stage import Plan
 
 from conftest import small_config
+from test_pipeline import run_with_kill
 
 pytestmark = pytest.mark.usefixtures("ray_instance")
 
@@ -143,32 +142,10 @@ def test_the_replicas_sum_over_gloo_as_they_do_over_shared_memory(tmp_path):
 LONG = dict(checkpoint={"every": 40, "keep": 3})
 
 
-def kill_when(run_dir, step, actor, box):
-    """Kill stage actor `actor` (r * stages + k) by its pid once `step` was logged."""
-    path = run_dir / "events.msgpack"
-    while "pid" not in box:
-        if path.exists():
-            recs = runlog.read(path)
-            pids = [r["pids"] for r in recs if r["kind"] == "stages"]
-            if pids and any(r["kind"] == "train" and r["step"] >= step for r in recs):
-                box["pid"] = pids[0][actor]
-                os.kill(box["pid"], signal.SIGKILL)
-            if any(r["kind"] == "done" for r in recs):
-                return
-        box["stop"].wait(0.01)
-
-
 @pytest.mark.slow  # 18 s
 def test_a_killed_replica_restarts_every_actor_and_ends_with_the_uninterrupted_weights(tmp_path):
     cfg = cfg_for(MLP, 2, [2, 1], "ray", replicas=2, steps=300, **LONG)
-    box = {"stop": threading.Event()}
-    killer = threading.Thread(target=kill_when, args=(tmp_path / "killed", 100, 2, box), daemon=True)
-    killer.start()
-    try:
-        result = train(cfg, tmp_path / "killed")
-    finally:
-        box["stop"].set()
-        killer.join()
+    result, box = run_with_kill(cfg, tmp_path / "killed", 100, actor=2)  # stage 0 of replica 1
     assert "pid" in box, "the run ended before the kill"
     assert result.restarts == 1
     (restart,) = runlog.read(tmp_path / "killed" / "events.msgpack", "restart")
