@@ -159,7 +159,7 @@ class Stage:
                  parts: int = 1, reduce=None):
         cfg = plan.cfg
         self.plan, self.cfg, self.ids = plan, cfg, list(blocks)
-        self.parts, self.reduce = parts, reduce
+        self.parts, self.reduce, self.flat = parts, reduce, None
         rows = None
         if parts > 1:
             rows = replica.Rows(part, parts, cfg.train.batch_size, reduce if cfg.runtime.sync_batchnorm else None)
@@ -245,9 +245,13 @@ class Stage:
         return not bool((self.reduce(bad) if self.parts > 1 else bad).item())
 
     def _sum_grads(self, params: list[torch.Tensor]) -> None:
-        """Every gradient summed over the replicas, in place: one flat message per update."""
+        """Every gradient summed over the replicas: one flat message per update, in a buffer kept from
+        step to step (the gradients become views of the sum until the step drops them)."""
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        total = self.reduce(torch.cat([g.flatten() for g in grads]))
+        n = sum(g.numel() for g in grads)
+        if self.flat is None or self.flat.numel() != n:
+            self.flat = torch.empty(n, dtype=grads[0].dtype, device=grads[0].device)
+        total = self.reduce(torch.cat([g.flatten() for g in grads], out=self.flat))
         for p, g in zip(params, total.split([g.numel() for g in grads])):
             p.grad = g.view_as(p)
 

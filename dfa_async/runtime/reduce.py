@@ -24,6 +24,7 @@ class Replicas:
         self.device = torch.device(device)
         self.staged = self.device.type == "cuda" and backend != "nccl"  # through pinned host memory
         self.sums = 0  # sums so far
+        self.scratch: dict[tuple, list[torch.Tensor]] = {}  # shm: the peers' tensors land here, reused
         try:
             store = dist.TCPStore(store_host, port, world, is_master=False, timeout=timedelta(seconds=timeout_s))
             self.pg = process_group(backend, dist.PrefixStore(f"replicas-{stage}", store), rank, world, host,
@@ -35,7 +36,9 @@ class Replicas:
 
     def sum(self, t: torch.Tensor) -> torch.Tensor:
         """t summed over the replicas (every replica gets the same bits), on t's device. t is a scratch
-        tensor of the caller's: it may hold the sum afterwards."""
+        tensor of the caller's: it may hold the sum afterwards. The sum may be a buffer of this group's,
+        valid until its next sum of a tensor of that size (reused: a fresh 8 MB tensor costs its page
+        faults at every step)."""
         buf = t.detach().contiguous()
         if self.staged:
             host = torch.empty(buf.shape, dtype=buf.dtype, pin_memory=True)
@@ -44,7 +47,10 @@ class Replicas:
         try:
             if self.backend == "shm":
                 tag, self.sums = self.sums % (1 << 27), self.sums + 1  # shm matches messages by tag
-                buf = exchange_sum(self.pg, self.rank, self.world, buf, tag)
+                key = (buf.numel(), buf.dtype)
+                if key not in self.scratch:
+                    self.scratch[key] = [torch.empty_like(buf) for _ in range(self.world - 1)]
+                buf = exchange_sum(self.pg, self.rank, self.world, buf, tag, self.scratch[key])
             else:
                 self.pg.allreduce([buf]).wait()
         except (RuntimeError, OSError) as err:
@@ -53,15 +59,18 @@ class Replicas:
 
 
 
-def exchange_sum(pg, rank: int, world: int, buf: torch.Tensor, tag: int) -> torch.Tensor:
+def exchange_sum(pg, rank: int, world: int, buf: torch.Tensor, tag: int,
+                 scratch: list[torch.Tensor] | None = None) -> torch.Tensor:
     """The sum over a point-to-point group (shm): every rank's tensor to every other, then the sum in rank
-    order, the same bits on each."""
-    parts = [buf if r == rank else torch.empty_like(buf) for r in range(world)]
+    order, the same bits on each. The peers' tensors land in `scratch` (world - 1 tensors like buf), and
+    the sum in the first of the parts: buf or scratch, both the caller's to overwrite."""
+    spare = iter(scratch if scratch is not None else [torch.empty_like(buf) for _ in range(world - 1)])
+    parts = [buf if r == rank else next(spare) for r in range(world)]
     works = [pg.recv([parts[r]], r, tag) for r in range(world) if r != rank]
     works += [pg.send([buf], r, tag) for r in range(world) if r != rank]
     for work in works:
         work.wait()
-    total = parts[0].clone()
+    total = parts[0]
     for part in parts[1:]:
         total += part
     return total
