@@ -106,11 +106,14 @@ class RayPipeline:
     def _setup(self, ds) -> None:
         cfg, n = self.cfg, len(self.partition)
         gpus, share = ray.cluster_resources().get("GPU", 0), cfg.runtime.gpus_per_stage
-        use_gpu = cfg.runtime.device == "cuda" or (cfg.runtime.device == "auto" and gpus >= n * share)
-        if cfg.runtime.device == "cuda" and gpus < n * share:
-            raise ConfigError(f"runtime.device: cuda needs {share:g} GPU per stage ({n} stages: {n * share:g}); the "
-                              f"cluster has {gpus:g}. Use runtime.gpus_per_stage = {max(gpus, 1) / n:g} to share, "
-                              "runtime.device = cpu, or fewer runtime.blocks_per_stage")
+        R = cfg.runtime.replicas if cfg.runtime.replicas != "auto" else 1  # auto: at least one copy must fit
+        use_gpu = cfg.runtime.device == "cuda" or (cfg.runtime.device == "auto" and gpus >= n * R * share)
+        if cfg.runtime.device == "cuda" and gpus < n * R * share:
+            actors = f"{n} stages x {R} replicas" if R > 1 else f"{n} stages"
+            raise ConfigError(f"runtime.device: cuda needs {share:g} GPU per stage ({actors}: {n * R * share:g}); "
+                              f"the cluster has {gpus:g}. Use runtime.gpus_per_stage = {max(gpus, 1) / (n * R):g} to "
+                              "share, runtime.device = cpu, or fewer runtime.blocks_per_stage"
+                              + (" or runtime.replicas" if R > 1 else ""))
         if cfg.runtime.transport == "nccl" and not (use_gpu and share == 1):
             raise ConfigError("runtime.transport: nccl needs a whole GPU per stage (runtime.gpus_per_stage = 1); "
                               "use shm, gloo or auto")
