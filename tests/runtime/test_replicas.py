@@ -238,3 +238,17 @@ def test_the_doctor_shows_the_grid_and_pings_every_replicas_channels():
     assert [(int(r[0]), int(r[1]), r[2]) for r in table] == [(0, 0, "0,1"), (1, 0, "2"), (0, 1, "0,1"), (1, 1, "2")]
     assert [(r["channel"], r["replica"]) for r in rows] == [((0, 1), 0), ((1, 0), 0), ((0, 1), 1), ((1, 0), 1)]
     assert all(r["round_trip_s"] > 0 for r in rows)
+
+
+@pytest.mark.slow  # 7 s
+def test_a_gpt_on_replicas_learns_what_one_pipeline_learns(tmp_path):
+    """Token windows split by rows like images: 2 stages x 2 replicas of a small GPT (dropout 0, which
+    replicas need) against the reference."""
+    from test_pipeline import gpt_config
+
+    text = tmp_path / "text.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 40)
+    extra = ["model.dropout=0"]
+    train(gpt_config(text, 2, [2, 2], "ray", "hidden", *extra, "runtime.replicas=2"), tmp_path / "two")
+    train(gpt_config(text, 2, [2, 2], "local", "hidden", *extra), tmp_path / "one")
+    close(weights(tmp_path / "one"), weights(tmp_path / "two"))
