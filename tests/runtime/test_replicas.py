@@ -174,7 +174,8 @@ def test_the_log_metrics_and_report_name_each_replica(tmp_path, capsys):
     """With runtime.replicas = auto, which takes 2 of the 4 CPUs' worth for 2 stages."""
     ex = Exporter(0)
     try:
-        train(cfg_for(MLP, 2, [2, 1], "ray", replicas="auto", steps=16), tmp_path / "r", metrics=ex)
+        train(cfg_for(MLP, 2, [2, 1], "ray", replicas="auto", steps=16, alignment={"every": 8, "probe_size": 32}),
+              tmp_path / "r", metrics=ex)
         with urllib.request.urlopen(f"http://127.0.0.1:{ex.port}/metrics", timeout=10) as r:
             text = r.read().decode()
     finally:
@@ -193,6 +194,9 @@ def test_the_log_metrics_and_report_name_each_replica(tmp_path, capsys):
     assert all(r["replicas"] == "shm" for r in stages["stages"])  # one node
     assert {(r["stage"], r["replica"]) for r in runlog.read(log, "timeline")} == {(0, 0), (1, 0), (0, 1), (1, 1)}
     assert {(r["stage"], r["replica"]) for r in runlog.read(log, "stage")} == {(0, 0), (1, 0), (0, 1), (1, 1)}
+    # the live probe runs through replica 0's stages: every block measured, at steps 7 and 15
+    aligned = runlog.read(log, "align")
+    assert [r["step"] for r in aligned] == [7, 15] and all(len(r["blocks"]) == 3 for r in aligned)
     first, bars = report.gantt(runlog.read(log, "timeline"))
     assert list(bars) == ["0 r0", "1 r0", "0 r1", "1 r1"]  # one row per actor
     assert "| 1 r1 |" in report.write(tmp_path / "r").read_text()
