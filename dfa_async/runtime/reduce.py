@@ -1,9 +1,10 @@
 """The replicas of one stage (runtime.replicas): an R-rank process group whose only collective is a sum,
 the one place where the R pipelines meet. On one node, shared-memory rings (shm.py): every replica sends
-its tensor to every other and adds the R tensors in replica order, so each gets the same bits; measured
-on a 2-core machine, gloo's all-reduce moved 1.2 GB/s (7 ms for a 1024-wide model's two blocks) and the
-rings 7 GB/s. Across nodes gloo, and nccl between stages with a GPU each; host transports take a CUDA
-stage's tensors through pinned memory. Every replica of a stage issues the same sums in the same order
+its tensor to every other and adds the R tensors in replica order, so each gets the same bits. Measured
+on a 2-core machine (the bench's profile.json), a 16 MB sum takes 12 ms this way and 14 ms as gloo's
+all-reduce, and the 1024-wide grid of 1 stage x 2 replicas ran 53 steps/s with these sums against 45
+with gloo's; the rings also need no I/O thread. Across nodes gloo, and nccl between stages with a GPU
+each; host transports take a CUDA stage's tensors through pinned memory. Every replica of a stage issues the same sums in the same order
 (its schedule is the same), which is all a collective needs. Nothing here knows about Ray or a model."""
 from __future__ import annotations
 
