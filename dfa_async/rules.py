@@ -211,8 +211,8 @@ class Learner:
 def update(learners: list[Learner], opt: torch.optim.Optimizer | None, step: int, e: torch.Tensor | None,
            lr: float, head_e: torch.Tensor | None = None, before_step=None, reduce=None) -> list[int]:
     """Step's update of `learners`, which share `opt`: every block's signal back-propagated inside the
-    block in one autograd call, then `reduce(params)` (replicas: every gradient summed over the stage's
-    replicas, in place), then `before_step()` (what the optimizer settings add: clipping, decoupled
+    block in one autograd call, then `reduce(params)` (replicas: every `.grad` replaced by its sum over the
+    stage's replicas), then `before_step()` (what the optimizer settings add: clipping, decoupled
     decay), then one optimizer step. `head_e`: the head's own error where it differs from the
     broadcast e (feedback.error_at = hidden). Returns each learning block's staleness."""
     taken = [learner.take(step, head_e if learner.is_head and head_e is not None else e)
