@@ -90,7 +90,7 @@ class Learner:
         # The paper's code: hidden blocks get the per-sample e, the head the gradient of the mean loss.
         self.head_mean = is_head and error_scale == "paper"
         self.rows = rows
-        self.parts = rows.batch // (rows.hi - rows.lo) if rows is not None else 1
+        self.parts = rows.parts if rows is not None else 1
         self.B, self.out_shape, self.seed, self.positions = B, out_shape, seed, positions
         self.input_grad, self.inputs = input_grad, {}
         # train.dtype = bfloat16: the block computes under autocast and passes on bfloat16 (the head: float32)

@@ -4,8 +4,9 @@ its tensor to every other and adds the R tensors in replica order, so each gets 
 on a 2-core machine (the bench's profile.json), a 16 MB sum takes 12 ms this way and 14 ms as gloo's
 all-reduce, and the 1024-wide grid of 1 stage x 2 replicas ran 53 steps/s with these sums against 45
 with gloo's; the rings also need no I/O thread. Across nodes gloo, and nccl between stages with a GPU
-each; host transports take a CUDA stage's tensors through pinned memory. Every replica of a stage issues the same sums in the same order
-(its schedule is the same), which is all a collective needs. Nothing here knows about Ray or a model."""
+each; host transports take a CUDA stage's tensors through pinned memory. Every replica of a stage issues
+the same sums in the same order (its schedule is the same), which is all a collective needs. Nothing here
+knows about Ray or a model."""
 from __future__ import annotations
 
 from datetime import timedelta
@@ -57,7 +58,6 @@ class Replicas:
         except (RuntimeError, OSError) as err:
             raise PeerLost(f"stage {self.stage} replica {self.rank}: the replicas' sum failed ({_first(err)})") from err
         return buf.to(t.device, non_blocking=True)
-
 
 
 def exchange_sum(pg, rank: int, world: int, buf: torch.Tensor, tag: int,
