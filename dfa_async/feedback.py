@@ -13,7 +13,8 @@ from . import seeding
 
 def _draw(init: str, rows: int, cols: int, g: torch.Generator) -> torch.Tensor:
     """A rows x cols matrix with entries of mean 0 and variance 1 (orthogonal: orthonormal rows, or
-    columns when rows > cols, scaled by sqrt(max(rows, cols)))."""
+    columns when rows > cols, scaled by sqrt(max(rows, cols)); identity and wishart: of the same
+    Frobenius norm as those draws)."""
     if init == "gaussian":
         return torch.randn(rows, cols, generator=g)
     if init == "uniform":
@@ -28,7 +29,16 @@ def _draw(init: str, rows: int, cols: int, g: torch.Generator) -> torch.Tensor:
         return (q * math.sqrt(max(rows, cols))).float()
     if init == "identity":  # the one orthogonal matrix that is not random: e reaches block k unrotated
         return torch.eye(rows, cols) * math.sqrt(max(rows, cols))
-    raise ValueError(f"feedback.init: {init!r}; choose gaussian, uniform, orthogonal, sign or identity")
+    if init == "wishart":
+        # A A^T / m, A rows x m gaussian, m = 2 rows: symmetric positive definite (eigenvalues in
+        # Marchenko-Pastur's [(1 - 1/sqrt 2)^2, (1 + 1/sqrt 2)^2]), so e.(e B) > 0 for every e. Scaled to the
+        # Frobenius norm of the other schemes' draws (E tr(W^2) = rows (1 + rows/m)).
+        if rows != cols:
+            raise ValueError(f"feedback.init: wishart is square; e has {rows} features, the block {cols}")
+        m = 2 * rows
+        a = torch.randn(rows, m, generator=g, dtype=torch.float64)
+        return (a @ a.T / m * math.sqrt(rows / 1.5)).float()
+    raise ValueError(f"feedback.init: {init!r}; choose gaussian, uniform, orthogonal, sign, identity or wishart")
 
 
 def matrix(k: int, dims: list[int], classes: int, init: str = "gaussian", normalization: str = "paper",

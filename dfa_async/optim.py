@@ -4,6 +4,7 @@ does not depend on how blocks are placed on stages. The learning rate is a pure 
 the step, so every block (wherever it lives) uses the same rate at the same step."""
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -68,6 +69,54 @@ def before_step(blocks, cfg: OptimConfig, lr: float, decay: list[torch.Tensor]) 
     if decay:
         with torch.no_grad():
             torch._foreach_mul_(decay, 1.0 - lr * cfg.weight_decay)
+
+
+def ahead(opt: torch.optim.Optimizer, lr: float, decay: list[torch.Tensor] = (),
+          weight_decay: float = 0.0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(parameter, how far the optimizer's next step would move it) from its state alone, the step's own
+    gradient not yet known, at rate `lr`: Adam's lr m^/(sqrt(v^) + eps) with its bias corrections, plus the
+    decoupled decay lr wd w on `decay` (optim.decayed); SGD's lr times its momentum buffer. Parameters
+    without state yet (before their first step) are left out."""
+    wd = {id(p) for p in decay}
+    out = []
+    for group in opt.param_groups:
+        for p in group["params"]:
+            state = opt.state.get(p)
+            if not state:
+                continue
+            if "exp_avg" in state:
+                (b1, b2), n = group["betas"], float(state["step"])
+                denom = state["exp_avg_sq"].sqrt().div_(math.sqrt(1 - b2 ** n)).add_(group["eps"])
+                move = state["exp_avg"] / denom * (lr / (1 - b1 ** n))
+            elif state.get("momentum_buffer") is not None:
+                move = state["momentum_buffer"] * lr
+            else:
+                continue
+            if id(p) in wd:
+                move.add_(p.detach(), alpha=lr * weight_decay)
+            out.append((p, move))
+    return out
+
+
+@contextlib.contextmanager
+def predicted(opt: torch.optim.Optimizer, lr: float, decay: list[torch.Tensor] = (), weight_decay: float = 0.0):
+    """Inside, every parameter is where the optimizer's next steps would take it (ahead(); `lr`: the sum
+    of those steps' rates): SpecTrain's weight prediction (Chen et al. 2018), for a forward whose step's
+    update lands after others still in flight. The parameters are moved in place (their storage, which
+    the stash hooks key on, stays) and put back bit for bit on the way out."""
+    moves = ahead(opt, lr, decay, weight_decay)
+    if not moves:
+        yield
+        return
+    params = [p for p, _ in moves]
+    kept = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        torch._foreach_sub_(params, [m for _, m in moves])
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            torch._foreach_copy_(params, kept)
 
 
 def lr_at(cfg: OptimConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:

@@ -3,6 +3,7 @@ stage holding every block; the distributed trainer runs one stage per actor. Bot
 ops of the same schedule, which is why placement never changes what is learned."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -111,10 +112,12 @@ class Plan:
         self.error_shape = self.out_shapes[-2] if self.hidden_error else self.out_shapes[-1]
         self.error_features = math.prod(self.error_shape[p:])
         fb = cfg.feedback
-        if fb.init == "identity" and fb.rule == "dfa" and any(f != self.error_features for f in self.features[:-1]):
-            raise ConfigError(f"feedback.init: identity needs e as wide as every hidden block (e has "
+        if fb.init in ("identity", "wishart") and fb.rule == "dfa" and any(f != self.error_features
+                                                                          for f in self.features[:-1]):
+            raise ConfigError(f"feedback.init: {fb.init} needs e as wide as every hidden block (e has "
                               f"{self.error_features} features, the blocks {self.features[:-1]}); use "
-                              "feedback.error_at = hidden on a model whose blocks keep one width (gpt), or a random init")
+                              "feedback.error_at = hidden on a model whose blocks keep one width (gpt), or init gaussian, "
+                              "uniform, orthogonal or sign")
         sizes = cfg.runtime.blocks_per_stage
         if isinstance(sizes, list) and sizes and sum(sizes) != self.num_blocks:
             raise ConfigError(f"runtime.blocks_per_stage: {sizes} holds {sum(sizes)} blocks but "
@@ -166,6 +169,7 @@ class Stage:
         net = plan.blocks(self.ids, device)
         last = plan.num_blocks - 1
         self.hidden_error = plan.hidden_error
+        self.predict = cfg.runtime.weight_prediction
         self.learners = []
         for k in self.ids:
             is_head = k == last
@@ -184,7 +188,7 @@ class Stage:
                 net[k], k, rule=cfg.feedback.rule, is_head=is_head, B=B, out_shape=plan.out_shapes[k],
                 seed=cfg.train.seed, keep_units=keep, error_scale=cfg.feedback.error_scale, keep_elements=elements,
                 positions=len(plan.positions), input_grad=is_head and self.hidden_error, act_dtype=plan.act_dtype,
-                stash_weights=cfg.runtime.weight_stashing and cfg.runtime.depth > 1, rows=rows))
+                stash_weights=(cfg.runtime.weight_stashing or self.predict) and cfg.runtime.depth > 1, rows=rows))
         # One optimizer over every learning block: one call per update.
         self.learning = [learner for learner in self.learners if learner.learns]
         self.sizes = [len(list(learner.block.parameters())) for learner in self.learning]
@@ -202,16 +206,17 @@ class Stage:
         """Run the stage's blocks on x; the head stage also takes the labels and returns (loss, e), the
         loss a 0-d tensor."""
         t0 = self.clock.now()
-        h = x
-        for learner in self.learners:
-            h = learner.forward(step, h)
-        out = h
-        if self.is_head:
-            loss, e = rules.head_error(h.detach(), y, self.cfg.feedback.error_scale, self.parts)
-            if self.hidden_error:  # every other block's error: e taken back through the head
-                self.head_errors[step] = e
-                e = self.learners[-1].input_gradient(step, e)
-            out = loss, e
+        with self._ahead():
+            h = x
+            for learner in self.learners:
+                h = learner.forward(step, h)
+            out = h
+            if self.is_head:
+                loss, e = rules.head_error(h.detach(), y, self.cfg.feedback.error_scale, self.parts)
+                if self.hidden_error:  # every other block's error: e taken back through the head
+                    self.head_errors[step] = e
+                    e = self.learners[-1].input_gradient(step, e)
+                out = loss, e
         self.timeline.append(("forward", step, t0, self.clock.now(), 0))
         if self.learning:
             peaks = self.peaks
@@ -219,6 +224,16 @@ class Stage:
             peaks["stash_bytes"] = max(peaks["stash_bytes"],
                                        sum(sum(learner.stash_bytes.values()) for learner in self.learning))
         return out
+
+    def _ahead(self):
+        """runtime.weight_prediction: the weights moved by the updates of the steps still in flight (those
+        forwarded, not yet updated: the same on every stage, whatever the placement), at their rates."""
+        pending = self.learning[0].stash if self.predict and self.opt is not None else ()
+        if not pending:
+            return contextlib.nullcontext()
+        o = self.cfg.optim
+        lr = sum(optim.lr_at(o, j, self.plan.total_steps, self.plan.steps_per_epoch) for j in pending)
+        return optim.predicted(self.opt, lr, self.decay, o.weight_decay)
 
     def update(self, step: int, e: torch.Tensor) -> list[int]:
         """Apply step's update on every block of the stage; return each learning block's staleness."""

@@ -195,6 +195,17 @@ AUDIT = {
     "replicas on the local backend": (lambda t: ["train", *SYNTH, "--set", "runtime.replicas=2"],
                                       "runtime.replicas: 2 copies of the pipeline need runtime.backend = ray"),
     "bench --replicas 3": (lambda t: ["bench", "--replicas", "3"], "--replicas: 3; each must divide --batch 256"),
+    # issue 26: weight prediction, positive definite feedback
+    "weight prediction with plain SGD": (lambda t: ["train", *SYNTH, "--set", "runtime.weight_prediction=true", "--set",
+                                                    "optim.name=sgd", "--set", "optim.momentum=0"],
+                                         "runtime.weight_prediction: plain SGD keeps no state to predict"),
+    "weight prediction with a bottleneck": (lambda t: ["train", *SYNTH, "--set", "runtime.weight_prediction=true",
+                                                       "--set", "model.widths=[16, 16]", "--set", "bottleneck.block=0",
+                                                       "--set", "bottleneck.width=4"],
+                                            "runtime.weight_prediction: the predicted weights would move the entries"),
+    "wishart feedback where e is narrower than the blocks": (lambda t: ["train", *SYNTH, "--set", "feedback.init=wishart"],
+                                                             "feedback.init: wishart needs e as wide as every hidden "
+                                                             "block (e has 10 features, the blocks [16])"),
 }
 
 

@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 
 from dfa_async import feedback
 
@@ -71,3 +72,36 @@ def test_none_is_the_papers_unnormalized_slices_of_one_matrix():
     # Normalized and unnormalized paper matrices are the same draw, scaled.
     paper = feedback.matrix(1, DIMS, C, "gaussian", "paper", seed=2)
     torch.testing.assert_close(paper * math.sqrt(DIMS[1] * C), mats[1])
+
+
+def test_wishart_is_symmetric_positive_definite_with_the_marchenko_pastur_spectrum():
+    """A A^T / m with A d x 2d gaussian: symmetric, every eigenvalue inside Marchenko-Pastur's edges
+    (1 -+ 1/sqrt 2)^2 (times the scale), scaled to the Frobenius norm of a unit-variance d x d draw."""
+    d = 256
+    B = feedback.matrix(0, [d, d], d, "wishart", "none", seed=1).double()
+    assert torch.equal(B, B.T)
+    lam = torch.linalg.eigvalsh(B) / math.sqrt(d / 1.5)  # the spectrum of A A^T / m itself
+    lo, hi = (1 - 2 ** -0.5) ** 2, (1 + 2 ** -0.5) ** 2
+    assert lam.min().item() > 0.8 * lo and lam.max().item() < 1.1 * hi
+    assert lam.mean().item() == pytest.approx(1.0, rel=0.02)
+    assert (B ** 2).sum().item() == pytest.approx(d * d, rel=0.05)
+    # Per block under `independent`, each its own draw of variance 1/(d*classes)'s norm.
+    a, b = (feedback.matrix(k, [d, d], d, "wishart", "independent", seed=1) for k in (0, 1))
+    assert not torch.allclose(a, b)
+    assert (a.double() ** 2).sum().item() == pytest.approx(1.0, rel=0.05)
+    with pytest.raises(ValueError, match="wishart is square; e has 10 features, the block 800"):
+        feedback.matrix(0, DIMS, C, "wishart", "paper")
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(0, 2 ** 31 - 1))
+def test_wishart_feedback_points_every_error_within_kantorovichs_angle(seed):
+    """For symmetric positive definite B, cos(e, e B) >= 2 sqrt(k) / (1 + k), k = lambda_max / lambda_min
+    (Kantorovich): whatever e is, the signal pushes a residual stream downhill through its skip path."""
+    d = 32
+    B = feedback.matrix(0, [d, d], d, "wishart", "paper", seed=3).double()
+    lam = torch.linalg.eigvalsh(B)
+    k = (lam.max() / lam.min()).item()
+    e = torch.randn(16, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    cos = torch.nn.functional.cosine_similarity(e, e @ B, dim=1)
+    assert cos.min().item() >= 2 * math.sqrt(k) / (1 + k) - 1e-12

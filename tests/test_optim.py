@@ -107,3 +107,40 @@ def test_clip_norm_is_each_blocks_own():
     norm = lambda b: torch.cat([p.grad.flatten() for p in b.parameters()]).norm().item()  # noqa: E731
     assert norm(blocks[0]) == pytest.approx(1.0, rel=1e-5)  # clipped to 1
     assert norm(blocks[1]) == pytest.approx(0.01 * 12 ** 0.5, rel=1e-5)  # below 1: untouched by the other's norm
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_ahead_is_adams_next_step_from_its_state_alone(fused):
+    """After three Adam steps on known gradients, m and v by their recursions (written out here), the
+    displacement predicted at rate lr is lr m^/(sqrt(v^) + eps), bias-corrected at step 3, plus lr wd w
+    for a decoupled-decay parameter; inside `predicted` the weights sit there, and come back bit for bit."""
+    w = torch.nn.Parameter(torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64))
+    v_only = torch.nn.Parameter(torch.tensor([3.0], dtype=torch.float64))  # not decayed
+    opt = torch.optim.Adam([w, v_only], lr=0.1, betas=(0.8, 0.9), eps=1e-3, fused=fused)
+    grads = [torch.tensor([1.0, 2.0, -1.0]), torch.tensor([0.5, -2.0, 0.0]), torch.tensor([-1.0, 1.0, 3.0])]
+    m = v = torch.zeros(3, dtype=torch.float64)
+    for g in grads:
+        w.grad, v_only.grad = g.double(), torch.ones(1, dtype=torch.float64)
+        opt.step()
+        m, v = 0.8 * m + 0.2 * g.double(), 0.9 * v + 0.1 * g.double() ** 2
+    lr, wd = 0.05, 0.3
+    want = lr * (m / (1 - 0.8 ** 3)) / ((v / (1 - 0.9 ** 3)).sqrt() + 1e-3) + lr * wd * w.detach()
+    moves = dict((id(p), d) for p, d in optim.ahead(opt, lr, [w], wd))
+    torch.testing.assert_close(moves[id(w)], want, rtol=1e-12, atol=0)
+    # the other parameter saw gradient 1 three times: m^ = v^ = 1, so it moves lr / (1 + eps), undecayed
+    torch.testing.assert_close(moves[id(v_only)], torch.tensor([lr / (1 + 1e-3)], dtype=torch.float64))
+    before = w.detach().clone()
+    with optim.predicted(opt, lr, [w], wd):
+        torch.testing.assert_close(w.detach(), before - want, rtol=1e-12, atol=0)
+    assert torch.equal(w.detach(), before)
+
+
+def test_ahead_of_sgd_is_the_momentum_buffer_and_nothing_before_a_first_step():
+    w = torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.SGD([w], lr=1.0, momentum=0.5)
+    assert optim.ahead(opt, 0.1) == []  # no state yet: nothing to predict from
+    for g in ([1.0, 0.0], [0.0, 2.0]):
+        w.grad = torch.tensor(g)
+        opt.step()
+    (p, move), = optim.ahead(opt, 0.1)  # buffer: 0.5 * [1, 0] + [0, 2]
+    assert p is w and torch.allclose(move, torch.tensor([0.05, 0.2]))

@@ -98,3 +98,36 @@ def test_bfloat16_blocks_pass_on_bfloat16_and_the_error_stays_float32(tmp_path):
     after = [p for s in (first, head) for learner in s.learners for p in learner.block.parameters()]
     assert all(p.dtype == torch.float32 for p in after)
     assert all(not torch.equal(a, b) for a, b in zip(before, after) if a.dim() >= 2)
+
+
+def test_weight_prediction_forwards_at_the_weights_the_update_in_flight_will_leave():
+    """D = 2: forward 0, forward 1, update 0, forward 2. Step 1's update is in flight at forward 2, so the
+    stage runs at w1 - lr_1 buf (SGD's momentum buffer after update 0): a plain copy of the model at those
+    weights gives the same loss, and one at w1 another. The real weights stay w1."""
+    import torch.nn.functional as F
+
+    from dfa_async import optim
+
+    cfg = small_config(optim={"name": "sgd", "momentum": 0.9, "lr": 0.5}, runtime={"depth": 2, "weight_prediction": True})
+    plan = Plan(cfg, (1, 8, 8), 10, total_steps=16, steps_per_epoch=16)
+    (stage,) = LocalPipeline(plan).stages
+    g = torch.Generator().manual_seed(0)
+    xs, ys = torch.randn(3, 16, 1, 8, 8, generator=g), torch.randint(0, 10, (3, 16), generator=g)
+    _, e0 = stage.forward(0, xs[0], ys[0])
+    stage.forward(1, xs[1], ys[1])  # nothing stepped yet: nothing to predict from
+    stage.update(0, e0)
+    params = stage.opt.param_groups[0]["params"]
+    w1 = [p.detach().clone() for p in params]
+    lr1 = optim.lr_at(cfg.optim, 1, 16, 16)
+    twin = plan.build()
+    with torch.no_grad():
+        for p, q in zip(twin.parameters(), params):
+            p.copy_(q - lr1 * stage.opt.state[q]["momentum_buffer"])
+        want = F.cross_entropy(twin(xs[2]), ys[2])
+        for p, q in zip(twin.parameters(), params):
+            p.copy_(q)
+        unpredicted = F.cross_entropy(twin(xs[2]), ys[2])
+    loss, _ = stage.forward(2, xs[2], ys[2])
+    torch.testing.assert_close(loss, want)
+    assert abs(loss.item() - unpredicted.item()) > 1e-4
+    assert all(torch.equal(p.detach(), w) for p, w in zip(params, w1))

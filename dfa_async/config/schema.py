@@ -64,10 +64,12 @@ class ModelConfig:
 class FeedbackConfig:
     rule: str = _opt("dfa", "Learning rule: `dfa` (direct feedback alignment), `bp` (backprop) or "
                      "`shallow` (only the head learns).", ("dfa", "bp", "shallow"))
-    init: str = _opt("gaussian", "Distribution of the fixed feedback matrices B_k. `identity` is not random: "
-                     "where e has the block's width (feedback.error_at = hidden in a residual network such as "
-                     "`gpt`), every block receives the error at the network's output unrotated, as the residual "
-                     "stream's skip path carries it.", ("gaussian", "uniform", "orthogonal", "sign", "identity"))
+    init: str = _opt("gaussian", "Distribution of the fixed feedback matrices B_k. Two need e as wide as the block "
+                     "(feedback.error_at = hidden in a residual network such as `gpt`): `wishart`, a random "
+                     "symmetric positive definite A A^T / m (A gaussian, m = 2 x width), so that every block's "
+                     "push on the residual stream lowers the loss through the skip path; and `identity`, not "
+                     "random, the error at the network's output unrotated, as the skip path carries it.",
+                     ("gaussian", "uniform", "orthogonal", "sign", "identity", "wishart"))
     normalization: str = _opt("paper", "`paper`: one classes x d_max matrix of variance 1/(d_max*classes), "
                               "block k takes its first d_k columns times sqrt(d_max/d_k); `independent`: a "
                               "draw per block of variance 1/(d_k*classes); `none`: the paper's unnormalized "
@@ -184,6 +186,13 @@ class RuntimeConfig:
                                  "copy of the weights per step in flight) instead of its current ones. Matters for "
                                  "blocks of several layers in a row (a transformer layer); a single linear layer's "
                                  "update never reads its own weights.")
+    weight_prediction: bool = _opt(False, "With D > 1, a stage's forward of step t uses its weights as the updates "
+                                   "still in flight (steps t - D + 1 .. t - 1) will leave them, predicted from the "
+                                   "optimizer's state (Adam: lr m^/(sqrt(v^) + eps) plus the decoupled decay; SGD: "
+                                   "lr times the momentum buffer) once per step in flight at that step's rate "
+                                   "(SpecTrain's weight prediction). Step t's update back-propagates through those "
+                                   "weights (they are stashed, as with runtime.weight_stashing) and applies to the "
+                                   "real ones. Needs adam, adamw or sgd with momentum.")
     blocks_per_stage: list[int] = _opt([], "Blocks per stage, in order (e.g. [2, 1]); empty puts one block per stage; "
                              "\"auto\" measures every block's forward + update and splits the blocks into "
                              "runtime.num_stages contiguous stages so that the slowest is as fast as it can be.",
@@ -403,6 +412,12 @@ def validate(cfg: Config, own_model: bool = False) -> None:
         raise ConfigError("model.channels: a cnn needs at least one conv block, e.g. [32, 64, 64]")
     if tr.epochs == 0 and tr.max_steps == 0:
         raise ConfigError("train.epochs: 0 with train.max_steps = 0 would train nothing; set either > 0")
+    if rt.weight_prediction and cfg.optim.name == "sgd" and cfg.optim.momentum == 0:
+        raise ConfigError("runtime.weight_prediction: plain SGD keeps no state to predict the updates in flight from; "
+                          "use optim.momentum > 0 or optim.name = adam or adamw (or leave weight_prediction off)")
+    if rt.weight_prediction and b.block >= 0:
+        raise ConfigError("runtime.weight_prediction: the predicted weights would move the entries bottleneck.block "
+                          "keeps fixed; leave one of them off (bottleneck.block = -1)")
     if fb.rule == "bp" and rt.depth != 1:
         raise ConfigError(f"runtime.depth: {rt.depth} needs a feedback rule without a backward pass; "
                           "feedback.rule = bp allows only depth 1")

@@ -70,12 +70,14 @@ def gpt_config(text, depth, stages, backend, error_at, *extra):
 
 
 @pytest.mark.parametrize("depth,stages,error_at,extra", [
-    (1, [2, 2], "logits", ["train.dtype=bfloat16"]), (2, [1, 1, 1, 1], "hidden", ["feedback.init=identity"]),
-    (3, [2, 2], "hidden", ["runtime.weight_stashing=true"]), (3, [1, 1, 1, 1], "logits", [])])
+    (1, [2, 2], "logits", ["train.dtype=bfloat16"]),
+    (2, [1, 1, 1, 1], "hidden", ["feedback.init=wishart", "runtime.weight_prediction=true"]),
+    (3, [2, 2], "hidden", ["runtime.weight_stashing=true", "feedback.init=identity"]),
+    (3, [1, 1, 1, 1], "logits", ["runtime.weight_prediction=true"])])
 def test_a_gpt_has_the_same_weights_as_the_reference(tmp_path, depth, stages, error_at, extra):
     """Per-token errors, integer inputs, (batch, T, d) activations: the Ray stages end with the reference's
     weights bit for bit (every value of D, stage count and error_at is covered; bfloat16 links against
-    the bfloat16 reference)."""
+    the bfloat16 reference; weight prediction at D = 2 and 3, where 1 and 2 updates are in flight)."""
     text = tmp_path / "t.txt"
     text.write_text("".join(f"{i * 7919 % 1009} the quick brown fox; " for i in range(300)))
     ref = train(gpt_config(text, depth, [], "local", error_at, *extra), tmp_path / "ref")
