@@ -71,52 +71,55 @@ def before_step(blocks, cfg: OptimConfig, lr: float, decay: list[torch.Tensor]) 
             torch._foreach_mul_(decay, 1.0 - lr * cfg.weight_decay)
 
 
-def ahead(opt: torch.optim.Optimizer, lr: float, decay: list[torch.Tensor] = (),
-          weight_decay: float = 0.0) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(parameter, how far the optimizer's next step would move it) from its state alone, the step's own
-    gradient not yet known, at rate `lr`: Adam's lr m^/(sqrt(v^) + eps) with its bias corrections, plus the
-    decoupled decay lr wd w on `decay` (optim.decayed); SGD's lr times its momentum buffer. Parameters
-    without state yet (before their first step) are left out."""
-    wd = {id(p) for p in decay}
-    out = []
-    for group in opt.param_groups:
-        for p in group["params"]:
-            state = opt.state.get(p)
-            if not state:
-                continue
-            if "exp_avg" in state:
-                (b1, b2), n = group["betas"], float(state["step"])
-                denom = state["exp_avg_sq"].sqrt().div_(math.sqrt(1 - b2 ** n)).add_(group["eps"])
-                move = state["exp_avg"] / denom * (lr / (1 - b1 ** n))
-            elif state.get("momentum_buffer") is not None:
-                move = state["momentum_buffer"] * lr
-            else:
-                continue
-            if id(p) in wd:
-                move.add_(p.detach(), alpha=lr * weight_decay)
-            out.append((p, move))
-    return out
+class Prediction:
+    """SpecTrain's weight prediction (Chen et al. 2018) for one optimizer: the parameters moved where its
+    next step would take them, from its state alone (that step's own gradient is not known yet), for a
+    forward whose step's update lands after others still in flight. Buffers are kept from call to call
+    (fresh ones would page-fault on every forward)."""
 
+    def __init__(self, opt: torch.optim.Optimizer, decay: list[torch.Tensor] = (), weight_decay: float = 0.0):
+        self.opt, self.weight_decay = opt, weight_decay
+        self.decay = {id(p) for p in decay}
+        self.ids, self.kept, self.denom = None, [], []
 
-@contextlib.contextmanager
-def predicted(opt: torch.optim.Optimizer, lr: float, decay: list[torch.Tensor] = (), weight_decay: float = 0.0):
-    """Inside, every parameter is where the optimizer's next steps would take it (ahead(); `lr`: the sum
-    of those steps' rates): SpecTrain's weight prediction (Chen et al. 2018), for a forward whose step's
-    update lands after others still in flight. The parameters are moved in place (their storage, which
-    the stash hooks key on, stays) and put back bit for bit on the way out."""
-    moves = ahead(opt, lr, decay, weight_decay)
-    if not moves:
-        yield
-        return
-    params = [p for p, _ in moves]
-    kept = [p.detach().clone() for p in params]
-    with torch.no_grad():
-        torch._foreach_sub_(params, [m for _, m in moves])
-    try:
-        yield
-    finally:
+    @contextlib.contextmanager
+    def ahead(self, lr: float, steps: int):
+        """Inside, each parameter with optimizer state has moved by Adam's lr m^/(sqrt(v^) + eps) (bias
+        corrections after `steps` steps) and the decoupled decay lr wd w where it applies, or by SGD's lr
+        times its momentum buffer; `lr` is the sum of the rates of the steps in flight. The parameters move
+        in place (their storage, which the stash hooks key on, stays) and come back bit for bit on the way
+        out. (`steps` is the caller's count: the fused kernels keep theirs on the device, and reading it
+        would sync.)"""
+        (group,) = self.opt.param_groups
+        params = [p for p in group["params"] if self.opt.state.get(p)]
+        if not params:
+            yield
+            return
+        if self.ids != [id(p) for p in params]:
+            self.ids = [id(p) for p in params]
+            self.kept, self.denom = [torch.empty_like(p) for p in params], [torch.empty_like(p) for p in params]
+        states = [self.opt.state[p] for p in params]
         with torch.no_grad():
-            torch._foreach_copy_(params, kept)
+            torch._foreach_copy_(self.kept, params)
+            if "exp_avg" in states[0]:
+                # m^/(sqrt(v^) + eps) = m / (sqrt(v) + eps c) / (c (1 - b1^n)), c = 1/sqrt(1 - b2^n)
+                b1, b2 = group["betas"]
+                c = 1 / math.sqrt(1 - b2 ** steps)
+                torch._foreach_copy_(self.denom, [s["exp_avg_sq"] for s in states])
+                torch._foreach_sqrt_(self.denom)
+                torch._foreach_add_(self.denom, group["eps"] / c)
+                torch._foreach_addcdiv_(params, [s["exp_avg"] for s in states], self.denom,
+                                        -lr / (c * (1 - b1 ** steps)))
+            else:
+                torch._foreach_add_(params, [s["momentum_buffer"] for s in states], alpha=-lr)
+            decayed = [(p, w) for p, w in zip(params, self.kept) if id(p) in self.decay]
+            if decayed and self.weight_decay:
+                torch._foreach_add_([p for p, _ in decayed], [w for _, w in decayed], alpha=-lr * self.weight_decay)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_(params, self.kept)
 
 
 def lr_at(cfg: OptimConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:

@@ -195,6 +195,8 @@ class Stage:
         self.opt = optim.make([p for learner in self.learning for p in learner.block.parameters()], cfg.optim)
         self.head_errors: dict[int, torch.Tensor] = {}  # error_at = hidden: the head's own e, until its update
         self.decay = optim.decayed([p for learner in self.learning for p in learner.block.parameters()], cfg.optim)
+        self.prediction = (optim.Prediction(self.opt, self.decay, cfg.optim.weight_decay)
+                           if self.predict and self.opt is not None else None)
         self.is_head = self.ids[-1] == last
         self.skip_nonfinite = cfg.train.on_nonfinite == "skip"
         # Timestamps of every op: (op, step, start, end, staleness); bubbles show as gaps.
@@ -228,12 +230,11 @@ class Stage:
     def _ahead(self):
         """runtime.weight_prediction: the weights moved by the updates of the steps still in flight (those
         forwarded, not yet updated: the same on every stage, whatever the placement), at their rates."""
-        pending = self.learning[0].stash if self.predict and self.opt is not None else ()
+        pending = self.learning[0].stash if self.prediction is not None else ()
         if not pending:
             return contextlib.nullcontext()
-        o = self.cfg.optim
-        lr = sum(optim.lr_at(o, j, self.plan.total_steps, self.plan.steps_per_epoch) for j in pending)
-        return optim.predicted(self.opt, lr, self.decay, o.weight_decay)
+        lr = sum(optim.lr_at(self.cfg.optim, j, self.plan.total_steps, self.plan.steps_per_epoch) for j in pending)
+        return self.prediction.ahead(lr, self.learning[0].updates)  # every update steps the optimizer once
 
     def update(self, step: int, e: torch.Tensor) -> list[int]:
         """Apply step's update on every block of the stage; return each learning block's staleness."""

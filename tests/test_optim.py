@@ -125,22 +125,24 @@ def test_ahead_is_adams_next_step_from_its_state_alone(fused):
         m, v = 0.8 * m + 0.2 * g.double(), 0.9 * v + 0.1 * g.double() ** 2
     lr, wd = 0.05, 0.3
     want = lr * (m / (1 - 0.8 ** 3)) / ((v / (1 - 0.9 ** 3)).sqrt() + 1e-3) + lr * wd * w.detach()
-    moves = dict((id(p), d) for p, d in optim.ahead(opt, lr, [w], wd))
-    torch.testing.assert_close(moves[id(w)], want, rtol=1e-12, atol=0)
-    # the other parameter saw gradient 1 three times: m^ = v^ = 1, so it moves lr / (1 + eps), undecayed
-    torch.testing.assert_close(moves[id(v_only)], torch.tensor([lr / (1 + 1e-3)], dtype=torch.float64))
-    before = w.detach().clone()
-    with optim.predicted(opt, lr, [w], wd):
-        torch.testing.assert_close(w.detach(), before - want, rtol=1e-12, atol=0)
-    assert torch.equal(w.detach(), before)
+    before = [w.detach().clone(), v_only.detach().clone()]
+    with optim.Prediction(opt, [w], wd).ahead(lr, 3):
+        torch.testing.assert_close(w.detach(), before[0] - want, rtol=1e-12, atol=0)
+        # the other parameter saw gradient 1 three times: m^ = v^ = 1, so it moves lr / (1 + eps), undecayed
+        torch.testing.assert_close(v_only.detach(), before[1] - lr / (1 + 1e-3), rtol=1e-12, atol=0)
+    assert torch.equal(w.detach(), before[0]) and torch.equal(v_only.detach(), before[1])
 
 
 def test_ahead_of_sgd_is_the_momentum_buffer_and_nothing_before_a_first_step():
     w = torch.nn.Parameter(torch.zeros(2))
     opt = torch.optim.SGD([w], lr=1.0, momentum=0.5)
-    assert optim.ahead(opt, 0.1) == []  # no state yet: nothing to predict from
+    prediction = optim.Prediction(opt)
+    with prediction.ahead(0.1, 0):  # no state yet: nothing to predict from
+        assert torch.equal(w.detach(), torch.zeros(2))
     for g in ([1.0, 0.0], [0.0, 2.0]):
         w.grad = torch.tensor(g)
         opt.step()
-    (p, move), = optim.ahead(opt, 0.1)  # buffer: 0.5 * [1, 0] + [0, 2]
-    assert p is w and torch.allclose(move, torch.tensor([0.05, 0.2]))
+    before = w.detach().clone()
+    with prediction.ahead(0.1, 2):  # buffer: 0.5 * [1, 0] + [0, 2]
+        torch.testing.assert_close(w.detach(), before - torch.tensor([0.05, 0.2]))
+    assert torch.equal(w.detach(), before)
