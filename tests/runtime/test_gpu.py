@@ -20,8 +20,8 @@ NET = dict(model={"widths": [24, 24], "dropout_hidden": 0.1}, data={"n_train": 3
            train={"epochs": 2})
 
 
-def run_both(tmp_path, depth: int, share: float, replicas: int = 1) -> dict:
-    runtime = {"depth": depth, "blocks_per_stage": [1, 2], "device": "cuda"}
+def run_both(tmp_path, depth: int, share: float, replicas: int = 1, **extra) -> dict:
+    runtime = {"depth": depth, "blocks_per_stage": [1, 2], "device": "cuda", **extra}
     # The reference on the same device: CUDA draws other dropout masks than the CPU from one seed.
     train(small_config(**NET, runtime={**runtime, "backend": "local"}), tmp_path / "ref")
     train(small_config(**NET, runtime={**runtime, "backend": "ray", "gpus_per_stage": share, "replicas": replicas}),
@@ -50,7 +50,8 @@ def test_one_gpu_per_stage_over_nccl_equals_the_reference(tmp_path, depth):
 
 
 def test_replicas_sharing_one_gpu_sum_through_pinned_memory_and_equal_the_reference(tmp_path):
-    stages = run_both(tmp_path, 3, 0.25, replicas=2)  # 2 stages x 2 replicas on one GPU
+    # 2 stages x 2 replicas on one GPU; with weight prediction (fused Adam keeps its step count on the device)
+    stages = run_both(tmp_path, 3, 0.25, replicas=2, weight_prediction=True)
     assert stages["replicas"] == 2 and {row["replicas"] for row in stages["stages"]} == {"shm"}
 
 
