@@ -192,7 +192,8 @@ class RuntimeConfig:
                                    "lr times the momentum buffer) once per step in flight at that step's rate "
                                    "(SpecTrain's weight prediction). Step t's update back-propagates through those "
                                    "weights (they are stashed, as with runtime.weight_stashing) and applies to the "
-                                   "real ones. Needs adam, adamw or sgd with momentum.")
+                                   "real ones. Needs adam, adamw or sgd with momentum. Costs seven passes over the "
+                                   "stage's weights per forward (docs/rules.md).")
     blocks_per_stage: list[int] = _opt([], "Blocks per stage, in order (e.g. [2, 1]); empty puts one block per stage; "
                              "\"auto\" measures every block's forward + update and splits the blocks into "
                              "runtime.num_stages contiguous stages so that the slowest is as fast as it can be.",
