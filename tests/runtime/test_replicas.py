@@ -84,9 +84,11 @@ def actor_states(pipe) -> list[dict]:
 
 def test_every_replica_holds_the_same_weights_after_every_step(tmp_path):
     """And at the end they hold what one pipeline learns (the reference, in this process), flips of the
-    images included: each replica takes its rows of the whole minibatch's draws."""
-    flip = {"augment": "flip"}
-    cfg = cfg_for(CNN, 3, [2, 2], "ray", replicas=2, steps=12, data=flip)
+    images included: each replica takes its rows of the whole minibatch's draws. With weight prediction,
+    which every replica computes from its own (identical) optimizer state. (Without it: the opt-in test
+    above, 200 steps.)"""
+    flip, predict = {"augment": "flip"}, {"weight_prediction": True}
+    cfg = cfg_for(CNN, 3, [2, 2], "ray", replicas=2, steps=12, data=flip, runtime=predict)
     ds = data.for_run(cfg)
     plan = Plan(cfg, ds.shape, ds.classes, 12, 12)
     pipe = RayPipeline(plan, ds)
@@ -111,7 +113,7 @@ def test_every_replica_holds_the_same_weights_after_every_step(tmp_path):
         got = {f"{k}.{name}": t for k, part in pipe.state().items() for name, t in part["block"].items()}
     finally:
         pipe.close()
-    train(cfg_for(CNN, 3, [], "local", steps=12, data=flip), tmp_path / "one")
+    train(cfg_for(CNN, 3, [], "local", steps=12, data=flip, runtime=predict), tmp_path / "one")
     close(weights(tmp_path / "one"), got)
 
 
