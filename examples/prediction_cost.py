@@ -3,7 +3,7 @@ on, timed side by side in alternating rounds on the same workers and the same mi
 warm-up; drift on a shared machine hits both alike), and each one's ratio to the first.
 
     python examples/prediction_cost.py --config examples/configs/shakespeare_char.toml   # docs/rules.md
-    python examples/prediction_cost.py --config C --set train.batch_size=4 --steps 10 --rounds 1
+    python examples/prediction_cost.py --set runtime.depth=3                             # the MNIST MLP
 """
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ WARMUP = 10
 
 def main(argv=None) -> dict[bool, float]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--config", required=True, help="a config whose runtime.depth > 1 (the backend is Ray)")
+    ap.add_argument("--config", help="a config whose runtime.depth > 1 (default: the built-in settings; the backend "
+                    "is Ray)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--steps", type=int, default=300, help="timed steps per round")
     ap.add_argument("--rounds", type=int, default=3)
