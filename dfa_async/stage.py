@@ -116,8 +116,8 @@ class Plan:
                                                                           for f in self.features[:-1]):
             raise ConfigError(f"feedback.init: {fb.init} needs e as wide as every hidden block (e has "
                               f"{self.error_features} features, the blocks {self.features[:-1]}); use "
-                              "feedback.error_at = hidden on a model whose blocks keep one width (gpt), or init gaussian, "
-                              "uniform, orthogonal or sign")
+                              "feedback.error_at = hidden on a model whose blocks keep one width (gpt), or init "
+                              "gaussian, uniform, orthogonal or sign")
         sizes = cfg.runtime.blocks_per_stage
         if isinstance(sizes, list) and sizes and sum(sizes) != self.num_blocks:
             raise ConfigError(f"runtime.blocks_per_stage: {sizes} holds {sum(sizes)} blocks but "
@@ -169,7 +169,7 @@ class Stage:
         net = plan.blocks(self.ids, device)
         last = plan.num_blocks - 1
         self.hidden_error = plan.hidden_error
-        self.predict = cfg.runtime.weight_prediction
+        predict = cfg.runtime.weight_prediction
         self.learners = []
         for k in self.ids:
             is_head = k == last
@@ -188,7 +188,7 @@ class Stage:
                 net[k], k, rule=cfg.feedback.rule, is_head=is_head, B=B, out_shape=plan.out_shapes[k],
                 seed=cfg.train.seed, keep_units=keep, error_scale=cfg.feedback.error_scale, keep_elements=elements,
                 positions=len(plan.positions), input_grad=is_head and self.hidden_error, act_dtype=plan.act_dtype,
-                stash_weights=(cfg.runtime.weight_stashing or self.predict) and cfg.runtime.depth > 1, rows=rows))
+                stash_weights=(cfg.runtime.weight_stashing or predict) and cfg.runtime.depth > 1, rows=rows))
         # One optimizer over every learning block: one call per update.
         self.learning = [learner for learner in self.learners if learner.learns]
         self.sizes = [len(list(learner.block.parameters())) for learner in self.learning]
@@ -196,7 +196,7 @@ class Stage:
         self.head_errors: dict[int, torch.Tensor] = {}  # error_at = hidden: the head's own e, until its update
         self.decay = optim.decayed([p for learner in self.learning for p in learner.block.parameters()], cfg.optim)
         self.prediction = (optim.Prediction(self.opt, self.decay, cfg.optim.weight_decay)
-                           if self.predict and self.opt is not None else None)
+                           if predict and self.opt is not None else None)
         self.is_head = self.ids[-1] == last
         self.skip_nonfinite = cfg.train.on_nonfinite == "skip"
         # Timestamps of every op: (op, step, start, end, staleness); bubbles show as gaps.

@@ -67,7 +67,7 @@ class FeedbackConfig:
     init: str = _opt("gaussian", "Distribution of the fixed feedback matrices B_k. Two need e as wide as the block "
                      "(feedback.error_at = hidden in a residual network such as `gpt`): `wishart`, a random "
                      "symmetric positive definite A A^T / m (A gaussian, m = 2 x width), so that every block's "
-                     "push on the residual stream lowers the loss through the skip path; and `identity`, not "
+                     "signal e B stays within a fixed angle of e, the error the skip path carries; and `identity`, not "
                      "random, the error at the network's output unrotated, as the skip path carries it.",
                      ("gaussian", "uniform", "orthogonal", "sign", "identity", "wishart"))
     normalization: str = _opt("paper", "`paper`: one classes x d_max matrix of variance 1/(d_max*classes), "
